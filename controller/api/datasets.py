@@ -1,0 +1,127 @@
+"""Datasets: streamed multipart upload (``dataset`` file + ``metadata`` JSON), listing, download."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from controller.api.deps import Developer, RegistryDep, StateDep
+from controller.api.downloads import artifact_response
+from controller.db.models import Dataset
+from controller.errors import Unprocessable
+from controller.registry.schemas import DatasetCreated, DatasetMetadata, DatasetOut, Page
+from controller.registry.service import parse_json_field
+from controller.registry.upload import UploadTarget, receive_multipart
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["dataset", "metadata"],
+                    "properties": {
+                        "dataset": {"type": "string", "format": "binary", "description": "the dataset file"},
+                        "metadata": {
+                            "type": "string",
+                            "description": "JSON: organization_id, samples_dimension, name?, description?",
+                            "example": '{"organization_id": "org-1", "samples_dimension": "(1,8,8)"}',
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def dataset_out(ds: Dataset) -> DatasetOut:
+    return DatasetOut(
+        dataset_id=ds.id,
+        name=ds.name,
+        description=ds.description,
+        organization_id=ds.organization_id,
+        samples_dimension=ds.samples_dimension,
+        extra=ds.extra or {},
+        filename=ds.filename,
+        content_type=ds.content_type,
+        size_bytes=ds.size_bytes,
+        sha256=ds.sha256,
+        md5=ds.md5,
+        bucket=ds.bucket,
+        object_key=ds.object_key,
+        chain_address=ds.chain_address,
+        created_by=ds.created_by,
+        created_at=ds.created_at,
+    )
+
+
+@router.post("", status_code=201, response_model=DatasetCreated, openapi_extra=_UPLOAD_BODY)
+async def register_dataset(request: Request, state: StateDep, caller: Developer) -> DatasetCreated:
+    """Register a dataset. The file is streamed to storage and hashed (SHA-256 and MD5) on the way;
+    oversize uploads get 413 and leave nothing behind."""
+    from starlette.concurrency import run_in_threadpool
+
+    registry = state.registry
+    ds = await run_in_threadpool(registry.begin_dataset, caller.subject)
+    target = UploadTarget(registry.store, ds.bucket, ds.object_key, state.settings.max_upload_bytes)
+    try:
+        fields, stored = await receive_multipart(
+            request, file_field="dataset", target=target, max_field_bytes=state.settings.max_metadata_bytes
+        )
+        if stored is None:
+            raise Unprocessable("missing file part 'dataset'", field="dataset")
+        meta = parse_json_field(fields.get("metadata"), DatasetMetadata, "metadata")
+    except BaseException:
+        await run_in_threadpool(registry.discard_dataset, ds)
+        raise
+    row = await run_in_threadpool(
+        registry.complete_dataset, ds, meta, stored.digests, stored.filename, stored.content_type
+    )
+    assert row.sha256 and row.md5 and row.size_bytes is not None
+    return DatasetCreated(dataset_id=row.id, sha256=row.sha256, md5=row.md5, size_bytes=row.size_bytes)
+
+
+@router.get("", response_model=Page[DatasetOut])
+def list_datasets(
+    registry: RegistryDep,
+    _caller: Developer,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    organization_id: str | None = None,
+) -> Page[DatasetOut]:
+    """Registered datasets, newest first."""
+    rows, total = registry.list_datasets(limit, offset, organization_id)
+    return Page[DatasetOut](items=[dataset_out(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/{dataset_id}",
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the dataset bytes"}},
+    response_class=Response,
+)
+def download_dataset(
+    dataset_id: str, request: Request, registry: RegistryDep, _caller: Developer
+) -> Response:
+    """Download the dataset, streamed, with ``ETag``/``Digest`` headers (SHA-256)."""
+    ds = registry.get_dataset(dataset_id)
+    assert ds.sha256
+    return artifact_response(
+        request,
+        lambda: registry.open_object(ds.bucket, ds.object_key),
+        sha256=ds.sha256,
+        md5=ds.md5,
+        size=ds.size_bytes,
+        filename=ds.filename,
+        content_type=ds.content_type,
+    )
+
+
+@router.get("/{dataset_id}/metadata", response_model=DatasetOut)
+def dataset_metadata(dataset_id: str, registry: RegistryDep, _caller: Developer) -> DatasetOut:
+    """The dataset's metadata (original filename and type, hashes, owner, where it is stored)."""
+    return dataset_out(registry.get_dataset(dataset_id))

@@ -1,0 +1,95 @@
+"""FastAPI assembly: routers, RFC 7807 error rendering, OpenAPI at /docs and /openapi.json."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controller import __version__
+from controller.api import datasets, health, models
+from controller.api import tokens as tokens_api
+from controller.errors import ProblemError
+from controller.state import ControllerState
+
+log = logging.getLogger("fedge.controller")
+PROBLEM = "application/problem+json"
+
+
+def problem_response(status: int, title: str, detail: str, request: Request, **extra: Any) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def create_app(state: ControllerState) -> FastAPI:
+    """The ASGI app for a built ``ControllerState``."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(
+        title="fedge controller",
+        version=__version__,
+        description="Registry, provenance, training, federation and fleet management for fedge. "
+        "Every error is RFC 7807 problem+json. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.fedge = state
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            exc.to_problem(request.url.path), status_code=exc.status, media_type=PROBLEM, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        return problem_response(
+            422,
+            "Unprocessable content",
+            f"invalid {first['field']}: {first['message']}",
+            request,
+            field=first["field"],
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed"}
+        return problem_response(
+            exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), request
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500, "Internal error", "unexpected server error; see controller logs", request
+        )
+
+    app.include_router(health.router)
+    app.include_router(datasets.router)
+    app.include_router(models.router)
+    app.include_router(tokens_api.router)
+    return app

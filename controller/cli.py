@@ -1,0 +1,92 @@
+"""``fedge-controller``: serve the API and run admin tasks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from controller.config import ControllerSettings
+
+app = typer.Typer(help="fedge controller: serve the REST API and administer it.", no_args_is_help=True)
+
+
+def _build(settings: ControllerSettings):  # type: ignore[no-untyped-def]
+    from controller.state import build_state
+
+    chain = None
+    try:
+        from controller.chain.factory import chain_from_settings
+
+        chain = chain_from_settings(settings)
+    except ImportError:
+        chain = None
+    return build_state(settings, chain)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (FEDGE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (FEDGE_PORT)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the controller (embedded defaults under FEDGE_DATA_DIR unless configured)."""
+    import uvicorn
+
+    from controller.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ControllerSettings()
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    state = _build(settings)
+    if state.generated_admin_token:
+        sys.stderr.write(
+            "\n  First start: admin token (shown once, only its hash is stored):\n"
+            f"    {state.generated_admin_token}\n"
+            "  Rotate it with `fedge-controller admin-token`.\n\n"
+        )
+        sys.stderr.flush()
+        state.generated_admin_token = None
+    typer.echo(
+        f"fedge controller on http://{settings.host}:{settings.port} (data in {settings.data_dir})", err=True
+    )
+    uvicorn.run(create_app(state), host=settings.host, port=settings.port, log_level=log_level)
+
+
+@app.command("admin-token")
+def admin_token() -> None:
+    """Revoke the bootstrap admin token and print a new one (shown once)."""
+    from controller.db.session import make_engine, migrate, session_factory
+    from controller.security import tokens
+
+    settings = ControllerSettings()
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    with session_factory(engine).begin() as s:
+        plaintext = tokens.rotate_admin(s)
+    engine.dispose()
+    typer.echo(plaintext)
+
+
+@app.command()
+def migrate_db() -> None:
+    """Apply database migrations and exit."""
+    from controller.db.session import make_engine, migrate
+
+    settings = ControllerSettings()
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    engine.dispose()
+    typer.echo("database is at the newest schema")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

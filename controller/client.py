@@ -1,0 +1,273 @@
+"""Python SDK for the fedge controller REST API (typed, httpx). No server dependencies.
+
+    from controller.client import FedgeClient
+    with FedgeClient("http://127.0.0.1:8400", token="fedge_...") as fc:
+        ds = fc.push_dataset("digits.npz", {"organization_id": "org-1", "samples_dimension": "(1,8,8)"})
+        m = fc.register_model({"model_params": {...}, "data_params": {"dataset_id": ds.dataset_id}})
+
+Errors are raised as ``FedgeAPIError`` carrying the server's RFC 7807 problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from controller.registry.schemas import (
+    ArtifactStored,
+    DatasetCreated,
+    DatasetOut,
+    ModelCreated,
+    ModelOut,
+    Page,
+    VersionOut,
+)
+
+Progress = Callable[[int], None]
+CHUNK = 1024 * 1024
+
+
+class FedgeAPIError(Exception):
+    """A non-2xx answer; ``problem`` is the RFC 7807 body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.title = str(problem.get("title", "error"))
+        self.detail = str(problem.get("detail", ""))
+        super().__init__(f"{status} {self.title}: {self.detail}")
+
+
+class IntegrityError(Exception):
+    """A download's SHA-256 differs from what the server declared."""
+
+
+class _ProgressReader:
+    """File wrapper that reports bytes read (for upload progress bars)."""
+
+    def __init__(self, fh: IO[bytes], progress: Progress | None) -> None:
+        self.fh = fh
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        if data and self.progress:
+            self.progress(len(data))
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.read(CHUNK):
+            yield data
+
+
+class FedgeClient:
+    """One client per controller; safe to reuse across calls (connection pooling)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("FEDGE_URL") or "http://127.0.0.1:8400").rstrip("/")
+        token = token or os.environ.get("FEDGE_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, read=max(timeout, 300.0)),
+            transport=transport,
+        )
+
+    def __enter__(self) -> FedgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ------------------------------------------------------------ plumbing
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        if resp.is_success or resp.status_code == 304:
+            return
+        try:
+            resp.read()
+            problem = resp.json()
+            if not isinstance(problem, dict):
+                problem = {"detail": str(problem)}
+        except (ValueError, httpx.ResponseNotRead):
+            problem = {"title": resp.reason_phrase, "detail": resp.text[:500]}
+        raise FedgeAPIError(resp.status_code, problem)
+
+    def _json(self, method: str, url: str, **kw: Any) -> Any:
+        resp = self.http.request(method, url, **kw)
+        self._raise(resp)
+        return resp.json() if resp.content else None
+
+    def _download(
+        self, url: str, dest: Path, progress: Progress | None, params: dict[str, Any] | None
+    ) -> str:
+        """Stream to ``dest`` (atomically), verify against the X-Content-SHA256 header; return sha256."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".part")
+        sha = hashlib.sha256()
+        with self.http.stream("GET", url, params=params) as resp:
+            self._raise(resp)
+            expected = resp.headers.get("x-content-sha256")
+            with open(tmp, "wb") as fh:
+                for chunk in resp.iter_bytes(CHUNK):
+                    fh.write(chunk)
+                    sha.update(chunk)
+                    if progress:
+                        progress(len(chunk))
+        if expected and sha.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise IntegrityError(f"downloaded sha256 {sha.hexdigest()} != declared {expected}")
+        os.replace(tmp, dest)
+        return sha.hexdigest()
+
+    def content_length(self, url: str, params: dict[str, Any] | None = None) -> int | None:
+        """Size of a download, from a HEAD-like streamed GET's headers (closed before the body)."""
+        with self.http.stream("GET", url, params=params) as resp:
+            self._raise(resp)
+            value = resp.headers.get("content-length")
+        return int(value) if value else None
+
+    # -------------------------------------------------------------- health
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/healthz")
+        return result
+
+    def ready(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/readyz")
+        return result
+
+    # ------------------------------------------------------------ datasets
+    def push_dataset(
+        self, path: str | Path, metadata: dict[str, Any], *, progress: Progress | None = None
+    ) -> DatasetCreated:
+        """Upload a dataset file (streamed) with its metadata."""
+        path = Path(path)
+        with open(path, "rb") as fh:
+            files = {"dataset": (path.name, _ProgressReader(fh, progress), "application/octet-stream")}
+            data = {"metadata": json.dumps(metadata)}
+            return DatasetCreated.model_validate(self._json("POST", "/v1/datasets", files=files, data=data))
+
+    def list_datasets(self, limit: int = 50, offset: int = 0) -> Page[DatasetOut]:
+        raw = self._json("GET", "/v1/datasets", params={"limit": limit, "offset": offset})
+        return Page[DatasetOut].model_validate(raw)
+
+    def dataset_metadata(self, dataset_id: str) -> DatasetOut:
+        return DatasetOut.model_validate(self._json("GET", f"/v1/datasets/{dataset_id}/metadata"))
+
+    def download_dataset(self, dataset_id: str, dest: str | Path, *, progress: Progress | None = None) -> str:
+        """Download a dataset to ``dest``; verifies SHA-256; returns it."""
+        return self._download(f"/v1/datasets/{dataset_id}", Path(dest), progress, None)
+
+    # -------------------------------------------------------------- models
+    def register_model(self, metadata: dict[str, Any], *, train_image: str | None = None) -> ModelCreated:
+        """Register a model (JSON body, or the seed's multipart form when ``train_image`` is given)."""
+        if train_image:
+            # (None, value) parts force multipart/form-data without a filename, as curl --form does
+            parts = [
+                ("metadata", (None, json.dumps(metadata).encode())),
+                ("train_image", (None, train_image.encode())),
+            ]
+            raw = self._json("POST", "/v1/models", files=parts)
+        else:
+            raw = self._json("POST", "/v1/models", json=metadata)
+        return ModelCreated.model_validate(raw)
+
+    def list_models(self, limit: int = 50, offset: int = 0) -> Page[ModelOut]:
+        raw = self._json("GET", "/v1/models", params={"limit": limit, "offset": offset})
+        return Page[ModelOut].model_validate(raw)
+
+    def model_metadata(self, model_id: str) -> ModelOut:
+        return ModelOut.model_validate(self._json("GET", f"/v1/models/{model_id}/metadata"))
+
+    def model_versions(self, model_id: str) -> list[VersionOut]:
+        return [VersionOut.model_validate(v) for v in self._json("GET", f"/v1/models/{model_id}/versions")]
+
+    def download_model(
+        self,
+        model_id: str,
+        dest: str | Path,
+        *,
+        version: int | None = None,
+        kind: str | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Download the newest trained artifact (or a version/kind); verifies SHA-256; returns it."""
+        params = {k: v for k, v in {"version": version, "kind": kind}.items() if v is not None}
+        return self._download(f"/v1/models/{model_id}", Path(dest), progress, params or None)
+
+    def put_artifact(
+        self,
+        model_id: str,
+        path: str | Path,
+        *,
+        kind: str = "trained",
+        fmt: str | None = None,
+        source_version: int | None = None,
+        progress: Progress | None = None,
+    ) -> ArtifactStored:
+        """Store an artifact as a new model version (job or admin credential), streamed."""
+        path = Path(path)
+        params: dict[str, Any] = {"kind": kind, "filename": path.name}
+        if fmt:
+            params["format"] = fmt
+        if source_version:
+            params["source_version"] = source_version
+        with open(path, "rb") as fh:
+            resp = self.http.put(
+                f"/v1/models/{model_id}/artifact",
+                params=params,
+                content=iter(_ProgressReader(fh, progress)),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(path.stat().st_size),
+                },
+            )
+        self._raise(resp)
+        return ArtifactStored.model_validate(resp.json())
+
+    # -------------------------------------------------------------- tokens
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        ttl_seconds: int | None = None,
+        model_id: str | None = None,
+        subject: str | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "role": role,
+            "ttl_seconds": ttl_seconds,
+            "model_id": model_id,
+            "subject": subject,
+        }
+        result: dict[str, Any] = self._json("POST", "/v1/tokens", json=body)
+        return result
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/tokens")
+        return result
+
+    def revoke_token(self, token_id: str) -> None:
+        self._json("DELETE", f"/v1/tokens/{token_id}")
+
+
+__all__ = ["FedgeAPIError", "FedgeClient", "IntegrityError"]

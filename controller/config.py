@@ -1,0 +1,78 @@
+"""ControllerSettings: the one settings class of the controller process (env prefix ``FEDGE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    """Every knob of the controller. With no configuration it runs on embedded defaults that keep data
+    across restarts: a SQLite file and a local-filesystem artifact store under ``data_dir``."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDGE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".fedge"), description="Holds every embedded default's data.")
+    host: str = Field(default="127.0.0.1", description="Bind address of `fedge-controller serve`.")
+    port: int = Field(default=8400, description="Port of `fedge-controller serve`.")
+    public_url: str | None = Field(default=None, description="URL clients use to reach the controller.")
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: sqlite file <data_dir>/fedge.db. "
+        "PostgreSQL: postgresql+psycopg://user:pw@host:5432/db",
+    )
+
+    storage_backend: Literal["local", "s3"] = Field(default="local")
+    s3_endpoint: str | None = Field(default=None, description="host:port of the S3 server.")
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = Field(default=True, description="Use HTTPS to reach S3.")
+    s3_region: str = "us-east-1"
+    bucket_prefix: str = Field(default="", description="Prefix for bucket names (datasets, models).")
+
+    chain_backend: Literal["evm", "jsonrpc"] = Field(default="evm")
+    chain_rpc_url: str | None = Field(default=None, description="JSON-RPC URL for chain_backend=jsonrpc.")
+    chain_private_key: SecretStr | None = Field(
+        default=None, description="Controller signing key (hex). Default: generated in data_dir (0600)."
+    )
+    chain_id: int | None = None
+
+    max_upload_bytes: int = Field(default=2 * 1024**3, description="Largest accepted upload, in bytes.")
+    max_metadata_bytes: int = Field(default=64 * 1024, description="Largest metadata JSON field.")
+    pending_grace_seconds: int = Field(
+        default=3600,
+        description="Uploads still pending after this long are treated as crashed and reconciled at start.",
+    )
+
+    admin_token: SecretStr | None = Field(
+        default=None, description="Initial admin token on first start (automation). Else one is generated."
+    )
+    oidc_issuer: str | None = Field(default=None, description="Enable OIDC bearer JWTs from this issuer.")
+    oidc_audience: str | None = None
+    oidc_role_claim: str = Field(default="fedge_role", description="Claim (dotted path) holding the role.")
+    oidc_default_role: Literal["developer", "admin", "none"] = Field(
+        default="none", description="Role for valid tokens without the role claim ('none' refuses them)."
+    )
+
+    @model_validator(mode="after")
+    def _check_backends(self) -> ControllerSettings:
+        if self.storage_backend == "s3" and not (
+            self.s3_endpoint and self.s3_access_key and self.s3_secret_key
+        ):
+            raise ValueError(
+                "storage_backend=s3 needs FEDGE_S3_ENDPOINT, FEDGE_S3_ACCESS_KEY, FEDGE_S3_SECRET_KEY"
+            )
+        if self.chain_backend == "jsonrpc" and not self.chain_rpc_url:
+            raise ValueError("chain_backend=jsonrpc needs FEDGE_CHAIN_RPC_URL")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL actually used (SQLite under data_dir by default)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fedge.db').resolve()}"

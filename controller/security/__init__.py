@@ -1,0 +1,1 @@
+"""Credentials and roles: API tokens (hashed at rest), optional OIDC bearer JWTs."""

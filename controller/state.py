@@ -1,0 +1,67 @@
+"""Everything a running controller holds: settings, database, backends, registry."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.config import ControllerSettings
+from controller.db.session import make_engine, migrate, session_factory
+from controller.registry.service import Buckets, Registry
+from controller.security import tokens
+from controller.security.oidc import OidcVerifier
+from controller.storage import ArtifactStore, make_store
+
+if TYPE_CHECKING:
+    from controller.chain.base import ChainBackend
+
+log = logging.getLogger("fedge.controller")
+
+
+@dataclass
+class ControllerState:
+    """Built once per process by ``build_state``; routes reach it through dependencies."""
+
+    settings: ControllerSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+    registry: Registry
+    chain: ChainBackend | None = None
+    oidc: OidcVerifier | None = None
+    generated_admin_token: str | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self.chain.close()
+        self.engine.dispose()
+
+
+def build_state(settings: ControllerSettings, chain: ChainBackend | None = None) -> ControllerState:
+    """Create the data dir, migrate the database, open backends, bootstrap the admin token and
+    reconcile what a crash may have left half-written."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    store = make_store(settings)
+    buckets = Buckets.with_prefix(settings.bucket_prefix)
+    store.ensure_bucket(buckets.datasets)
+    store.ensure_bucket(buckets.models)
+    registry = Registry(sessions, store, buckets, chain)
+    with sessions.begin() as s:
+        preset = settings.admin_token.get_secret_value() if settings.admin_token else None
+        generated = tokens.ensure_admin(s, preset)
+    registry.reconcile(settings.pending_grace_seconds)
+    oidc = (
+        OidcVerifier(
+            settings.oidc_issuer, settings.oidc_audience, settings.oidc_role_claim, settings.oidc_default_role
+        )
+        if settings.oidc_issuer
+        else None
+    )
+    return ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated)

@@ -1,0 +1,292 @@
+"""``fedge``: the user CLI over the REST API (datasets, models, tokens; later jobs, devices, deployments).
+
+Connection: ``--controller URL`` / ``FEDGE_URL`` and ``--token T`` / ``FEDGE_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from controller.client import FedgeAPIError, FedgeClient
+
+app = typer.Typer(help="fedge: datasets, models and more on a fedge controller.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Register, list and download datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="Register models, check status, download artifacts.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Mint, list and revoke API credentials (admin).", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+app.add_typer(tokens_app, name="tokens")
+
+console = Console()
+err = Console(stderr=True)
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _connection(
+    controller: Annotated[str | None, typer.Option(envvar="FEDGE_URL", help="controller URL")] = None,
+    token: Annotated[str | None, typer.Option(envvar="FEDGE_TOKEN", help="API token")] = None,
+) -> None:
+    _state["url"], _state["token"] = controller, token
+
+
+def _client() -> FedgeClient:
+    return FedgeClient(_state.get("url"), _state.get("token"))
+
+
+@contextmanager
+def _api() -> Iterator[FedgeClient]:
+    """A client; API errors become a one-line message and exit code 1."""
+    client = _client()
+    try:
+        yield client
+    except FedgeAPIError as exc:
+        err.print(f"[red]error[/red] {exc.status} {exc.title}: {exc.detail}")
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+
+
+def _bar(total: int | None, what: str) -> Progress:
+    p = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+    )
+    p.add_task(what, total=total)
+    return p
+
+
+def _emit(obj: Any, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps(obj, default=str))
+    else:
+        for key, value in obj.items():
+            console.print(f"[bold]{key}[/bold]: {value}")
+
+
+# ---------------------------------------------------------------- datasets
+@datasets_app.command("push")
+def datasets_push(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    organization_id: Annotated[str, typer.Option("--org", help="owner organization id")],
+    samples_dimension: Annotated[str, typer.Option("--dims", help='sample dimension, e.g. "(1,8,8)"')],
+    name: Annotated[str | None, typer.Option(help="display name")] = None,
+    description: Annotated[str | None, typer.Option(help="free text")] = None,
+    extra: Annotated[str | None, typer.Option("--metadata", help="more metadata as a JSON object")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Upload a dataset (streamed, with a progress bar)."""
+    meta: dict[str, Any] = json.loads(extra) if extra else {}
+    meta.update({"organization_id": organization_id, "samples_dimension": samples_dimension})
+    if name:
+        meta["name"] = name
+    if description:
+        meta["description"] = description
+    with _api() as fc, _bar(file.stat().st_size, f"upload {file.name}") as bar:
+        created = fc.push_dataset(file, meta, progress=lambda n: bar.advance(bar.task_ids[0], n))
+    _emit(created.model_dump(), as_json)
+
+
+@datasets_app.command("list")
+def datasets_list(
+    limit: int = 50, offset: int = 0, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List datasets, newest first."""
+    with _api() as fc:
+        page = fc.list_datasets(limit, offset)
+    if as_json:
+        console.print_json(page.model_dump_json())
+        return
+    table = Table(
+        "dataset_id", "name", "organization", "dims", "size", "sha256", title=f"{page.total} datasets"
+    )
+    for d in page.items:
+        table.add_row(
+            d.dataset_id,
+            d.name or "",
+            d.organization_id or "",
+            d.samples_dimension or "",
+            str(d.size_bytes),
+            (d.sha256 or "")[:16],
+        )
+    console.print(table)
+
+
+@datasets_app.command("get")
+def datasets_get(
+    dataset_id: str,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="download to this file")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a dataset's metadata; with -o, download it (SHA-256 verified)."""
+    with _api() as fc:
+        meta = fc.dataset_metadata(dataset_id)
+        if output is None:
+            _emit(meta.model_dump(), as_json)
+            return
+        with _bar(meta.size_bytes, f"download {dataset_id[:8]}") as bar:
+            sha = fc.download_dataset(dataset_id, output, progress=lambda n: bar.advance(bar.task_ids[0], n))
+    err.print(f"saved {output} (sha256 {sha} verified)")
+
+
+# ------------------------------------------------------------------ models
+@models_app.command("register")
+def models_register(
+    dataset_id: Annotated[str, typer.Option("--dataset", help="dataset the model trains on")],
+    developer_id: Annotated[str, typer.Option("--developer")],
+    organization_id: Annotated[str, typer.Option("--org")],
+    name: Annotated[str | None, typer.Option()] = None,
+    train_image: Annotated[str | None, typer.Option(help="container image that trains it")] = None,
+    training: Annotated[
+        str | None, typer.Option(help="training spec as JSON (kind, entrypoint, ...)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Register a model for a dataset."""
+    meta: dict[str, Any] = {
+        "model_params": {"developer_id": developer_id, "organization_id": organization_id},
+        "data_params": {"dataset_id": dataset_id},
+    }
+    if name:
+        meta["name"] = name
+    if training:
+        meta["training"] = json.loads(training)
+    with _api() as fc:
+        created = fc.register_model(meta, train_image=train_image)
+    _emit(created.model_dump(), as_json)
+
+
+@models_app.command("list")
+def models_list(
+    limit: int = 50, offset: int = 0, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List models, newest first."""
+    with _api() as fc:
+        page = fc.list_models(limit, offset)
+    if as_json:
+        console.print_json(page.model_dump_json())
+        return
+    table = Table("model_id", "name", "status", "dataset", "versions", title=f"{page.total} models")
+    for m in page.items:
+        table.add_row(m.model_id, m.name or "", m.status, m.data_params.dataset_id[:8], str(len(m.versions)))
+    console.print(table)
+
+
+@models_app.command("status")
+def models_status(model_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Status, training digest and versions of a model."""
+    with _api() as fc:
+        meta = fc.model_metadata(model_id)
+    if as_json:
+        console.print_json(meta.model_dump_json())
+        return
+    console.print(f"[bold]{meta.model_id}[/bold] {meta.name or ''}  status=[cyan]{meta.status}[/cyan]")
+    console.print(f"dataset {meta.data_params.dataset_id}  training digest {meta.training_digest}")
+    for v in meta.versions:
+        console.print(f"  v{v.version} {v.kind:<9} {v.format or '':<8} {v.size_bytes} B  sha256 {v.sha256}")
+
+
+@models_app.command("get")
+def models_get(
+    model_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
+    version: Annotated[int | None, typer.Option(help="a specific version")] = None,
+    kind: Annotated[str | None, typer.Option(help="trained | onnx | quantized")] = None,
+) -> None:
+    """Download a model's artifact (SHA-256 verified). Exit 1 with a message if not trained yet."""
+    with _api() as fc:
+        params = {k: v for k, v in {"version": version, "kind": kind}.items() if v is not None}
+        total = fc.content_length(f"/v1/models/{model_id}", params or None)
+        with _bar(total, f"download {model_id[:8]}") as bar:
+            sha = fc.download_model(
+                model_id,
+                output,
+                version=version,
+                kind=kind,
+                progress=lambda n: bar.advance(bar.task_ids[0], n),
+            )
+    err.print(f"saved {output} (sha256 {sha} verified)")
+
+
+@models_app.command("push-artifact")
+def models_push_artifact(
+    model_id: str,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    kind: Annotated[str, typer.Option(help="trained | onnx | quantized")] = "trained",
+    fmt: Annotated[str | None, typer.Option("--format", help="pytorch, onnx, sklearn, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Store an artifact as a new version (admin or the model's job credential)."""
+    with _api() as fc, _bar(file.stat().st_size, f"upload {file.name}") as bar:
+        stored = fc.put_artifact(
+            model_id, file, kind=kind, fmt=fmt, progress=lambda n: bar.advance(bar.task_ids[0], n)
+        )
+    _emit(stored.model_dump(), as_json)
+
+
+# ------------------------------------------------------------------ tokens
+@tokens_app.command("create")
+def tokens_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin | developer | job")] = "developer",
+    ttl: Annotated[int | None, typer.Option(help="lifetime in seconds")] = None,
+    model_id: Annotated[str | None, typer.Option(help="for job tokens: the model it may write")] = None,
+) -> None:
+    """Mint a credential; prints the token once."""
+    with _api() as fc:
+        created = fc.create_token(name, role, ttl_seconds=ttl, model_id=model_id)
+    err.print(f"id {created['id']} role {created['role']} expires {created['expires_at']}")
+    console.print(created["token"])
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """List credentials (never their secrets)."""
+    with _api() as fc:
+        rows = fc.list_tokens()
+    table = Table("id", "name", "role", "subject", "expires", "revoked")
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["role"], r["subject"], str(r["expires_at"]), str(r["revoked_at"]))
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a credential now."""
+    with _api() as fc:
+        fc.revoke_token(token_id)
+    err.print(f"revoked {token_id}")
+
+
+def _mount_optional() -> None:
+    """Subcommands from optional extras (grid) appear when their extra is installed."""
+    try:
+        from simulator.grid.cli import app as grid_app
+    except ImportError:
+        return
+    app.add_typer(grid_app, name="grid", help="Grid simulator and RL load shifting (extra: grid).")
+
+
+def main() -> None:
+    _mount_optional()
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

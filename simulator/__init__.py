@@ -1,0 +1,1 @@
+"""fedge simulators: the power-grid environment (``simulator.grid``) and the fleet simulator."""
