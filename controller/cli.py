@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from controller.config import ControllerSettings
 
+if TYPE_CHECKING:
+    from controller.state import ControllerState
+
 app = typer.Typer(help="fedge controller: serve the REST API and administer it.", no_args_is_help=True)
 
 
-def _build(settings: ControllerSettings):  # type: ignore[no-untyped-def]
+def _build(settings: ControllerSettings) -> ControllerState:
     from controller.state import build_state
 
-    chain = None
-    try:
-        from controller.chain.factory import chain_from_settings
-
-        chain = chain_from_settings(settings)
-    except ImportError:
-        chain = None
-    return build_state(settings, chain)
+    return build_state(settings)
 
 
 @app.command()

@@ -25,7 +25,9 @@ from controller.registry.schemas import (
     DatasetOut,
     ModelCreated,
     ModelOut,
+    ModelProvenance,
     Page,
+    Provenance,
     VersionOut,
 )
 
@@ -241,6 +243,20 @@ class FedgeClient:
             )
         self._raise(resp)
         return ArtifactStored.model_validate(resp.json())
+
+    # ---------------------------------------------------------- provenance
+    def dataset_provenance(self, dataset_id: str) -> Provenance:
+        """Stored object vs registry vs chain record for a dataset."""
+        return Provenance.model_validate(self._json("GET", f"/v1/datasets/{dataset_id}/provenance"))
+
+    def model_provenance(self, model_id: str) -> ModelProvenance:
+        """The model's chain record and the check of each version."""
+        return ModelProvenance.model_validate(self._json("GET", f"/v1/models/{model_id}/provenance"))
+
+    def contract(self, address: str) -> dict[str, Any]:
+        """Decoded metadata of a record contract (admin)."""
+        result: dict[str, Any] = self._json("GET", f"/v1/contracts/{address}")
+        return result
 
     # -------------------------------------------------------------- tokens
     def create_token(

@@ -31,20 +31,34 @@ class ControllerState:
     sessions: sessionmaker[Session]
     store: ArtifactStore
     registry: Registry
-    chain: ChainBackend | None = None
+    chain: ChainBackend
     oidc: OidcVerifier | None = None
     generated_admin_token: str | None = field(default=None, repr=False)
+    owns_chain: bool = True
 
     def close(self) -> None:
-        if self.chain is not None:
+        if self.chain is not None and self.owns_chain:
             self.chain.close()
         self.engine.dispose()
 
 
+def make_chain(settings: ControllerSettings) -> ChainBackend:
+    """The ChainBackend named by the settings (in-process EVM journaled under data_dir by default)."""
+    from controller.chain.factory import make_chain_backend
+
+    key = settings.chain_private_key.get_secret_value() if settings.chain_private_key else None
+    return make_chain_backend(
+        settings.chain_backend, settings.data_dir, settings.chain_rpc_url, key, settings.chain_id
+    )
+
+
 def build_state(settings: ControllerSettings, chain: ChainBackend | None = None) -> ControllerState:
-    """Create the data dir, migrate the database, open backends, bootstrap the admin token and
-    reconcile what a crash may have left half-written."""
+    """Create the data dir, migrate the database, open backends (the chain from settings unless one is
+    given), bootstrap the admin token and reconcile what a crash may have left half-written."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    owns_chain = chain is None
+    if chain is None:
+        chain = make_chain(settings)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
     sessions = session_factory(engine)
@@ -64,4 +78,4 @@ def build_state(settings: ControllerSettings, chain: ChainBackend | None = None)
         if settings.oidc_issuer
         else None
     )
-    return ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated)
+    return ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated, owns_chain)

@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controller.app import create_app
+from controller.chain.base import ChainBackend
+from controller.chain.factory import make_chain_backend
 from controller.config import ControllerSettings
 from controller.state import ControllerState, build_state
 
@@ -82,24 +84,41 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
     return make
 
 
-def _open(settings: ControllerSettings) -> Iterator[Api]:
-    state = build_state(settings)
+def _open(settings: ControllerSettings, chain: ChainBackend | None = None) -> Iterator[Api]:
+    state = build_state(settings, chain)
     with TestClient(create_app(state)) as client:
         yield Api(state, client, settings)
     state.close()
 
 
+@pytest.fixture(scope="session")
+def shared_evm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainBackend]:
+    """One in-process EVM for the API tests (records are keyed by fresh UUIDs, so tests don't collide;
+    creating a chain costs ~2 s). Restart and journal tests build their own."""
+    chain = make_chain_backend("evm", tmp_path_factory.mktemp("shared-evm"))
+    yield chain
+    chain.close()
+
+
+@pytest.fixture(scope="session")
+def shared_anvil(anvil_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainBackend]:
+    """The controller's chain on a real JSON-RPC node (anvil)."""
+    chain = make_chain_backend("jsonrpc", tmp_path_factory.mktemp("anvil-chain"), rpc_url=anvil_url)
+    yield chain
+    chain.close()
+
+
 @pytest.fixture
-def api(make_settings: SettingsFactory) -> Iterator[Api]:
-    """Controller on embedded defaults (SQLite + local filesystem)."""
-    yield from _open(make_settings())
+def api(make_settings: SettingsFactory, shared_evm: ChainBackend) -> Iterator[Api]:
+    """Controller on embedded defaults (SQLite + local filesystem + in-process EVM)."""
+    yield from _open(make_settings(), shared_evm)
 
 
 @pytest.fixture(params=["sqlite+local", "postgres+s3"])
 def any_api(request: pytest.FixtureRequest, make_settings: SettingsFactory) -> Iterator[Api]:
-    """The same tests on embedded defaults and on real PostgreSQL + real S3 (SeaweedFS)."""
+    """The same tests on embedded defaults and on real PostgreSQL + real S3 (SeaweedFS) + anvil."""
     if request.param == "sqlite+local":
-        yield from _open(make_settings())
+        yield from _open(make_settings(), request.getfixturevalue("shared_evm"))
         return
     pg_url: str = request.getfixturevalue("postgres_db_url")
     s3 = request.getfixturevalue("s3_server")
@@ -114,7 +133,8 @@ def any_api(request: pytest.FixtureRequest, make_settings: SettingsFactory) -> I
             s3_secret_key=s3.secret_key,
             s3_secure=False,
             bucket_prefix=f"t{uuid.uuid4().hex[:10]}-",
-        )
+        ),
+        request.getfixturevalue("shared_anvil"),
     )
 
 
@@ -148,9 +168,9 @@ class LiveServer:
 
 
 @pytest.fixture
-def live(make_settings: SettingsFactory) -> Iterator[LiveServer]:
+def live(make_settings: SettingsFactory, shared_evm: ChainBackend) -> Iterator[LiveServer]:
     """A real HTTP controller on loopback (embedded defaults)."""
-    state = build_state(make_settings())
+    state = build_state(make_settings(), shared_evm)
     with LiveServer(state) as server:
         yield server
     state.close()

@@ -10,7 +10,7 @@ from controller.api.deps import Developer, RegistryDep, StateDep
 from controller.api.downloads import artifact_response
 from controller.db.models import Dataset
 from controller.errors import Unprocessable
-from controller.registry.schemas import DatasetCreated, DatasetMetadata, DatasetOut, Page
+from controller.registry.schemas import DatasetCreated, DatasetMetadata, DatasetOut, Page, Provenance
 from controller.registry.service import parse_json_field
 from controller.registry.upload import UploadTarget, receive_multipart
 
@@ -107,17 +107,36 @@ def list_datasets(
 def download_dataset(
     dataset_id: str, request: Request, registry: RegistryDep, _caller: Developer
 ) -> Response:
-    """Download the dataset, streamed, with ``ETag``/``Digest`` headers (SHA-256)."""
+    """Download the dataset, streamed, with ``ETag``/``Digest`` headers (SHA-256). The stored object is
+    checked against its chain record first: 409 "integrity check failed" if it was changed in storage."""
     ds = registry.get_dataset(dataset_id)
     assert ds.sha256
+    chain_sha, _ = registry.chain_dataset_hash(ds)
     return artifact_response(
         request,
-        lambda: registry.open_object(ds.bucket, ds.object_key),
+        lambda: registry.verified_chunks(ds.bucket, ds.object_key, chain_sha, f"dataset {ds.id}"),
         sha256=ds.sha256,
         md5=ds.md5,
         size=ds.size_bytes,
         filename=ds.filename,
         content_type=ds.content_type,
+    )
+
+
+@router.get("/{dataset_id}/provenance", response_model=Provenance)
+def dataset_provenance(dataset_id: str, registry: RegistryDep, _caller: Developer) -> Provenance:
+    """Recompute the stored object's SHA-256 and compare it with the chain record."""
+    ds = registry.get_dataset(dataset_id)
+    chain_sha, record = registry.chain_dataset_hash(ds)
+    actual = registry.recompute(ds.bucket, ds.object_key)
+    recomputed = actual.sha256 if actual else None
+    return Provenance(
+        subject=f"dataset {ds.id}",
+        sha256_recorded=ds.sha256,
+        sha256_recomputed=recomputed,
+        sha256_chain=chain_sha,
+        verified=recomputed is not None and recomputed == chain_sha == ds.sha256,
+        chain=record,
     )
 
 

@@ -38,13 +38,12 @@ def readyz(state: StateDep) -> dict[str, Any]:
     except Exception as exc:
         checks["storage"] = f"error: {exc}"
         failed.append("storage")
-    if state.chain is not None:
-        try:
-            state.chain.health()
-            checks["chain"] = "ok"
-        except Exception as exc:
-            checks["chain"] = f"error: {exc}"
-            failed.append("chain")
+    try:
+        state.chain.health()
+        checks["chain"] = "ok"
+    except Exception as exc:
+        checks["chain"] = f"error: {exc}"
+        failed.append("chain")
     if failed:
         raise ServiceUnavailable(f"not ready: {', '.join(failed)}", checks=checks)
     return {"status": "ready", "checks": checks}

@@ -18,7 +18,9 @@ from controller.registry.schemas import (
     ModelMetadata,
     ModelOut,
     ModelParams,
+    ModelProvenance,
     Page,
+    Provenance,
     VersionOut,
 )
 from controller.registry.service import parse_json_field
@@ -167,9 +169,12 @@ def download_model(
     """The newest trained artifact (or ``version`` / newest of ``kind``); 409 if not trained yet."""
     mv = registry.resolve_version(model_id, version, kind)
     assert mv.sha256
+    chain_sha, _ = registry.chain_version_hash(mv)
     return artifact_response(
         request,
-        lambda: registry.open_object(mv.bucket, mv.object_key),
+        lambda: registry.verified_chunks(
+            mv.bucket, mv.object_key, chain_sha, f"model {model_id} v{mv.version}"
+        ),
         sha256=mv.sha256,
         md5=mv.md5,
         size=mv.size_bytes,
@@ -181,8 +186,39 @@ def download_model(
 
 @router.get("/{model_id}/metadata", response_model=ModelOut)
 def model_metadata(model_id: str, registry: RegistryDep, _caller: Developer) -> ModelOut:
-    """Model metadata, training spec and digest, and its ready versions with their hashes."""
-    return model_out(registry.get_model(model_id))
+    """Model metadata, training spec and digest, its ready versions with their hashes, and the
+    on-chain record (``train_image_hash``, ``res_hash`` once verified)."""
+    out = model_out(registry.get_model(model_id))
+    out.chain = registry.chain_model_record(model_id)
+    return out
+
+
+@router.get("/{model_id}/provenance", response_model=ModelProvenance)
+def model_provenance(model_id: str, registry: RegistryDep, _caller: Developer) -> ModelProvenance:
+    """Recompute every version's SHA-256 and compare with its chain record (verify or artifact)."""
+    model = registry.get_model(model_id)
+    checks = []
+    for mv in registry.ready_versions(model):
+        chain_sha, record = registry.chain_version_hash(mv)
+        actual = registry.recompute(mv.bucket, mv.object_key)
+        recomputed = actual.sha256 if actual else None
+        checks.append(
+            Provenance(
+                subject=f"model {model_id} v{mv.version} ({mv.kind})",
+                sha256_recorded=mv.sha256,
+                sha256_recomputed=recomputed,
+                sha256_chain=chain_sha,
+                verified=recomputed is not None and recomputed == chain_sha == mv.sha256,
+                record=record,
+            )
+        )
+    chain = registry.chain_model_record(model_id)
+    return ModelProvenance(
+        model_id=model_id,
+        chain=chain,
+        verified=chain is not None and all(c.verified for c in checks),
+        versions=checks,
+    )
 
 
 @router.get("/{model_id}/versions", response_model=list[VersionOut])

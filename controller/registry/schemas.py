@@ -167,6 +167,28 @@ class ModelOut(BaseModel):
     created_by: str | None
     created_at: dt.datetime
     versions: list[VersionOut]
+    chain: dict[str, Any] | None = Field(default=None, description="the on-chain record (metadata route)")
+
+
+class Provenance(BaseModel):
+    """Stored object vs SQL vs chain: ``verified`` only when all three SHA-256 agree."""
+
+    subject: str
+    sha256_recorded: str | None = Field(description="what the registry recorded at upload")
+    sha256_recomputed: str | None = Field(description="the stored object's hash, recomputed now")
+    sha256_chain: str | None = Field(description="the hash in the chain record")
+    verified: bool
+    chain: dict[str, Any] | None = None
+    record: str | None = Field(default=None, description="which chain record holds the hash")
+
+
+class ModelProvenance(BaseModel):
+    """A model's chain record and the check of every version."""
+
+    model_id: str
+    chain: dict[str, Any] | None
+    verified: bool = Field(description="every version matches its chain record")
+    versions: list[Provenance]
 
 
 class ArtifactStored(BaseModel):

@@ -20,10 +20,10 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Dataset, Model, ModelVersion, new_id, utcnow
-from controller.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from controller.registry.hashing import Digests
+from controller.errors import Conflict, IntegrityCheckFailed, NotFound, ServiceUnavailable, Unprocessable
+from controller.registry.hashing import Digests, hash_chunks, iter_verified
 from controller.registry.schemas import DatasetMetadata, ModelMetadata, TrainingSpec
-from controller.storage.base import ArtifactStore, StorageError
+from controller.storage.base import ArtifactStore, ObjectNotFound, StorageError
 
 if TYPE_CHECKING:
     from controller.chain.base import ChainBackend
@@ -70,14 +70,14 @@ def parse_json_field(raw: str | None, schema: type[M], field: str) -> M:
 
 
 class Registry:
-    """Datasets and models over SQL + ArtifactStore (+ chain when configured)."""
+    """Datasets and models over SQL + ArtifactStore + chain."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         store: ArtifactStore,
         buckets: Buckets,
-        chain: ChainBackend | None = None,
+        chain: ChainBackend,
     ) -> None:
         self.sessions = sessions
         self.store = store
@@ -111,19 +111,18 @@ class Registry:
     ) -> Dataset:
         """Record the chain entry and mark the dataset ready; on any failure remove everything."""
         try:
-            if self.chain is not None:
-                receipt = self._chain_call(
-                    "register the dataset",
-                    lambda c: c.register_dataset(
-                        ds.id,
-                        meta.organization_id,
-                        meta.samples_dimension,
-                        digests.size,
-                        bytes.fromhex(digests.sha256),
-                        bytes.fromhex(digests.md5),
-                    ),
-                )
-                ds.chain_address, ds.chain_tx = receipt.contract_address, receipt.tx_hash
+            receipt = self._chain_call(
+                "register the dataset",
+                lambda c: c.register_dataset(
+                    ds.id,
+                    meta.organization_id,
+                    meta.samples_dimension,
+                    digests.size,
+                    bytes.fromhex(digests.sha256),
+                    bytes.fromhex(digests.md5),
+                ),
+            )
+            ds.chain_address, ds.chain_tx = receipt.contract_address, receipt.tx_hash
             with self.sessions.begin() as s:
                 row = s.get(Dataset, ds.id)
                 if row is None:
@@ -188,18 +187,17 @@ class Registry:
         with self.sessions.begin() as s:
             s.add(model)
         try:
-            if self.chain is not None:
-                receipt = self._chain_call(
-                    "register the model",
-                    lambda c: c.register_model(
-                        model.id,
-                        model.organization_id,
-                        model.developer_id,
-                        model.dataset_id,
-                        bytes.fromhex(digest),
-                    ),
-                )
-                model.chain_address, model.chain_tx = receipt.contract_address, receipt.tx_hash
+            receipt = self._chain_call(
+                "register the model",
+                lambda c: c.register_model(
+                    model.id,
+                    model.organization_id,
+                    model.developer_id,
+                    model.dataset_id,
+                    bytes.fromhex(digest),
+                ),
+            )
+            model.chain_address, model.chain_tx = receipt.contract_address, receipt.tx_hash
             with self.sessions.begin() as s:
                 row = s.get(Model, model.id)
                 assert row is not None
@@ -297,8 +295,7 @@ class Registry:
     ) -> ModelVersion:
         """Chain step (first trained result: ``verify``; later ones: artifact record), then ready."""
         try:
-            if self.chain is not None:
-                self._chain_version(mv, digests)
+            self._chain_version(mv, digests)
             with self.sessions.begin() as s:
                 row = s.get(ModelVersion, mv.id)
                 model = s.get(Model, mv.model_id)
@@ -317,6 +314,10 @@ class Registry:
             raise
 
     def _chain_version(self, mv: ModelVersion, digests: Digests) -> None:
+        """First trained result of a model: ``verify(resultHash)`` (once per model). Every other version
+        (retrained results, ONNX translations, quantized variants): an artifact record keyed by version."""
+        from controller.chain.errors import AlreadyVerified
+
         digest = bytes.fromhex(digests.sha256)
         with self.sessions() as s:
             earlier_trained = s.scalar(
@@ -326,19 +327,41 @@ class Registry:
                     ModelVersion.status == READY,
                 )
             )
+        receipt = None
         if mv.kind == "trained" and not earlier_trained:
-            receipt = self._chain_call("verify the model", lambda c: c.verify_model(mv.model_id, digest))
-        else:
+            try:
+                receipt = self._chain_call("verify the model", lambda c: c.verify_model(mv.model_id, digest))
+            except ServiceUnavailable as exc:
+                # verified by an earlier attempt whose SQL commit then failed: keep this as an artifact
+                if not isinstance(exc.__cause__, AlreadyVerified):
+                    raise
+        if receipt is None:
+            source = self._chain_source(mv)
             receipt = self._chain_call(
                 "record the artifact",
-                lambda c: c.record_artifact(mv.model_id, mv.version, mv.kind, digest, mv.source_version or 0),
+                lambda c: c.record_artifact(mv.model_id, mv.version, mv.kind, digest, source),
             )
         mv.chain_tx = receipt.tx_hash
+
+    def _chain_source(self, mv: ModelVersion) -> int:
+        """The chain's name for a version's source: 0 for the verified training result (held by the model
+        record), else the source's own artifact version."""
+        if mv.source_version is None:
+            return 0
+        with self.sessions() as s:
+            src = s.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.model_id == mv.model_id, ModelVersion.version == mv.source_version
+                )
+            )
+        if src is None:
+            return 0
+        _, record = self.chain_version_hash(src)
+        return 0 if record == "model.verify" else src.version
 
     def _chain_call(self, what: str, fn: Any) -> Any:
         from controller.chain.errors import ChainError
 
-        assert self.chain is not None
         try:
             return fn(self.chain)
         except ChainError as exc:
@@ -350,6 +373,93 @@ class Registry:
             return self.store.open(bucket, key)
         except StorageError as exc:
             raise ServiceUnavailable(f"artifact store failed: {exc}", backend="storage") from exc
+
+    def recompute(self, bucket: str, key: str) -> Digests | None:
+        """Hash the stored object again (streamed); None if the object is gone."""
+        try:
+            return hash_chunks(self.store.open(bucket, key))
+        except ObjectNotFound:
+            return None
+        except StorageError as exc:
+            raise ServiceUnavailable(f"artifact store failed: {exc}", backend="storage") from exc
+
+    def chain_dataset_hash(self, ds: Dataset) -> tuple[str | None, dict[str, Any] | None]:
+        """(SHA-256 hex on chain, decoded record) for a dataset; (None, None) if there is no record."""
+        from controller.chain.errors import RecordNotFound
+
+        try:
+            rec = self._chain_call("read the dataset record", lambda c: c.get_dataset(ds.id))
+        except ServiceUnavailable as exc:
+            if isinstance(exc.__cause__, RecordNotFound):
+                return None, None
+            raise
+        return rec.sha256.hex(), {
+            "contract_address": rec.contract_address,
+            "organization_id": rec.organization_id,
+            "samples_dimension": rec.samples_dimension,
+            "size_bytes": rec.size_bytes,
+            "sha256": rec.sha256.hex(),
+            "md5": rec.md5.hex(),
+            "registered_at": rec.registered_at,
+        }
+
+    def chain_model_record(self, model_id: str) -> dict[str, Any] | None:
+        """The model's decoded chain record (seed-style names included), or None."""
+        from controller.chain.errors import RecordNotFound
+
+        try:
+            rec = self._chain_call("read the model record", lambda c: c.get_model(model_id))
+        except ServiceUnavailable as exc:
+            if isinstance(exc.__cause__, RecordNotFound):
+                return None
+            raise
+        return {
+            "contract_address": rec.contract_address,
+            "organization_id": rec.organization_id,
+            "developer_id": rec.developer_id,
+            "dataset_id": rec.dataset_id,
+            "train_image_hash": rec.training_digest.hex(),
+            "verified": rec.verified,
+            "res_hash": rec.result_hash.hex() if rec.result_hash else None,
+            "verified_at": rec.verified_at,
+            "registered_at": rec.registered_at,
+        }
+
+    def chain_version_hash(self, mv: ModelVersion) -> tuple[str | None, str]:
+        """(SHA-256 hex on chain, which record holds it) for a model version."""
+        from controller.chain.errors import RecordNotFound
+
+        try:
+            art = self._chain_call(
+                "read the artifact record", lambda c: c.get_artifact(mv.model_id, mv.version)
+            )
+            return art.sha256.hex(), "artifact"
+        except ServiceUnavailable as exc:
+            if not isinstance(exc.__cause__, RecordNotFound):
+                raise
+        if mv.kind == "trained":
+            record = self.chain_model_record(mv.model_id)
+            if record and record["res_hash"]:
+                return str(record["res_hash"]), "model.verify"
+        return None, "none"
+
+    def verified_chunks(self, bucket: str, key: str, expected: str | None, what: str) -> Iterator[bytes]:
+        """Integrity on read: hash the stored object against the chain record first (409 problem
+        'integrity check failed' on mismatch), then stream it while hashing again (a change between the
+        two passes aborts the transfer)."""
+        if expected is None:
+            raise IntegrityCheckFailed(f"{what} has no chain record to check against")
+        actual = self.recompute(bucket, key)
+        if actual is None:
+            raise IntegrityCheckFailed(f"{what}: stored object is missing")
+        if actual.sha256 != expected:
+            log.error("integrity check failed for %s: stored %s, chain %s", what, actual.sha256, expected)
+            raise IntegrityCheckFailed(
+                f"{what}: stored object's sha256 {actual.sha256} differs from the chain record {expected}",
+                sha256_stored=actual.sha256,
+                sha256_chain=expected,
+            )
+        return iter_verified(self.open_object(bucket, key), expected)
 
     # ---------------------------------------------------------- reconciliation
     def reconcile(self, grace_seconds: int) -> dict[str, int]:

@@ -1,0 +1,250 @@
+"""Chain benchmark: gas and wall time per dataset registration and per model verify, on the in-process
+EVM and on a real anvil node (started here on a free port), plus registrations/s, journal replay speed,
+and the per-asset-contract (seed) vs registry gas comparison.
+
+usage: python bench/chain.py [--quick]
+Prints a table, then one line of JSON with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from controller.chain import ChainBackend, TxReceipt, make_chain_backend  # noqa: E402
+
+
+def sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def uid() -> str:
+    return str(uuid.uuid4())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def anvil_binary() -> Path:
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    for candidate in (
+        ROOT / "node_modules" / "@foundry-rs" / f"anvil-linux-{arch}" / "bin" / "anvil",
+        ROOT / "node_modules" / "@foundry-rs" / "anvil" / "anvil",
+    ):
+        if candidate.exists():
+            return candidate
+    raise SystemExit("anvil not found under node_modules: run `npm install` in the repository root")
+
+
+@contextlib.contextmanager
+def anvil() -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(port), "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("anvil did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure(samples: list[tuple[float, int]], call: Callable[..., TxReceipt], *args: Any) -> TxReceipt:
+    """Run one chain write, recording its wall time and gas."""
+    started = time.perf_counter()
+    receipt = call(*args)
+    samples.append((time.perf_counter() - started, receipt.gas_used))
+    return receipt
+
+
+def summarize(samples: list[tuple[float, int]]) -> dict[str, float | int]:
+    seconds = [s for s, _ in samples]
+    gas = sorted({g for _, g in samples})
+    ordered = sorted(seconds)
+    return {
+        "n": len(samples),
+        "gas": int(statistics.median(g for _, g in samples)),
+        "gas_min": gas[0],
+        "gas_max": gas[-1],
+        "ms_median": round(statistics.median(seconds) * 1e3, 2),
+        "ms_p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1e3, 2),
+        "per_s": round(len(seconds) / sum(seconds), 1),
+    }
+
+
+def run_backend(backend: ChainBackend, n: int, n_seed: int) -> dict[str, dict[str, float | int]]:
+    """Realistic ids (UUIDs) and digests; one operation at a time, as a REST handler would."""
+    samples: dict[str, list[tuple[float, int]]] = {
+        op: []
+        for op in (
+            "register_dataset",
+            "register_model",
+            "verify_model",
+            "record_artifact",
+            "record_fl_run_10",
+            "seed_deploy_dataset",
+            "seed_deploy_model",
+            "seed_verify",
+        )
+    }
+    dataset_ids = [uid() for _ in range(n)]
+    for d in dataset_ids:
+        md5 = hashlib.md5(d.encode()).digest()
+        measure(
+            samples["register_dataset"],
+            backend.register_dataset,
+            d,
+            uid(),
+            "(128,128,3)",
+            1_840_000,
+            sha(d),
+            md5,
+        )
+    for d in dataset_ids:
+        m = uid()
+        measure(samples["register_model"], backend.register_model, m, uid(), uid(), d, sha("img" + m))
+        measure(samples["verify_model"], backend.verify_model, m, sha("result" + m))
+        measure(samples["record_artifact"], backend.record_artifact, m, 1, "onnx", sha("onnx" + m))
+    devices = [f"device-{i}" for i in range(10)]
+    for _ in range(n_seed):
+        measure(
+            samples["record_fl_run_10"], backend.record_fl_run, uid(), devices, 20, "fedavg", sha("final")
+        )
+    for _ in range(n_seed):
+        d = uid()
+        dataset_args = {
+            "dataset_id": d,
+            "organization_id": uid(),
+            "samples_dimension": "(128,128,3)",
+            "size_bytes": 1_840_000,
+            "sha256": sha(d),
+            "hash": hashlib.md5(d.encode()).digest(),
+        }
+        measure(samples["seed_deploy_dataset"], backend.deploy_contract, "dataset", dataset_args)
+        model_args = {
+            "model_id": uid(),
+            "organization_id": uid(),
+            "developer_id": uid(),
+            "dataset_id": d,
+            "train_image_hash": sha("img" + d),
+        }
+        address = measure(
+            samples["seed_deploy_model"], backend.deploy_contract, "model", model_args
+        ).contract_address
+        measure(samples["seed_verify"], backend.verify_contract, address, sha("result" + address))
+    return {op: summarize(values) for op, values in samples.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="chain backend benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
+    args = parser.parse_args()
+    n, n_seed = (20, 5) if args.quick else (200, 30)
+    results: dict[str, dict[str, dict[str, float | int]]] = {}
+    replay: dict[str, float | int] = {}
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-chain-") as tmp:
+        evm_dir = Path(tmp) / "evm"
+        backend = make_chain_backend("evm", evm_dir)
+        try:
+            results["evm"] = run_backend(backend, n, n_seed)
+        finally:
+            backend.close()
+        journal = evm_dir / "chain" / "evm-journal.jsonl"
+        transactions = len(journal.read_text().splitlines()) - 1
+        started = time.perf_counter()
+        make_chain_backend("evm", evm_dir).close()
+        seconds = time.perf_counter() - started
+        replay = {
+            "transactions": transactions,
+            "seconds": round(seconds, 2),
+            "tx_per_s": round(transactions / seconds),
+        }
+        with anvil() as url:
+            backend = make_chain_backend(
+                "jsonrpc", Path(tmp) / "anvil", rpc_url=url, private_key="0x" + os.urandom(32).hex()
+            )
+            try:
+                results["anvil"] = run_backend(backend, n, n_seed)
+            finally:
+                backend.close()
+
+    print(f"chain benchmark: {n} registrations per backend, {n_seed} seed-style contracts, UUID ids")
+    header = f"{'backend':<7} {'operation':<20} {'gas':>9} {'ms median':>10} {'ms p95':>8} {'ops/s':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, ops in results.items():
+        for op, figures in ops.items():
+            gas, median, p95, per_s = (
+                figures["gas"],
+                figures["ms_median"],
+                figures["ms_p95"],
+                figures["per_s"],
+            )
+            print(f"{name:<7} {op:<20} {gas:>9,} {median:>10.2f} {p95:>8.2f} {per_s:>8.1f}")
+    evm = results["evm"]
+    ratio = {
+        "dataset": round(evm["seed_deploy_dataset"]["gas"] / evm["register_dataset"]["gas"], 2),
+        "model": round(evm["seed_deploy_model"]["gas"] / evm["register_model"]["gas"], 2),
+    }
+    print(
+        f"per-asset contract vs registry entry, gas: dataset x{ratio['dataset']}, model x{ratio['model']}; "
+        f"evm journal replay: {replay['transactions']} tx in {replay['seconds']} s "
+        f"({replay['tx_per_s']} tx/s)"
+    )
+    summary = {
+        "bench": "chain",
+        "quick": args.quick,
+        "n": n,
+        "n_seed": n_seed,
+        "registrations_per_s": {name: ops["register_dataset"]["per_s"] for name, ops in results.items()},
+        "gas": {name: {op: f["gas"] for op, f in ops.items()} for name, ops in results.items()},
+        "ms_median": {name: {op: f["ms_median"] for op, f in ops.items()} for name, ops in results.items()},
+        "per_asset_over_registry_gas": ratio,
+        "evm_replay": replay,
+    }
+    print(json.dumps(summary, sort_keys=True, separators=(",", ":")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

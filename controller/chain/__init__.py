@@ -1,0 +1,52 @@
+"""Provenance on an EVM chain: the ChainBackend interface, its errors and the factory.
+
+Implementations import web3 only when built by `make_chain_backend`, so importing this package is cheap.
+"""
+
+from controller.chain.base import (
+    ArtifactOnChain,
+    ChainBackend,
+    ChainEvent,
+    ContractKind,
+    DatasetOnChain,
+    FLRunOnChain,
+    ModelOnChain,
+    TxReceipt,
+    participant_hash,
+)
+from controller.chain.errors import (
+    AlreadyVerified,
+    ChainError,
+    ChainUnavailable,
+    ControllerKeyError,
+    InvalidRecord,
+    JournalError,
+    NotOwner,
+    RecordExists,
+    RecordNotFound,
+    Unauthorized,
+)
+from controller.chain.factory import make_chain_backend
+
+__all__ = [
+    "AlreadyVerified",
+    "ArtifactOnChain",
+    "ChainBackend",
+    "ChainError",
+    "ChainEvent",
+    "ChainUnavailable",
+    "ContractKind",
+    "ControllerKeyError",
+    "DatasetOnChain",
+    "FLRunOnChain",
+    "InvalidRecord",
+    "JournalError",
+    "ModelOnChain",
+    "NotOwner",
+    "RecordExists",
+    "RecordNotFound",
+    "TxReceipt",
+    "Unauthorized",
+    "make_chain_backend",
+    "participant_hash",
+]

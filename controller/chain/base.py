@@ -1,0 +1,223 @@
+"""The ChainBackend interface and the records it returns.
+
+A backend stores fedge's provenance records on an EVM chain through one registry contract
+(`FedgeRegistry`, records keyed by id) and, for the seed-compatible admin routes, deploys and reads
+per-asset `DatasetRecord` / `ModelRecord` contracts. Every transaction is signed locally with the
+controller's key and sent raw. Implementations: in-process EVM (`evm`), any JSON-RPC node (`jsonrpc`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+ContractKind = Literal["dataset", "model"]
+
+
+def participant_hash(device_id: str) -> bytes:
+    """How a federated-learning participant is committed to on chain: SHA-256 of its device id."""
+    return hashlib.sha256(device_id.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    """A decoded event log of one of our contracts; bytes values are `bytes`, addresses checksummed."""
+
+    name: str
+    address: str
+    args: Mapping[str, object] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class TxReceipt:
+    """A mined, successful transaction."""
+
+    tx_hash: str
+    block_number: int
+    gas_used: int
+    contract_address: str  # the contract holding the record (the registry, or a per-asset contract)
+    events: tuple[ChainEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetOnChain:
+    dataset_id: str
+    organization_id: str
+    samples_dimension: str
+    size_bytes: int
+    sha256: bytes
+    md5: bytes
+    contract_address: str
+    registered_at: int  # block timestamp, seconds
+
+
+@dataclass(frozen=True)
+class ModelOnChain:
+    model_id: str
+    organization_id: str
+    developer_id: str
+    dataset_id: str
+    training_digest: bytes
+    verified: bool
+    result_hash: bytes | None
+    verified_at: int | None
+    contract_address: str
+    registered_at: int
+
+
+@dataclass(frozen=True)
+class ArtifactOnChain:
+    model_id: str
+    version: int
+    kind: str  # "onnx", "quantized-int8", ...
+    sha256: bytes
+    source_version: int  # 0: derived from the verified training result
+    contract_address: str
+    recorded_at: int
+
+
+@dataclass(frozen=True)
+class FLRunOnChain:
+    run_id: str
+    participant_hashes: tuple[bytes, ...]  # participant_hash(device_id) of each, sorted
+    participants_digest: bytes  # keccak256 of the concatenated hashes, computed by the contract
+    rounds: int
+    strategy: str
+    dp_epsilon: float | None  # None: DP off. Stored as epsilon x 1e6
+    dp_delta: float | None  # None: DP off. Stored as delta x 1e18
+    he_enabled: bool
+    final_model_hash: bytes
+    model_id: str | None  # the registered model the final result became
+    contract_address: str
+    recorded_at: int
+
+
+class ChainBackend(ABC):
+    """Provenance records on an EVM chain, written by the controller's account.
+
+    Methods raise only `controller.chain.errors.ChainError` subclasses. Implementations are thread-safe.
+    """
+
+    controller_address: str
+    """Checksummed address of the account that signs every transaction."""
+
+    registry_address: str
+    """Checksummed address of the FedgeRegistry contract."""
+
+    chain_id: int
+    """EIP-155 chain id every transaction is signed for."""
+
+    # -- datasets and models (registry) -------------------------------------------------------------
+
+    @abstractmethod
+    def register_dataset(
+        self,
+        dataset_id: str,
+        organization_id: str,
+        samples_dimension: str,
+        size_bytes: int,
+        sha256: bytes,
+        md5: bytes,
+    ) -> TxReceipt:
+        """Record a dataset. RecordExists if the id is taken."""
+
+    @abstractmethod
+    def get_dataset(self, dataset_id: str) -> DatasetOnChain:
+        """RecordNotFound if absent."""
+
+    @abstractmethod
+    def register_model(
+        self,
+        model_id: str,
+        organization_id: str,
+        developer_id: str,
+        dataset_id: str,
+        training_digest: bytes,
+    ) -> TxReceipt:
+        """Record a model trained on a registered dataset (RecordNotFound if it is not)."""
+
+    @abstractmethod
+    def verify_model(self, model_id: str, result_hash: bytes) -> TxReceipt:
+        """Store the training result's hash; once per model (AlreadyVerified on a second call)."""
+
+    @abstractmethod
+    def get_model(self, model_id: str) -> ModelOnChain:
+        """RecordNotFound if absent."""
+
+    # -- provenance (registry) ----------------------------------------------------------------------
+
+    @abstractmethod
+    def record_artifact(
+        self, model_id: str, version: int, kind: str, sha256: bytes, source_version: int = 0
+    ) -> TxReceipt:
+        """Record an artifact derived from a model (version >= 1; source_version 0 = training result)."""
+
+    @abstractmethod
+    def get_artifact(self, model_id: str, version: int) -> ArtifactOnChain:
+        """RecordNotFound if absent."""
+
+    @abstractmethod
+    def record_fl_run(
+        self,
+        run_id: str,
+        participant_ids: Sequence[str],
+        rounds: int,
+        strategy: str,
+        final_model_hash: bytes,
+        *,
+        dp_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        he_enabled: bool = False,
+        model_id: str | None = None,
+    ) -> TxReceipt:
+        """Record a federated-learning run; device ids are stored only as participant_hash()."""
+
+    @abstractmethod
+    def get_fl_run(self, run_id: str) -> FLRunOnChain:
+        """RecordNotFound if absent."""
+
+    # -- per-asset contracts (the seed's admin routes) ----------------------------------------------
+
+    @abstractmethod
+    def deploy_contract(self, kind: ContractKind, args: Mapping[str, object]) -> TxReceipt:
+        """Deploy a DatasetRecord or ModelRecord; receipt.contract_address is the new contract.
+
+        dataset args: dataset_id, organization_id, samples_dimension, size_bytes, sha256 (hex or bytes),
+        hash (MD5, hex or bytes; optional). model args: model_id, organization_id, developer_id,
+        dataset_id, train_image_hash (32-byte digest, hex or bytes).
+        """
+
+    @abstractmethod
+    def describe_contract(self, address: str) -> dict[str, object]:
+        """Seed-style metadata of a DatasetRecord or ModelRecord; RecordNotFound for any other address."""
+
+    @abstractmethod
+    def verify_contract(self, address: str, result_hash: bytes) -> TxReceipt:
+        """Call verify on a ModelRecord (AlreadyVerified / NotOwner as for verify_model)."""
+
+    # -- accounts and lifecycle ---------------------------------------------------------------------
+
+    @abstractmethod
+    def transfer(self, to_address: str, amount_wei: int) -> TxReceipt:
+        """Send ether from the controller's account (fund another signer on a private chain)."""
+
+    @abstractmethod
+    def with_signer(self, private_key: str) -> ChainBackend:
+        """A view of the same chain that signs with another key; closing it leaves this one open."""
+
+    @abstractmethod
+    def health(self) -> None:
+        """Return if the chain answers; raise ChainUnavailable if not."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection / journal. Idempotent."""
+
+    def __enter__(self) -> ChainBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
