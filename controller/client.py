@@ -244,6 +244,65 @@ class FedgeClient:
         self._raise(resp)
         return ArtifactStored.model_validate(resp.json())
 
+    def register_model_with_package(self, metadata: dict[str, Any], package: str | Path) -> ModelCreated:
+        """Register a model whose python training code is uploaded (.tar.gz / .zip / wheel)."""
+        package = Path(package)
+        with open(package, "rb") as fh:
+            parts: list[tuple[str, Any]] = [
+                ("metadata", (None, json.dumps(metadata).encode())),
+                ("training_package", (package.name, fh, "application/octet-stream")),
+            ]
+            return ModelCreated.model_validate(self._json("POST", "/v1/models", files=parts))
+
+    # ---------------------------------------------------------- training
+    def train(self, model_id: str, hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a training job; returns {job_id, status}."""
+        result: dict[str, Any] = self._json(
+            "POST", f"/v1/models/{model_id}/train", json={"hyperparameters": hyperparameters or {}}
+        )
+        return result
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Job status, metrics, error, log tail."""
+        result: dict[str, Any] = self._json("GET", f"/v1/jobs/{job_id}")
+        return result
+
+    def jobs(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"model_id": model_id} if model_id else None
+        result: list[dict[str, Any]] = self._json("GET", "/v1/jobs", params=params)
+        return result
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/jobs/{job_id}/cancel")
+        return result
+
+    def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+        """The job's log lines (streamed; ``follow`` keeps reading until the job ends)."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/logs", params={"follow": follow}) as resp:
+            self._raise(resp)
+            yield from resp.iter_lines()
+
+    def wait_job(self, job_id: str, timeout: float = 3600, poll: float = 0.5) -> dict[str, Any]:
+        """Poll until the job ends; returns its final state."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(poll)
+
+    def translate(
+        self, model_id: str, *, source_version: int | None = None, quantize: bool = False
+    ) -> dict[str, Any]:
+        """Translate a trained version to ONNX (validated against the source model)."""
+        body = {"source_version": source_version, "quantize": quantize}
+        result: dict[str, Any] = self._json("POST", f"/v1/models/{model_id}/translate", json=body)
+        return result
+
     # ---------------------------------------------------------- provenance
     def dataset_provenance(self, dataset_id: str) -> Provenance:
         """Stored object vs registry vs chain record for a dataset."""

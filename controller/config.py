@@ -48,6 +48,19 @@ class ControllerSettings(BaseSettings):
         description="Uploads still pending after this long are treated as crashed and reconciled at start.",
     )
 
+    job_runner: Literal["local", "container", "kubernetes"] = Field(
+        default="local", description="Where training jobs run."
+    )
+    job_workers: int = Field(default=1, ge=1, le=64, description="Training jobs run at once by this process.")
+    job_timeout_seconds: int = Field(default=3600, ge=1, description="Default wall-clock limit of a job.")
+    job_memory_bytes: int = Field(default=4 * 1024**3, description="Memory limit of a job.")
+    job_max_output_bytes: int = Field(default=2 * 1024**3, description="Largest artifact a job may write.")
+    job_python: str | None = Field(
+        default=None, description="Interpreter for local python jobs (default: the controller's own)."
+    )
+    docker_host: str | None = Field(default=None, description="Docker-API endpoint for job_runner=container.")
+    translation_timeout_seconds: int = Field(default=600, ge=1)
+
     admin_token: SecretStr | None = Field(
         default=None, description="Initial admin token on first start (automation). Else one is generated."
     )

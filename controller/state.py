@@ -18,6 +18,7 @@ from controller.storage import ArtifactStore, make_store
 
 if TYPE_CHECKING:
     from controller.chain.base import ChainBackend
+    from controller.training.manager import JobManager
 
 log = logging.getLogger("fedge.controller")
 
@@ -35,8 +36,11 @@ class ControllerState:
     oidc: OidcVerifier | None = None
     generated_admin_token: str | None = field(default=None, repr=False)
     owns_chain: bool = True
+    jobs: JobManager | None = None
 
     def close(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()
         if self.chain is not None and self.owns_chain:
             self.chain.close()
         self.engine.dispose()
@@ -52,7 +56,9 @@ def make_chain(settings: ControllerSettings) -> ChainBackend:
     )
 
 
-def build_state(settings: ControllerSettings, chain: ChainBackend | None = None) -> ControllerState:
+def build_state(
+    settings: ControllerSettings, chain: ChainBackend | None = None, *, start_jobs: bool = True
+) -> ControllerState:
     """Create the data dir, migrate the database, open backends (the chain from settings unless one is
     given), bootstrap the admin token and reconcile what a crash may have left half-written."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +72,7 @@ def build_state(settings: ControllerSettings, chain: ChainBackend | None = None)
     buckets = Buckets.with_prefix(settings.bucket_prefix)
     store.ensure_bucket(buckets.datasets)
     store.ensure_bucket(buckets.models)
+    store.ensure_bucket(buckets.packages)
     registry = Registry(sessions, store, buckets, chain)
     with sessions.begin() as s:
         preset = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -78,4 +85,10 @@ def build_state(settings: ControllerSettings, chain: ChainBackend | None = None)
         if settings.oidc_issuer
         else None
     )
-    return ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated, owns_chain)
+    state = ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated, owns_chain)
+    from controller.training.manager import JobManager, make_runner
+
+    state.jobs = JobManager(settings, sessions, registry, make_runner(settings))
+    if start_jobs:  # without workers this process only queues jobs (another replica runs them)
+        state.jobs.start()
+    return state

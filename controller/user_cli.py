@@ -23,6 +23,8 @@ app = typer.Typer(help="fedge: datasets, models and more on a fedge controller."
 datasets_app = typer.Typer(help="Register, list and download datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="Register models, check status, download artifacts.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Mint, list and revoke API credentials (admin).", no_args_is_help=True)
+jobs_app = typer.Typer(help="Watch, list and cancel training jobs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
@@ -219,6 +221,177 @@ def models_get(
                 progress=lambda n: bar.advance(bar.task_ids[0], n),
             )
     err.print(f"saved {output} (sha256 {sha} verified)")
+
+
+@models_app.command("register-package")
+def models_register_package(
+    package: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=True, help="directory, .tar.gz, .zip or wheel")
+    ],
+    dataset_id: Annotated[str, typer.Option("--dataset")],
+    developer_id: Annotated[str, typer.Option("--developer")],
+    organization_id: Annotated[str, typer.Option("--org")],
+    entrypoint: Annotated[str, typer.Option(help="module or module:function inside the package")],
+    framework: Annotated[str | None, typer.Option(help="pytorch, sklearn, ...")] = None,
+    hyperparameters: Annotated[str | None, typer.Option(help="JSON object")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Register a model with its python training code (a directory is archived as .tar.gz first)."""
+    import tarfile
+    import tempfile
+
+    meta: dict[str, Any] = {
+        "model_params": {"developer_id": developer_id, "organization_id": organization_id},
+        "data_params": {"dataset_id": dataset_id},
+        "training": {
+            "kind": "python",
+            "entrypoint": entrypoint,
+            "framework": framework,
+            "hyperparameters": json.loads(hyperparameters) if hyperparameters else {},
+        },
+    }
+    if name:
+        meta["name"] = name
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = package
+        if package.is_dir():
+            archive = Path(tmp) / f"{package.name}.tar.gz"
+            with tarfile.open(archive, "w:gz") as tf:
+                tf.add(package, arcname=package.name, filter=_no_caches)
+        with _api() as fc:
+            created = fc.register_model_with_package(meta, archive)
+    _emit(created.model_dump(), as_json)
+
+
+def _no_caches(info: Any) -> Any:
+    return None if "__pycache__" in info.name else info
+
+
+@models_app.command("train")
+def models_train(
+    model_id: str,
+    hyperparameters: Annotated[str | None, typer.Option(help="JSON object merged over the spec's")] = None,
+    watch: Annotated[bool, typer.Option(help="follow progress until the job ends")] = True,
+) -> None:
+    """Start a training job (and watch it)."""
+    with _api() as fc:
+        job = fc.train(model_id, json.loads(hyperparameters) if hyperparameters else None)
+    err.print(f"job {job['job_id']} {job['status']}")
+    if watch:
+        jobs_watch(job["job_id"])
+    else:
+        console.print(job["job_id"])
+
+
+@models_app.command("translate")
+def models_translate(
+    model_id: str,
+    source_version: Annotated[int | None, typer.Option(help="trained version to translate (newest)")] = None,
+    quantize: Annotated[
+        bool, typer.Option(help="also try an int8 variant (kept if accurate and faster)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Translate a trained model to ONNX, validated against the source on held-out samples."""
+    with _api() as fc:
+        result = fc.translate(model_id, source_version=source_version, quantize=quantize)
+    _emit(result, as_json)
+
+
+@models_app.command("pull")
+def models_pull(
+    model_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
+    fmt: Annotated[str, typer.Option("--format", help="trained | onnx | quantized")] = "trained",
+    version: Annotated[int | None, typer.Option(help="a specific version")] = None,
+) -> None:
+    """Download a model version in a format; the SHA-256 is checked against the chain record."""
+    models_get(model_id, output, version=version, kind=None if version else fmt)
+    with _api() as fc:
+        prov = fc.model_provenance(model_id)
+        sha = hashlib_file(output)
+    matches = [v for v in prov.versions if v.sha256_chain == sha]
+    if not matches:
+        err.print(f"[red]error[/red] {output} (sha256 {sha}) matches no chain record of model {model_id}")
+        output.unlink(missing_ok=True)
+        raise typer.Exit(1)
+    err.print(f"chain record matches: {matches[0].subject} ({matches[0].record})")
+
+
+def hashlib_file(path: Path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+# -------------------------------------------------------------------- jobs
+@jobs_app.command("watch")
+def jobs_watch(job_id: str) -> None:
+    """Live progress bar and metrics until the job ends; exit 1 if it failed."""
+    import time
+
+    from rich.live import Live
+
+    with _api() as fc:
+        progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            "{task.percentage:>3.0f}%",
+            "{task.fields[metrics]}",
+            console=err,
+        )
+        task = progress.add_task(f"job {job_id[:8]}", total=1.0, metrics="")
+        with Live(progress, console=err, refresh_per_second=4):
+            while True:
+                job = fc.job(job_id)
+                shown = {
+                    k: v for k, v in job["metrics"].items() if isinstance(v, int | float) and k != "progress"
+                }
+                text = "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
+                progress.update(task, completed=job["progress"] or 0.0, metrics=f"{job['status']} {text}")
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.5)
+    if job["status"] == "succeeded":
+        err.print(f"[green]succeeded[/green]: model {job['model_id']} version {job['model_version']}")
+        return
+    err.print(f"[red]{job['status']}[/red]: {job['error']}")
+    for line in job["log_tail"][-10:]:
+        err.print(f"  {line}")
+    raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(model_id: Annotated[str | None, typer.Option("--model")] = None) -> None:
+    """Jobs, newest first."""
+    with _api() as fc:
+        rows = fc.jobs(model_id)
+    table = Table("job_id", "model", "status", "progress", "version", "error")
+    for j in rows:
+        table.add_row(j["job_id"], j["model_id"][:8], j["status"], f"{(j['progress'] or 0):.0%}",
+                      str(j["model_version"] or ""), (j["error"] or "")[:60])  # fmt: skip
+    console.print(table)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("-f", "--follow")] = False) -> None:
+    """Print the job's log (follow until it ends with -f)."""
+    with _api() as fc:
+        for line in fc.job_logs(job_id, follow=follow):
+            console.print(line, markup=False, highlight=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    with _api() as fc:
+        job = fc.cancel_job(job_id)
+    err.print(f"job {job_id}: {job['status']}")
 
 
 @models_app.command("push-artifact")

@@ -126,6 +126,8 @@ def main() -> None:
                 }
             )
             model_meta = fc.model_metadata(model.model_id)
+            ds_prov = fc.dataset_provenance(ds.dataset_id)
+            registry = fc.contract(str(meta.chain_address))
 
         table = Table("what", title="registered now")
         table.add_column("value", overflow="fold")
@@ -135,13 +137,19 @@ def main() -> None:
         table.add_row("dataset size", f"{ds.size_bytes} bytes")
         table.add_row("stored at", str(data_dir / "objects" / meta.bucket / meta.object_key))
         table.add_row("original filename", str(meta.filename))
-        table.add_row("dataset chain record", str(meta.chain_address or "-"))
+        table.add_row("registry contract", f"{registry['address']} (signed by {registry['controller']})")
         table.add_row("model_id", model.model_id)
         table.add_row("model status", model_meta.status)
         table.add_row("training digest", model.training_digest)
-        table.add_row("model chain record", str(model_meta.chain_address or "-"))
         table.add_row("metadata DB", str(data_dir / "fedge.db"))
+        table.add_row("chain journal", str(data_dir / "chain"))
         console.print(table)
+        console.rule("on-chain records (decoded)")
+        console.print_json(data={"dataset": ds_prov.chain, "model": model_meta.chain})
+        console.print(
+            f"dataset provenance: stored object sha256 recomputed = chain record -> "
+            f"[bold]{'verified' if ds_prov.verified else 'MISMATCH'}[/bold]"
+        )
         console.print(
             f"[green]done[/green]: {earlier.total + 1} datasets now registered; run `make demo` again to see "
             "this run's dataset listed from the persisted store."

@@ -43,6 +43,11 @@ _REGISTER_BODY: dict[str, Any] = {
                     "properties": {
                         "metadata": {"type": "string", "description": "ModelMetadata as a JSON string"},
                         "train_image": {"type": "string", "description": "container image (seed form)"},
+                        "training_package": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "python training code: .tar.gz / .zip directory archive or wheel",
+                        },
                     },
                 }
             },
@@ -105,19 +110,33 @@ async def register_model(request: Request, state: StateDep, caller: Developer) -
     """Register a model for a dataset with how to train it. Accepts the seed's multipart form
     (``metadata`` JSON string, optional ``train_image``) or the same metadata as a JSON body."""
     ctype = request.headers.get("content-type", "")
+    package: tuple[str, Any] | None = None
+    registry = state.registry
     if ctype.startswith("multipart/form-data"):
-        fields, _ = await receive_multipart(
-            request, file_field=None, target=None, max_field_bytes=state.settings.max_metadata_bytes
-        )
-        raw = fields.get("metadata")
-        meta = parse_json_field(raw, ModelMetadata, "metadata")
-        image = fields.get("train_image")
-        if image:
-            if meta.training is not None:
-                raise Unprocessable(
-                    "give either 'train_image' or metadata.training, not both", field="train_image"
-                )
-            meta = meta.model_copy(update={"training": _container_spec(image)})
+        from controller.db.models import new_id
+
+        key = new_id()
+        target = UploadTarget(registry.store, registry.buckets.packages, key, state.settings.max_upload_bytes)
+        try:
+            fields, stored = await receive_multipart(
+                request,
+                file_field="training_package",
+                target=target,
+                max_field_bytes=state.settings.max_metadata_bytes,
+            )
+            if stored is not None:
+                package = (key, stored.digests)
+            meta = parse_json_field(fields.get("metadata"), ModelMetadata, "metadata")
+            image = fields.get("train_image")
+            if image:
+                if meta.training is not None:
+                    raise Unprocessable(
+                        "give either 'train_image' or metadata.training, not both", field="train_image"
+                    )
+                meta = meta.model_copy(update={"training": _container_spec(image)})
+        except BaseException:
+            await run_in_threadpool(registry.store.delete, registry.buckets.packages, key)
+            raise
     elif ctype.startswith("application/json"):
         body = await request.body()
         if len(body) > state.settings.max_metadata_bytes:
@@ -127,7 +146,12 @@ async def register_model(request: Request, state: StateDep, caller: Developer) -
         from controller.errors import UnsupportedMediaType
 
         raise UnsupportedMediaType("send application/json or multipart/form-data")
-    model = await run_in_threadpool(state.registry.register_model, meta, caller.subject)
+    try:
+        model = await run_in_threadpool(registry.register_model, meta, caller.subject, package)
+    except BaseException:
+        if package is not None:
+            await run_in_threadpool(registry.store.delete, registry.buckets.packages, package[0])
+        raise
     return ModelCreated(model_id=model.id, status=model.status, training_digest=model.training_digest)
 
 

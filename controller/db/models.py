@@ -113,11 +113,34 @@ class ModelVersion(Base):
     bucket: Mapped[str] = mapped_column(String(63))
     object_key: Mapped[str] = mapped_column(String(36), unique=True)
     source_version: Mapped[int | None] = mapped_column(Integer)
+    descriptor: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # model.json: framework, input...
     chain_tx: Mapped[str | None] = mapped_column(String(66))
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     model: Mapped[Model] = relationship(back_populates="versions")
+
+
+class Job(Base):
+    """A training job: queued -> running -> succeeded | failed | cancelled."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    runner: Mapped[str] = mapped_column(String(32))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # newest metrics line
+    progress: Mapped[float | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    token_id: Mapped[str | None] = mapped_column(String(36))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ApiToken(Base):

@@ -42,10 +42,11 @@ class Buckets:
 
     datasets: str
     models: str
+    packages: str
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Buckets:
-        return cls(datasets=f"{prefix}datasets", models=f"{prefix}models")
+        return cls(datasets=f"{prefix}datasets", models=f"{prefix}models", packages=f"{prefix}packages")
 
 
 def parse_json_field(raw: str | None, schema: type[M], field: str) -> M:
@@ -162,8 +163,25 @@ class Registry:
             return list(rows), total
 
     # ------------------------------------------------------------------- models
-    def register_model(self, meta: ModelMetadata, created_by: str) -> Model:
-        """Validate the dataset reference, write the chain record, store the model ``registered``."""
+    def register_model(
+        self, meta: ModelMetadata, created_by: str, package: tuple[str, Digests] | None = None
+    ) -> Model:
+        """Validate the dataset reference, write the chain record, store the model ``registered``.
+        ``package`` is an uploaded training package (object key in the packages bucket, digests): its
+        SHA-256 becomes the training digest recorded on chain."""
+        if package is not None:
+            digests = package[1]
+            spec = meta.training
+            if spec is None or spec.kind != "python":
+                raise Unprocessable("a training package needs a python training spec", field="training.kind")
+            if spec.package_sha256 and spec.package_sha256 != digests.sha256:
+                raise Unprocessable(
+                    f"training.package_sha256 {spec.package_sha256} does not match the uploaded package "
+                    f"({digests.sha256})",
+                    field="training.package_sha256",
+                )
+            pinned = spec.model_copy(update={"package_sha256": digests.sha256})
+            meta = meta.model_copy(update={"training": pinned})
         with self.sessions() as s:
             ds = s.get(Dataset, meta.data_params.dataset_id)
             if ds is None or ds.status != READY:
@@ -171,6 +189,8 @@ class Registry:
                     f"dataset {meta.data_params.dataset_id} does not exist", field="data_params.dataset_id"
                 )
         training = meta.training.model_dump() if meta.training else {}
+        if package is not None:
+            training["package_key"] = package[0]
         digest = meta.training.digest() if meta.training else TrainingSpec.digest_of(training)
         model = Model(
             id=new_id(),
@@ -291,7 +311,12 @@ class Registry:
             s.execute(delete(ModelVersion).where(ModelVersion.id == mv.id, ModelVersion.status == PENDING))
 
     def complete_version(
-        self, mv: ModelVersion, digests: Digests, filename: str | None, content_type: str | None
+        self,
+        mv: ModelVersion,
+        digests: Digests,
+        filename: str | None,
+        content_type: str | None,
+        descriptor: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Chain step (first trained result: ``verify``; later ones: artifact record), then ready."""
         try:
@@ -305,6 +330,7 @@ class Registry:
                 row.content_type = (content_type or "application/octet-stream")[:255]
                 row.size_bytes, row.sha256, row.md5 = digests.size, digests.sha256, digests.md5
                 row.chain_tx = mv.chain_tx
+                row.descriptor = descriptor
                 row.status = READY
                 if row.kind == "trained":
                     model.status = TRAINED
@@ -490,7 +516,12 @@ class Registry:
         with self.sessions() as s:
             known_ds = set(s.scalars(select(Dataset.object_key)).all())
             known_mv = set(s.scalars(select(ModelVersion.object_key)).all())
-        for bucket, known in ((self.buckets.datasets, known_ds), (self.buckets.models, known_mv)):
+            known_pkg = {str((t or {}).get("package_key")) for t in s.scalars(select(Model.training)).all()}
+        for bucket, known in (
+            (self.buckets.datasets, known_ds),
+            (self.buckets.models, known_mv),
+            (self.buckets.packages, known_pkg),
+        ):
             for obj in list(self.store.list(bucket)):
                 if obj.key not in known and obj.modified <= cutoff.timestamp():
                     self.store.delete(bucket, obj.key)

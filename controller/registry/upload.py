@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from controller.registry.hashing import ChunkPipe, Digests, HashingReader, SizeL
 from controller.storage.base import ArtifactStore, StorageError
 
 _EXECUTOR = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fedge-upload")
+_COALESCE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class _StoreWriter:
     def __init__(self, target: UploadTarget, content_type: str) -> None:
         self.pipe = ChunkPipe()
         self.reader = HashingReader(self.pipe, target.limit)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self.target = target
         loop = asyncio.get_running_loop()
         self.future = loop.run_in_executor(_EXECUTOR, self._run, content_type)
@@ -62,14 +66,28 @@ class _StoreWriter:
             self.pipe.closed.set()
 
     async def feed(self, data: bytes) -> bool:
-        """Hand bytes to the worker; False once the worker has stopped (limit, storage error)."""
+        """Hand bytes to the worker (coalesced to ~1 MiB to cut thread wake-ups); False once the worker
+        has stopped (limit, storage error)."""
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size < _COALESCE:
+            return not self.pipe.closed.is_set()
+        return await self._flush()
+
+    async def _flush(self) -> bool:
+        if not self._pending:
+            return not self.pipe.closed.is_set()
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
         try:
             self.pipe._q.put_nowait(data)
-            return True
-        except Exception:
+            return not self.pipe.closed.is_set()
+        except queue.Full:  # wait in a thread instead of blocking the event loop
             return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, self.pipe.feed, data)
 
     async def finish(self) -> Digests:
+        if not await self._flush():
+            await self._wait()
         await asyncio.get_running_loop().run_in_executor(_EXECUTOR, self.pipe.finish)
         await self._wait()
         return self.reader.digests()

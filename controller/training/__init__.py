@@ -1,0 +1,1 @@
+"""Controlled training jobs: job runners (local process, container, Kubernetes) and the job manager."""
