@@ -11,6 +11,7 @@ shared by the other runners so that all of them word their outcomes the same way
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -257,18 +258,14 @@ class LocalJobRunner(JobRunner):
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM to the whole group, SIGKILL after the grace period."""
         _killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=self.kill_grace_s)
-        except subprocess.TimeoutExpired:
-            pass
         _killpg(proc.pid, signal.SIGKILL)
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _limits(memory_bytes: int | None, max_output_bytes: int) -> Callable[[], None]:
