@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
-from controller.api import contracts, datasets, health, jobs, models
+from controller.api import contracts, datasets, health, jobs, models, translation
 from controller.api import tokens as tokens_api
 from controller.errors import ProblemError
 from controller.state import ControllerState
@@ -94,4 +94,5 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(tokens_api.router)
     app.include_router(contracts.router)
     app.include_router(jobs.router)
+    app.include_router(translation.router)
     return app

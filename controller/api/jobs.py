@@ -93,7 +93,7 @@ def list_jobs(
 ) -> list[JobOut]:
     """Jobs, newest first."""
     manager = _jobs(state)
-    return [job_out(manager, j, tail=0) for j in manager.list(model_id, limit, offset)]
+    return [job_out(manager, j, tail=0) for j in manager.list_jobs(model_id, limit, offset)]
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)

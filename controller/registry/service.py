@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Dataset, Model, ModelVersion, new_id, utcnow
 from controller.errors import Conflict, IntegrityCheckFailed, NotFound, ServiceUnavailable, Unprocessable
-from controller.registry.hashing import Digests, hash_chunks, iter_verified
+from controller.registry.hashing import Digests, HashingReader, hash_chunks, iter_verified
 from controller.registry.schemas import DatasetMetadata, ModelMetadata, TrainingSpec
 from controller.storage.base import ArtifactStore, ObjectNotFound, StorageError
 
@@ -338,6 +339,34 @@ class Registry:
         except BaseException:
             self.discard_version(mv)
             raise
+
+    def add_version_from_file(
+        self,
+        model_id: str,
+        kind: str,
+        path: Path,
+        *,
+        created_by: str,
+        fmt: str | None,
+        source_version: int | None,
+        descriptor: dict[str, Any] | None,
+        limit: int | None = None,
+    ) -> ModelVersion:
+        """Store a local file as a new version (hashed while stored, chain-recorded), all or nothing."""
+        mv = self.begin_version(model_id, kind, created_by, fmt, source_version)
+        try:
+            with open(path, "rb") as fh:
+                reader = HashingReader(fh, limit)
+                self.store.put(mv.bucket, mv.object_key, reader)
+        except StorageError as exc:
+            self.discard_version(mv)
+            raise ServiceUnavailable(f"artifact store failed: {exc}", backend="storage") from exc
+        except BaseException:
+            self.discard_version(mv)
+            raise
+        return self.complete_version(
+            mv, reader.digests(), path.name, "application/octet-stream", descriptor=descriptor
+        )
 
     def _chain_version(self, mv: ModelVersion, digests: Digests) -> None:
         """First trained result of a model: ``verify(resultHash)`` (once per model). Every other version

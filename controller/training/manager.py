@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.config import ControllerSettings
 from controller.db.models import ApiToken, Job, Model, utcnow
 from controller.errors import Conflict, NotFound, ProblemError, Unprocessable
-from controller.registry.hashing import HashingReader, IntegrityError
+from controller.registry.hashing import IntegrityError
 from controller.registry.service import Registry
 from controller.security import tokens
 from controller.security.principal import Role
@@ -159,7 +159,7 @@ class JobManager:
                 raise NotFound(f"job {job_id} not found")
             return job
 
-    def list(self, model_id: str | None, limit: int, offset: int) -> list[Job]:
+    def list_jobs(self, model_id: str | None, limit: int, offset: int) -> list[Job]:
         with self.sessions() as s:
             q = select(Job)
             if model_id:
@@ -393,15 +393,16 @@ class JobManager:
                 raise JobFailed("output/model.json must be a JSON object")
             descriptor.update(loaded)
         descriptor["metrics"] = self.get(job.id).metrics
-        mv = self.registry.begin_version(
-            job.model_id, "trained", f"job:{job.id}", str(descriptor.get("framework")), None
-        )
         try:
-            with open(artifact, "rb") as fh:
-                reader = HashingReader(fh, self.settings.job_max_output_bytes)
-                self.registry.store.put(mv.bucket, mv.object_key, reader)
-            row = self.registry.complete_version(
-                mv, reader.digests(), artifact.name, "application/octet-stream", descriptor=descriptor
+            row = self.registry.add_version_from_file(
+                job.model_id,
+                "trained",
+                artifact,
+                created_by=f"job:{job.id}",
+                fmt=str(descriptor.get("framework")),
+                source_version=None,
+                descriptor=descriptor,
+                limit=self.settings.job_max_output_bytes,
             )
         except ProblemError as exc:
             raise JobFailed(f"could not store the result: {exc.detail}") from exc

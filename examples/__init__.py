@@ -1,0 +1,1 @@
+"""Example training programs that follow ``controller.training.base.TRAINING_CONTRACT``."""
