@@ -57,6 +57,42 @@ def digits_npz() -> tuple[bytes, str]:
     return buf.getvalue(), "(1,8,8)"
 
 
+def example_package(tmp: Path, name: str) -> Path:
+    """examples/<name> as a training package (.tar.gz): its SHA-256 is the model's training digest."""
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    archive = tmp / f"{name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root / "__init__.py", arcname="examples/__init__.py")
+        tf.add(
+            root / name, arcname=f"examples/{name}", filter=lambda i: None if "__pycache__" in i.name else i
+        )
+    return archive
+
+
+def train_with_progress(fc: FedgeClient, model_id: str) -> dict[str, object]:
+    """Start the training job and show its progress and metrics until it ends."""
+    from rich.progress import BarColumn, Progress
+
+    job_id = fc.train(model_id)["job_id"]
+    with Progress(
+        "training", BarColumn(), "{task.percentage:>3.0f}%", "{task.fields[info]}", console=console
+    ) as bar:
+        task = bar.add_task("train", total=1.0, info="queued")
+        while True:
+            job = fc.job(job_id)
+            m = job["metrics"]
+            info = job["status"]
+            if "holdout_accuracy" in m:
+                info += f"  epoch {m.get('epoch')}  loss {m.get('loss', 0):.3f}"
+                info += f"  holdout acc {m['holdout_accuracy']:.3f}"
+            bar.update(task, completed=job["progress"] or 0.0, info=info)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+
+
 def start_controller(data_dir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FEDGE_DATA_DIR": str(data_dir), "FEDGE_ADMIN_TOKEN": token}
     log = open(data_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child process
@@ -113,19 +149,31 @@ def main() -> None:
                     },
                 )
             meta = fc.dataset_metadata(ds.dataset_id)
-            model = fc.register_model(
-                {
-                    "name": "digits-cnn",
-                    "model_params": {"developer_id": "dev-demo", "organization_id": "org-demo"},
-                    "data_params": {"dataset_id": ds.dataset_id},
-                    "training": {
-                        "kind": "python",
-                        "entrypoint": "examples.digits_cnn.train:main",
-                        "framework": "pytorch",
+            with tempfile.TemporaryDirectory() as tmp:
+                package = example_package(Path(tmp), "digits_cnn")
+                model = fc.register_model_with_package(
+                    {
+                        "name": "digits-cnn",
+                        "model_params": {"developer_id": "dev-demo", "organization_id": "org-demo"},
+                        "data_params": {"dataset_id": ds.dataset_id},
+                        "training": {
+                            "kind": "python",
+                            "entrypoint": "examples.digits_cnn.train",
+                            "framework": "pytorch",
+                            "hyperparameters": {"epochs": 8, "seed": 0},
+                        },
                     },
-                }
+                    package,
+                )
+            console.print(
+                f"model {model.model_id} registered; training package sha256 {model.training_digest}"
             )
+            job = train_with_progress(fc, model.model_id)
+            if job["status"] != "succeeded":
+                raise SystemExit(f"training failed: {job['error']}")
             model_meta = fc.model_metadata(model.model_id)
+            console.print("translating to ONNX (validated against PyTorch on 1,000 held-out samples)...")
+            translation = fc.translate(model.model_id, quantize=True)
             ds_prov = fc.dataset_provenance(ds.dataset_id)
             registry = fc.contract(str(meta.chain_address))
 
@@ -140,7 +188,23 @@ def main() -> None:
         table.add_row("registry contract", f"{registry['address']} (signed by {registry['controller']})")
         table.add_row("model_id", model.model_id)
         table.add_row("model status", model_meta.status)
-        table.add_row("training digest", model.training_digest)
+        table.add_row("training digest (package)", model.training_digest)
+        trained = model_meta.versions[0]
+        table.add_row("trained version", f"v{trained.version} {trained.filename} sha256 {trained.sha256}")
+        table.add_row("on-chain res_hash", str((model_meta.chain or {}).get("res_hash")))
+        table.add_row("ONNX version", f"v{translation['version']} sha256 {translation['sha256']}")
+        table.add_row(
+            "accuracy PyTorch / ONNX",
+            f"{translation['source_accuracy']:.4f} / {translation['onnx_accuracy']:.4f}",
+        )
+        table.add_row(
+            "max |PyTorch - ONNX|", f"{translation['max_abs_diff']:.2e} on {translation['n_samples']} samples"
+        )
+        q = translation.get("quantized") or {}
+        table.add_row(
+            "int8 variant",
+            f"{'kept as v' + str(q.get('version')) if q.get('kept') else 'dropped'}: {q.get('reason')}",
+        )
         table.add_row("metadata DB", str(data_dir / "fedge.db"))
         table.add_row("chain journal", str(data_dir / "chain"))
         console.print(table)
