@@ -59,6 +59,18 @@ class ControllerSettings(BaseSettings):
         default=None, description="Interpreter for local python jobs (default: the controller's own)."
     )
     docker_host: str | None = Field(default=None, description="Docker-API endpoint for job_runner=container.")
+    container_image: str | None = Field(
+        default=None, description="Image for python-package jobs in containers (container specs name their own)."
+    )
+    container_network: str = Field(default="none", description="Network mode of job containers.")
+    container_ulimits: dict[str, int] = Field(
+        default_factory=dict, description='Extra ulimits of job containers, JSON: {"nofile": 20000}.'
+    )
+    k8s_namespace: str = Field(default="fedge-jobs", description="Namespace of training Jobs.")
+    k8s_image: str | None = Field(default=None, description="Image for python-package jobs on Kubernetes.")
+    k8s_job_pvc: str | None = Field(
+        default=None, description="RWX PVC holding job dirs (mounted at data_dir/jobs); default hostPath."
+    )
     translation_timeout_seconds: int = Field(default=600, ge=1)
 
     admin_token: SecretStr | None = Field(

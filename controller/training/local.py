@@ -218,9 +218,16 @@ class LocalJobRunner(JobRunner):
     ) -> JobOutcome:
         assert proc.stdout is not None
         stdout = proc.stdout
-        reader = threading.Thread(
-            target=pump, args=(lambda: os.read(stdout.fileno(), 65536), log), name=f"job-log-{spec.job_id}"
-        )
+
+        def drain() -> None:
+            # the reader owns the pipe: closing it under a blocked read could hand the fd number to
+            # another file while this thread still reads from it
+            try:
+                pump(lambda: os.read(stdout.fileno(), 65536), log)
+            finally:
+                stdout.close()
+
+        reader = threading.Thread(target=drain, name=f"job-log-{spec.job_id}")
         reader.daemon = True
         reader.start()
         deadline = time.monotonic() + spec.timeout_s
@@ -242,8 +249,7 @@ class LocalJobRunner(JobRunner):
             # stragglers of the group (a background child) never outlive the job
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            reader.join(timeout=self.kill_grace_s)
-            stdout.close()
+            reader.join(timeout=self.kill_grace_s)  # a process that escaped the group may hold the pipe
         if ended is not None:
             return JobOutcome(ended, exit_code=proc.returncode, reason=reason)
         code = proc.returncode
