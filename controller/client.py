@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -343,6 +344,62 @@ class FedgeClient:
 
     def revoke_token(self, token_id: str) -> None:
         self._json("DELETE", f"/v1/tokens/{token_id}")
+
+    # ------------------------------------------------------------- fleet
+    def enrollment_token(
+        self, labels: dict[str, str] | None = None, ttl_seconds: int = 3600
+    ) -> dict[str, Any]:
+        """A one-time, expiring enrollment token (admin)."""
+        body = {"labels": labels or {}, "ttl_seconds": ttl_seconds}
+        result: dict[str, Any] = self._json("POST", "/v1/enrollment-tokens", json=body)
+        return result
+
+    def devices(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/devices")
+        return result
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}")
+        return result
+
+    def revoke_device(self, device_id: str) -> None:
+        self._json("DELETE", f"/v1/devices/{device_id}")
+
+    def deploy(
+        self,
+        model_id: str,
+        version: int | None = None,
+        *,
+        device_ids: list[str] | None = None,
+        selector: dict[str, str] | None = None,
+        waves: list[float] | None = None,
+        max_failure_ratio: float = 0.0,
+        auto_rollback: bool = True,
+    ) -> str:
+        """Start a deployment; returns its id."""
+        body = {
+            "model_id": model_id,
+            "version": version,
+            "device_ids": device_ids,
+            "selector": selector,
+            "strategy": {"waves": waves} if waves else "all-at-once",
+            "max_failure_ratio": max_failure_ratio,
+            "auto_rollback": auto_rollback,
+        }
+        return str(self._json("POST", "/v1/deployments", json=body)["deployment_id"])
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/deployments/{deployment_id}")
+        return result
+
+    def wait_deployment(self, deployment_id: str, timeout: float = 3600, poll: float = 1.0) -> dict[str, Any]:
+        """Poll until the rollout leaves ``rolling``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dep = self.deployment(deployment_id)
+            if dep["state"] != "rolling" or time.monotonic() > deadline:
+                return dep
+            time.sleep(poll)
 
 
 __all__ = ["FedgeAPIError", "FedgeClient", "IntegrityError"]

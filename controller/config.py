@@ -60,7 +60,7 @@ class ControllerSettings(BaseSettings):
     )
     docker_host: str | None = Field(default=None, description="Docker-API endpoint for job_runner=container.")
     container_image: str | None = Field(
-        default=None, description="Image for python-package jobs in containers (container specs name their own)."
+        default=None, description="Image for python-package jobs (container specs name their own)."
     )
     container_network: str = Field(default="none", description="Network mode of job containers.")
     container_ulimits: dict[str, int] = Field(

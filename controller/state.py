@@ -18,6 +18,8 @@ from controller.storage import ArtifactStore, make_store
 
 if TYPE_CHECKING:
     from controller.chain.base import ChainBackend
+    from controller.fleet.deployments import Rollouts
+    from controller.fleet.devices import Fleet
     from controller.training.manager import JobManager
 
 log = logging.getLogger("fedge.controller")
@@ -37,6 +39,8 @@ class ControllerState:
     generated_admin_token: str | None = field(default=None, repr=False)
     owns_chain: bool = True
     jobs: JobManager | None = None
+    fleet: Fleet | None = None
+    rollouts: Rollouts | None = None
 
     def close(self) -> None:
         if self.jobs is not None:
@@ -86,6 +90,12 @@ def build_state(
         else None
     )
     state = ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated, owns_chain)
+    from controller.fleet.ca import DeviceCA
+    from controller.fleet.deployments import Rollouts
+    from controller.fleet.devices import Fleet
+
+    state.fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
+    state.rollouts = Rollouts(sessions, state.fleet)
     from controller.training.manager import JobManager, make_runner
 
     state.jobs = JobManager(settings, sessions, registry, make_runner(settings))

@@ -28,6 +28,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
+devices_app = typer.Typer(help="Enrollment tokens, devices and revocation (fleet).", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
 
 console = Console()
 err = Console(stderr=True)
@@ -442,6 +444,94 @@ def tokens_revoke(token_id: str) -> None:
     with _api() as fc:
         fc.revoke_token(token_id)
     err.print(f"revoked {token_id}")
+
+
+def _pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{pair}' is not k=v", param_hint=option)
+        out[key] = value
+    return out
+
+
+@devices_app.command("token")
+def devices_token(
+    labels: Annotated[list[str] | None, typer.Option("--labels", "--label", help="k=v (repeatable)")] = None,
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 3600,
+) -> None:
+    """Mint a one-time enrollment token; prints it once."""
+    with _api() as fc:
+        created = fc.enrollment_token(_pairs(labels, "--labels"), ttl)
+    err.print(f"expires {created['expires_at']}")
+    console.print(created["token"])
+
+
+@devices_app.command("list")
+def devices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Devices with online/offline, model version and last error."""
+    with _api() as fc:
+        rows = fc.devices()
+    if as_json:
+        _emit(rows, True)
+        return
+    table = Table("id", "status", "online", "labels", "model", "version", "last error")
+    for r in rows:
+        labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
+        table.add_row(
+            r["id"],
+            r["status"],
+            "yes" if r["online"] else "no",
+            labels,
+            str(r["model_id"] or "-"),
+            str(r["model_version"] or "-"),
+            str(r["last_error"] or ""),
+        )
+    console.print(table)
+
+
+@devices_app.command("revoke")
+def devices_revoke(device_id: str) -> None:
+    """Revoke a device: it is cut off the API at once."""
+    with _api() as fc:
+        fc.revoke_device(device_id)
+    err.print(f"revoked {device_id}")
+
+
+@app.command("deploy")
+def deploy(
+    model_id: str,
+    version: Annotated[int | None, typer.Option(help="model version (default: newest ONNX)")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", help="device id (repeatable)")] = None,
+    selector: Annotated[list[str] | None, typer.Option("--selector", help="label k=v (repeatable)")] = None,
+    waves: Annotated[str | None, typer.Option(help="cumulative fractions, e.g. 0.1,1.0")] = None,
+    max_failure_ratio: Annotated[float, typer.Option(help="failures tolerated per wave")] = 0.0,
+    auto_rollback: Annotated[bool, typer.Option(help="roll devices back when a wave fails")] = True,
+    watch: Annotated[bool, typer.Option(help="wait until the rollout ends")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Deploy a model version to devices (ids and/or label selector), optionally in waves."""
+    with _api() as fc:
+        deployment_id = fc.deploy(
+            model_id,
+            version,
+            device_ids=device or None,
+            selector=_pairs(selector, "--selector") or None,
+            waves=[float(w) for w in waves.split(",")] if waves else None,
+            max_failure_ratio=max_failure_ratio,
+            auto_rollback=auto_rollback,
+        )
+        err.print(f"deployment {deployment_id}")
+        result = fc.wait_deployment(deployment_id) if watch else fc.deployment(deployment_id)
+    if as_json:
+        _emit(result, True)
+    else:
+        console.print(f"{result['id']} {result['state']} {result.get('error') or ''}".rstrip())
+        for t in result["devices"]:
+            console.print(f"  wave {t['wave']} {t['device_id']} {t['state']}")
+    if watch and result["state"] == "failed":
+        raise typer.Exit(1)
 
 
 def _mount_optional() -> None:

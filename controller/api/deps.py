@@ -30,7 +30,7 @@ RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
 def get_principal(request: Request, state: StateDep) -> Principal:
-    """Authenticate the ``Authorization: Bearer`` credential (API token or OIDC JWT)."""
+    """Authenticate the ``Authorization: Bearer`` credential (API token, device-signed JWT or OIDC JWT)."""
     header = request.headers.get("authorization")
     if not header:
         raise Unauthorized("missing credential: send 'Authorization: Bearer <token>'")
@@ -38,6 +38,11 @@ def get_principal(request: Request, state: StateDep) -> Principal:
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    if not credential.startswith(tokens.TOKEN_PREFIX) and state.fleet is not None:
+        from controller.fleet.devices import looks_like_device_token
+
+        if looks_like_device_token(credential):
+            return state.fleet.authenticate(credential)
     if credential.startswith(tokens.TOKEN_PREFIX) or state.oidc is None:
         with state.sessions.begin() as s:
             return tokens.authenticate(s, credential)
@@ -63,4 +68,6 @@ def require(*roles: Role) -> Callable[[Principal], Principal]:
 
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Developer = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER))]
+AnyCaller = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER, Role.DEVICE))]
+DeviceCaller = Annotated[Principal, Depends(require(Role.DEVICE))]
 ArtifactWriter = Annotated[Principal, Depends(require(Role.ADMIN, Role.JOB))]

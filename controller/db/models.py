@@ -158,3 +158,74 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Device(Base):
+    """An enrolled edge device: identity (certificate), labels, hardware facts, desired and reported state."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # active | revoked
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    certificate: Mapped[str] = mapped_column(Text)  # PEM, CN = id
+    cert_serial: Mapped[str] = mapped_column(String(64))
+    desired: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # model_id, version, deployment_id
+    desired_revision: Mapped[int] = mapped_column(Integer, default=0)
+    reported: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # newest status report
+    last_error: Mapped[str | None] = mapped_column(Text)
+    enrolled_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class EnrollmentToken(Base):
+    """A one-time, expiring enrollment secret. Only its SHA-256 is stored."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    device_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class Deployment(Base):
+    """A rollout of one model version to a set of devices, in waves."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(24), index=True)  # rolling | succeeded | failed
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"waves": [...]}
+    selector: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    max_failure_ratio: Mapped[float] = mapped_column(default=0.0)
+    auto_rollback: Mapped[bool] = mapped_column(default=True)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeploymentTarget(Base):
+    """One device of a deployment: its wave, state and the desired state it had before (for rollback)."""
+
+    __tablename__ = "deployment_targets"
+    __table_args__ = (UniqueConstraint("deployment_id", "device_id", name="uq_deployment_targets_device"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32))
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,219 @@
+"""Fleet devices: enrollment tokens, enrollment (CSR -> certificate), listing, revocation, and the
+device-facing routes (signed desired state with ETag, status reports, model download)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from controller.api.deps import Admin, AnyCaller, Developer, DeviceCaller, StateDep
+from controller.api.downloads import artifact_response
+from controller.db.models import Device, utcnow
+from controller.errors import Forbidden, ServiceUnavailable
+from controller.fleet.devices import DEVICE_AUDIENCE, Fleet
+from controller.security.principal import Principal, Role
+from controller.state import ControllerState
+
+router = APIRouter(tags=["fleet"])
+DEFAULT_POLL_SECONDS = 10.0
+
+
+def fleet_of(state: ControllerState) -> Fleet:
+    if state.fleet is None:
+        raise ServiceUnavailable("fleet management is not configured on this controller", backend="fleet")
+    return state.fleet
+
+
+def _self_only(caller: Principal, device_id: str) -> None:
+    if caller.role is Role.DEVICE and caller.subject != device_id:
+        raise Forbidden(f"device {caller.subject} may only act on itself, not on device {device_id}")
+
+
+class EnrollmentTokenRequest(BaseModel):
+    labels: dict[str, str] = Field(default_factory=dict, description="labels the enrolled device gets")
+    ttl_seconds: int = Field(default=3600, ge=1, le=30 * 86400)
+
+
+class EnrollmentTokenOut(BaseModel):
+    token: str = Field(description="one-time secret, shown once")
+    expires_at: dt.datetime
+
+
+class EnrollRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    csr: str = Field(min_length=1, max_length=16_384, description="PEM CSR of an EC P-256 key")
+    labels: dict[str, str] = Field(default_factory=dict)
+    facts: dict[str, Any] = Field(default_factory=dict, description="hardware facts (CPU, RAM, GPU, ORT)")
+
+
+class Enrollment(BaseModel):
+    device_id: str
+    certificate: str = Field(description="PEM device certificate, CN = device id")
+    ca_certificate: str = Field(description="PEM device CA: pin it; it signs desired-state documents")
+    api_url: str
+    broker_url: str | None
+    audience: str = Field(description="aud claim of device-signed JWTs")
+
+
+class DeviceOut(BaseModel):
+    id: str
+    status: str
+    online: bool
+    labels: dict[str, Any]
+    facts: dict[str, Any]
+    desired: dict[str, Any] | None
+    reported: dict[str, Any] | None
+    model_id: str | None
+    model_version: int | None
+    last_error: str | None
+    enrolled_at: dt.datetime
+    revoked_at: dt.datetime | None
+    last_seen_at: dt.datetime | None
+
+
+class StatusReport(BaseModel):
+    state: str = Field(
+        description="applying | succeeded | failed-rolled-back | failed-unable-to-rollback | rejected"
+    )
+    deployment_id: str | None = None
+    revision: int | None = None
+    model_id: str | None = None
+    version: int | None = None
+    sha256: str | None = None
+    error: str | None = Field(default=None, max_length=4000)
+    active_model_id: str | None = Field(default=None, description="the model the device serves now")
+    active_version: int | None = None
+
+
+def device_out(d: Device, poll_seconds: float = DEFAULT_POLL_SECONDS) -> DeviceOut:
+    reported = d.reported or {}
+    online = (
+        d.status == "active"
+        and d.last_seen_at is not None
+        and (utcnow() - d.last_seen_at).total_seconds() <= 3 * poll_seconds
+    )
+    return DeviceOut(
+        id=d.id,
+        status=d.status,
+        online=online,
+        labels=d.labels,
+        facts=d.facts,
+        desired=d.desired,
+        reported=d.reported,
+        model_id=reported.get("active_model_id"),
+        model_version=reported.get("active_version"),
+        last_error=d.last_error,
+        enrolled_at=d.enrolled_at,
+        revoked_at=d.revoked_at,
+        last_seen_at=d.last_seen_at,
+    )
+
+
+@router.post("/v1/enrollment-tokens", status_code=201, response_model=EnrollmentTokenOut)
+def create_enrollment_token(
+    body: EnrollmentTokenRequest, state: StateDep, admin: Admin
+) -> EnrollmentTokenOut:
+    """Mint a one-time, expiring enrollment token (admin)."""
+    token, expires = fleet_of(state).mint_enrollment_token(body.labels, body.ttl_seconds, admin.subject)
+    return EnrollmentTokenOut(token=token, expires_at=expires)
+
+
+@router.post("/v1/enrollments", status_code=201, response_model=Enrollment)
+def enroll(body: EnrollRequest, request: Request, state: StateDep) -> Enrollment:
+    """Exchange a one-time token and a CSR for a device certificate. Unknown, replayed or expired
+    tokens are 401."""
+    fleet = fleet_of(state)
+    done = fleet.enroll(body.token, body.csr, body.labels, body.facts)
+    api_url = state.settings.public_url or str(request.base_url).rstrip("/")
+    return Enrollment(
+        device_id=done.device_id,
+        certificate=done.certificate_pem,
+        ca_certificate=fleet.ca.certificate_pem,
+        api_url=api_url,
+        broker_url=getattr(state.settings, "broker_url", None),
+        audience=DEVICE_AUDIENCE,
+    )
+
+
+@router.get("/v1/devices", response_model=list[DeviceOut])
+def list_devices(state: StateDep, _caller: Developer) -> list[DeviceOut]:
+    """Every device with online/offline (last seen within 3 poll intervals), model and last error."""
+    return [device_out(d) for d in fleet_of(state).list()]
+
+
+@router.get("/v1/devices/{device_id}", response_model=DeviceOut)
+def get_device(device_id: str, state: StateDep, caller: AnyCaller) -> DeviceOut:
+    """One device (a device may read only itself)."""
+    _self_only(caller, device_id)
+    return device_out(fleet_of(state).get(device_id))
+
+
+@router.delete("/v1/devices/{device_id}", status_code=204, response_class=Response)
+def revoke_device(device_id: str, state: StateDep, _admin: Admin) -> Response:
+    """Revoke a device: its signed tokens are refused from the next request on."""
+    fleet_of(state).revoke(device_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/devices/{device_id}/desired-state",
+    responses={304: {"description": "unchanged since the ETag in If-None-Match"}},
+)
+def desired_state(
+    device_id: str,
+    state: StateDep,
+    caller: AnyCaller,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The device's desired state, signed by the device CA (``{alg, payload, signature}``); ETag/304."""
+    _self_only(caller, device_id)
+    fleet = fleet_of(state)
+    if caller.role is Role.DEVICE:
+        fleet.touch(device_id)
+    envelope, etag = fleet.signed_desired_state(device_id)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    import json
+
+    return Response(json.dumps(envelope), media_type="application/json", headers=headers)
+
+
+@router.post("/v1/devices/{device_id}/status", status_code=204, response_class=Response)
+def report_status(device_id: str, body: StatusReport, state: StateDep, caller: DeviceCaller) -> Response:
+    """A device reports the outcome of applying its desired state (drives rollouts)."""
+    _self_only(caller, device_id)
+    assert state.rollouts is not None
+    state.rollouts.report(device_id, body.model_dump())
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/devices/{device_id}/models/{model_id}/versions/{version}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def download_deployed_model(
+    device_id: str, model_id: str, version: int, request: Request, state: StateDep, caller: AnyCaller
+) -> Response:
+    """The artifact deployed to this device, integrity-checked against the chain while streamed."""
+    _self_only(caller, device_id)
+    fleet = fleet_of(state)
+    mv = await run_in_threadpool(fleet.desired_model, device_id, model_id, version)
+    chain_sha, _ = await run_in_threadpool(fleet.chain_hash, mv)
+    registry = state.registry
+    assert mv.sha256
+    return artifact_response(
+        request,
+        lambda: registry.verified_chunks(mv.bucket, mv.object_key, chain_sha, f"model {model_id} v{version}"),
+        sha256=mv.sha256,
+        md5=mv.md5,
+        size=mv.size_bytes,
+        filename=mv.filename or "model.onnx",
+        content_type=mv.content_type,
+        extra_headers={"X-Model-Version": str(mv.version), "X-Model-Kind": mv.kind},
+    )

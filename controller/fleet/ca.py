@@ -1,0 +1,158 @@
+"""The controller-held device CA: EC P-256 key + self-signed certificate, CSR signing, document signing.
+
+The CA key signs two kinds of things, kept apart by construction: X.509 device certificates (DER
+``TBSCertificate``, an ASN.1 SEQUENCE starting with byte 0x30) and desired-state documents, which are
+signed as ``DOCUMENT_CONTEXT + canonical JSON`` (ASCII text starting with ``fedge-``), so that neither can
+be replayed as the other.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DOCUMENT_CONTEXT = b"fedge-desired-state-v1\n"
+CERT_DAYS = 365
+CA_DAYS = 3650
+
+
+class CsrRejected(ValueError):
+    """The certificate signing request is malformed, badly signed or uses a key type we refuse."""
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON (sorted keys, no spaces): the bytes that get signed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+class DeviceCA:
+    """Loads (or creates on first start) the device CA under ``<data_dir>/fleet``."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self._key = key
+        self.certificate = cert
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> DeviceCA:
+        directory.mkdir(parents=True, exist_ok=True)
+        key_path, cert_path = directory / "device-ca.key", directory / "device-ca.pem"
+        if key_path.exists() and cert_path.exists():
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{key_path} is not an EC private key")
+            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedge device CA")])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write_private(key_path, pem)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(key, cert)
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def sign_csr(self, csr_pem: str, device_id: str) -> x509.Certificate:
+        """A device certificate (CN = ``device_id``) for the CSR's public key, which must be EC P-256."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+        except ValueError as exc:
+            raise CsrRejected(f"csr is not a PEM certificate signing request: {exc}") from exc
+        if not csr.is_signature_valid:
+            raise CsrRejected("csr signature does not verify (proof of key possession failed)")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise CsrRejected("device keys must be EC P-256 (secp256r1)")
+        now = dt.datetime.now(dt.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(f"urn:uuid:{uuid.UUID(device_id)}")]
+                ),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+
+    def sign_document(self, payload: dict[str, Any]) -> dict[str, str]:
+        """An envelope ``{payload, signature}``: ``payload`` is base64url canonical JSON, ``signature`` the
+        base64url DER ECDSA-SHA256 signature over ``DOCUMENT_CONTEXT + payload bytes``."""
+        body = canonical_json(payload)
+        signature = self._key.sign(DOCUMENT_CONTEXT + body, ec.ECDSA(hashes.SHA256()))
+        return {"alg": "ES256", "payload": b64url(body), "signature": b64url(signature)}

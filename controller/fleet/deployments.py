@@ -1,0 +1,234 @@
+"""Deployments: set the desired model of a set of devices, wave by wave, with a failure gate.
+
+A wave starts when the one before it has settled (every target reported a terminal state). If more than
+``max_failure_ratio`` of a wave failed, the rollout stops: waiting targets are cancelled and, with
+``auto_rollback``, every device this deployment touched gets its previous desired state back.
+The latest deployment of a device wins: its targets in older rollouts are marked ``superseded``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.db.models import Deployment, DeploymentTarget, Device, utcnow
+from controller.errors import Conflict, NotFound, Unprocessable
+from controller.fleet.devices import ACTIVE, Fleet
+
+WAITING, PENDING, APPLYING = "waiting", "pending", "applying"
+SUCCEEDED, ROLLED_BACK, UNABLE, REJECTED = (
+    "succeeded",
+    "failed-rolled-back",
+    "failed-unable-to-rollback",
+    "rejected",
+)
+CANCELLED, SUPERSEDED, REVERTED = "cancelled", "superseded", "rolled-back"
+OPEN_STATES = (WAITING, PENDING, APPLYING)
+FAILED_STATES = (ROLLED_BACK, UNABLE, REJECTED)
+REPORTABLE = (APPLYING, SUCCEEDED, *FAILED_STATES)
+ONNX_KINDS = ("onnx", "quantized")
+
+
+def parse_waves(strategy: str | dict[str, Any]) -> list[float]:
+    """``"all-at-once"`` -> [1.0]; ``{"waves": [0.1, 1.0]}`` -> cumulative fractions ending at 1.0."""
+    if strategy == "all-at-once":
+        return [1.0]
+    waves = strategy.get("waves") if isinstance(strategy, dict) else None
+    if not isinstance(waves, list) or not waves:
+        raise Unprocessable('strategy must be "all-at-once" or {"waves": [fractions...]}', field="strategy")
+    fractions = [float(w) for w in waves]
+    if any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions) or fractions[-1] != 1.0:
+        raise Unprocessable(
+            "waves are increasing cumulative fractions in (0, 1] ending with 1.0", field="strategy.waves"
+        )
+    return fractions
+
+
+def assign_waves(count: int, fractions: list[float]) -> list[int]:
+    """The wave index of each of ``count`` targets (every wave that gets nobody is skipped)."""
+    cutoffs = [max(1, math.ceil(f * count)) for f in fractions]
+    return [next(i for i, c in enumerate(cutoffs) if n < c) for n in range(count)]
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    model_id: str
+    version: int | None
+    device_ids: list[str] | None
+    selector: dict[str, str] | None
+    strategy: str | dict[str, Any]
+    max_failure_ratio: float
+    auto_rollback: bool
+
+
+class Rollouts:
+    """Creates deployments and advances them as devices report."""
+
+    def __init__(self, sessions: sessionmaker[Session], fleet: Fleet) -> None:
+        self.sessions = sessions
+        self.fleet = fleet
+
+    def create(self, req: DeploymentRequest, created_by: str) -> str:
+        registry = self.fleet.registry
+        mv = registry.resolve_version(req.model_id, req.version, None if req.version else "onnx")
+        if mv.kind not in ONNX_KINDS and (mv.format or "").lower() != "onnx":
+            raise Unprocessable(
+                f"model {req.model_id} v{mv.version} is a {mv.kind} artifact, not ONNX", field="version"
+            )
+        sha, _ = self.fleet.chain_hash(mv)
+        if sha is None:
+            raise Conflict(f"model {req.model_id} v{mv.version} has no chain record; cannot deploy it")
+        fractions = parse_waves(req.strategy)
+        if not req.device_ids and not req.selector:
+            raise Unprocessable("give device_ids or a selector", field="device_ids")
+        with self.sessions.begin() as s:
+            devices = self._targets(s, req)
+            dep = Deployment(
+                model_id=req.model_id,
+                version=mv.version,
+                state="rolling",
+                strategy={"waves": fractions},
+                selector=req.selector,
+                max_failure_ratio=req.max_failure_ratio,
+                auto_rollback=req.auto_rollback,
+                current_wave=0,
+                created_by=created_by,
+            )
+            s.add(dep)
+            s.flush()
+            touched: set[str] = set()
+            for device, wave in zip(devices, assign_waves(len(devices), fractions), strict=True):
+                for old in s.scalars(
+                    select(DeploymentTarget).where(
+                        DeploymentTarget.device_id == device.id, DeploymentTarget.state.in_(OPEN_STATES)
+                    )
+                ):
+                    old.state, old.updated_at = SUPERSEDED, utcnow()
+                    touched.add(old.deployment_id)
+                s.add(DeploymentTarget(deployment_id=dep.id, device_id=device.id, wave=wave, state=WAITING))
+            s.flush()
+            self._start_wave(s, dep)
+            for other in touched:
+                older = s.get(Deployment, other)
+                if older is not None:
+                    self._advance(s, older)
+            return dep.id
+
+    def _targets(self, s: Session, req: DeploymentRequest) -> list[Device]:
+        chosen: dict[str, Device] = {}
+        for device_id in req.device_ids or []:
+            device = s.get(Device, device_id)
+            if device is None or device.status != ACTIVE:
+                raise Unprocessable(f"device {device_id} is unknown or revoked", field="device_ids")
+            chosen[device.id] = device
+        if req.selector:
+            for device in s.scalars(
+                select(Device).where(Device.status == ACTIVE).order_by(Device.enrolled_at)
+            ):
+                if all(device.labels.get(k) == v for k, v in req.selector.items()):
+                    chosen.setdefault(device.id, device)
+        if not chosen:
+            raise Unprocessable("no active device matches device_ids / selector", field="selector")
+        return list(chosen.values())
+
+    def _wave_targets(self, s: Session, dep: Deployment, wave: int) -> list[DeploymentTarget]:
+        return list(
+            s.scalars(
+                select(DeploymentTarget).where(
+                    DeploymentTarget.deployment_id == dep.id, DeploymentTarget.wave == wave
+                )
+            )
+        )
+
+    def _start_wave(self, s: Session, dep: Deployment) -> None:
+        for target in self._wave_targets(s, dep, dep.current_wave):
+            if target.state != WAITING:
+                continue
+            device = s.get(Device, target.device_id)
+            if device is None or device.status != ACTIVE:
+                target.state, target.error = CANCELLED, "device revoked"
+                continue
+            target.previous = device.desired
+            device.desired = {"model_id": dep.model_id, "version": dep.version, "deployment_id": dep.id}
+            device.desired_revision += 1
+            target.state, target.updated_at = PENDING, utcnow()
+
+    def _advance(self, s: Session, dep: Deployment) -> None:
+        """Settle the current wave: stop (and roll back) on too many failures, else start the next."""
+        while dep.state == "rolling":
+            targets = self._wave_targets(s, dep, dep.current_wave)
+            if any(t.state in OPEN_STATES for t in targets):
+                return
+            counted = [t for t in targets if t.state not in (SUPERSEDED, CANCELLED)]
+            failed = [t for t in counted if t.state in FAILED_STATES]
+            if counted and len(failed) / len(counted) > dep.max_failure_ratio:
+                self._stop(s, dep, f"wave {dep.current_wave}: {len(failed)} of {len(counted)} devices failed")
+                return
+            waves = len(dep.strategy.get("waves", [1.0]))
+            if dep.current_wave + 1 >= waves:
+                dep.state, dep.finished_at = SUCCEEDED, utcnow()
+                return
+            dep.current_wave += 1
+            self._start_wave(s, dep)
+
+    def _stop(self, s: Session, dep: Deployment, reason: str) -> None:
+        dep.state, dep.error, dep.finished_at = "failed", reason, utcnow()
+        for target in s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)):
+            if target.state == WAITING:
+                target.state = CANCELLED
+                continue
+            if not dep.auto_rollback or target.state in (SUPERSEDED, CANCELLED):
+                continue
+            device = s.get(Device, target.device_id)
+            if device is not None and (device.desired or {}).get("deployment_id") == dep.id:
+                device.desired = target.previous
+                device.desired_revision += 1
+                if target.state == SUCCEEDED:
+                    target.state = REVERTED
+            target.updated_at = utcnow()
+
+    def report(self, device_id: str, report: dict[str, Any]) -> None:
+        """A device's status report: record it, move its target, advance the rollout."""
+        state = report.get("state")
+        with self.sessions.begin() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise NotFound(f"device {device_id} not found")
+            device.reported = report
+            device.last_seen_at = utcnow()
+            if state in FAILED_STATES:
+                device.last_error = report.get("error") or state
+            elif state == SUCCEEDED:
+                device.last_error = None
+            deployment_id = report.get("deployment_id")
+            if not deployment_id or state not in REPORTABLE:
+                return
+            target = s.scalar(
+                select(DeploymentTarget).where(
+                    DeploymentTarget.deployment_id == deployment_id, DeploymentTarget.device_id == device_id
+                )
+            )
+            if target is None or target.state not in OPEN_STATES:
+                return
+            target.state, target.error, target.updated_at = state, report.get("error"), utcnow()
+            dep = s.get(Deployment, deployment_id)
+            if dep is not None:
+                self._advance(s, dep)
+
+    def get(self, deployment_id: str) -> tuple[Deployment, list[DeploymentTarget]]:
+        with self.sessions() as s:
+            dep = s.get(Deployment, deployment_id)
+            if dep is None:
+                raise NotFound(f"deployment {deployment_id} not found")
+            targets = list(
+                s.scalars(
+                    select(DeploymentTarget)
+                    .where(DeploymentTarget.deployment_id == deployment_id)
+                    .order_by(DeploymentTarget.wave, DeploymentTarget.device_id)
+                )
+            )
+            return dep, targets

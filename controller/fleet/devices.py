@@ -1,0 +1,242 @@
+"""Enrollment (one-time tokens, CSR signing), device authentication (ES256 JWTs signed with the device
+key), revocation, status reports and the signed desired-state document."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from cryptography import x509
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.db.models import Device, EnrollmentToken, ModelVersion, new_id, utcnow
+from controller.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
+from controller.fleet.ca import CsrRejected, DeviceCA, canonical_json
+from controller.security.principal import Principal, Role
+
+if TYPE_CHECKING:
+    from controller.registry.service import Registry
+
+ENROLLMENT_PREFIX = "fedge-enroll-"
+DEVICE_AUDIENCE = "fedge:device-api"
+MAX_DEVICE_TOKEN_SECONDS = 300
+CLOCK_LEEWAY_SECONDS = 30
+ACTIVE, REVOKED = "active", "revoked"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def looks_like_device_token(credential: str) -> bool:
+    """True for a JWT whose (unverified) audience is the device API: routes it to device authentication."""
+    if credential.count(".") != 2:
+        return False
+    try:
+        claims = jwt.decode(credential, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    aud = claims.get("aud")
+    return aud == DEVICE_AUDIENCE or (isinstance(aud, list) and DEVICE_AUDIENCE in aud)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    device_id: str
+    certificate_pem: str
+
+
+class Fleet:
+    """Device identity and desired state over SQL, the device CA and the registry (for chain hashes)."""
+
+    def __init__(self, sessions: sessionmaker[Session], ca: DeviceCA, registry: Registry) -> None:
+        self.sessions = sessions
+        self.ca = ca
+        self.registry = registry
+        self._chain_hashes: dict[tuple[str, int], tuple[str | None, str]] = {}
+
+    # ------------------------------------------------------------ enrollment
+    def mint_enrollment_token(
+        self, labels: dict[str, str], ttl_seconds: int, created_by: str
+    ) -> tuple[str, Any]:
+        token = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
+        expires = utcnow() + dt.timedelta(seconds=ttl_seconds)
+        with self.sessions.begin() as s:
+            s.add(
+                EnrollmentToken(
+                    token_hash=hash_secret(token),
+                    labels=dict(labels),
+                    created_by=created_by,
+                    expires_at=expires,
+                )
+            )
+        return token, expires
+
+    def enroll(self, token: str, csr_pem: str, labels: dict[str, str], facts: dict[str, Any]) -> Enrolled:
+        """Consume the token (single use, atomically), sign the CSR, record the device."""
+        digest = hash_secret(token)
+        now = utcnow()
+        device_id = new_id()
+        with self.sessions.begin() as s:
+            row = s.scalar(select(EnrollmentToken).where(EnrollmentToken.token_hash == digest))
+            if row is None or not hmac.compare_digest(row.token_hash, digest):
+                raise Unauthorized("unknown enrollment token")
+            if row.used_at is not None:
+                raise Unauthorized("enrollment token has already been used (tokens are single-use)")
+            if row.expires_at <= now:
+                raise Unauthorized("enrollment token has expired; ask an admin for a new one")
+            try:
+                cert = self.ca.sign_csr(csr_pem, device_id)
+            except CsrRejected as exc:
+                raise Unprocessable(str(exc), field="csr") from exc
+            claimed = s.execute(
+                update(EnrollmentToken)
+                .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+                .values(used_at=now, device_id=device_id)
+            )
+            if getattr(claimed, "rowcount", 1) != 1:
+                raise Unauthorized("enrollment token has already been used (tokens are single-use)")
+            from cryptography.hazmat.primitives import serialization
+
+            pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+            s.add(
+                Device(
+                    id=device_id,
+                    status=ACTIVE,
+                    labels={**row.labels, **labels},
+                    facts=dict(facts),
+                    certificate=pem,
+                    cert_serial=format(cert.serial_number, "x"),
+                    desired=None,
+                    desired_revision=0,
+                    last_seen_at=now,
+                )
+            )
+        return Enrolled(device_id, pem)
+
+    # ---------------------------------------------------------- authentication
+    def authenticate(self, credential: str) -> Principal:
+        """Verify a device-signed ES256 JWT (iss = sub = device id, aud, exp <= 5 min) with the public key
+        of the device's certificate; revoked devices are refused at once."""
+        try:
+            unverified = jwt.decode(credential, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"malformed device token: {exc}") from exc
+        device_id = unverified.get("sub")
+        if not isinstance(device_id, str) or unverified.get("iss") != device_id:
+            raise Unauthorized("device token needs iss = sub = device id")
+        with self.sessions() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise Unauthorized("unknown device")
+            if device.status != ACTIVE:
+                raise Unauthorized(f"device {device_id} has been revoked")
+            cert_pem = device.certificate
+        key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+        try:
+            claims = jwt.decode(
+                credential,
+                key,  # type: ignore[arg-type]
+                algorithms=["ES256"],
+                audience=DEVICE_AUDIENCE,
+                leeway=CLOCK_LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("device token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid device token: {exc}") from exc
+        now = utcnow().timestamp()
+        if claims["exp"] - claims["iat"] > MAX_DEVICE_TOKEN_SECONDS or claims["exp"] - now > (
+            MAX_DEVICE_TOKEN_SECONDS + CLOCK_LEEWAY_SECONDS
+        ):
+            raise Unauthorized("device token lives longer than 5 minutes")
+        return Principal(subject=device_id, role=Role.DEVICE, via="device")
+
+    # ----------------------------------------------------------------- devices
+    def get(self, device_id: str) -> Device:
+        with self.sessions() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise NotFound(f"device {device_id} not found")
+            return device
+
+    def list(self) -> list[Device]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Device).order_by(Device.enrolled_at)).all())
+
+    def revoke(self, device_id: str) -> None:
+        with self.sessions.begin() as s:
+            device = s.get(Device, device_id)
+            if device is None:
+                raise NotFound(f"device {device_id} not found")
+            if device.status != REVOKED:
+                device.status, device.revoked_at = REVOKED, utcnow()
+
+    def touch(self, device_id: str) -> None:
+        """Heartbeat: a poll or report from the device."""
+        with self.sessions.begin() as s:
+            device = s.get(Device, device_id)
+            if device is not None:
+                device.last_seen_at = utcnow()
+
+    # ------------------------------------------------------------- desired state
+    def chain_hash(self, mv: ModelVersion) -> tuple[str | None, str]:
+        """(sha256 on chain, record) for a version; cached (chain records never change once written)."""
+        key = (mv.model_id, mv.version)
+        if key not in self._chain_hashes:
+            found = self.registry.chain_version_hash(mv)
+            if found[0] is None:
+                return found
+            self._chain_hashes[key] = found
+        return self._chain_hashes[key]
+
+    def desired_payload(self, device_id: str) -> dict[str, Any]:
+        """The desired-state document of a device (deterministic: its hash is the ETag)."""
+        device = self.get(device_id)
+        payload: dict[str, Any] = {
+            "type": "fedge.desired-state",
+            "device_id": device.id,
+            "revision": device.desired_revision,
+            "deployment_id": None,
+            "model": None,
+        }
+        desired = device.desired
+        if desired:
+            mv = self.registry.resolve_version(desired["model_id"], int(desired["version"]))
+            sha, record = self.chain_hash(mv)
+            if sha is None:
+                raise Conflict(f"model {mv.model_id} v{mv.version} has no chain record; cannot deploy it")
+            descriptor = mv.descriptor or {}
+            payload["deployment_id"] = desired.get("deployment_id")
+            payload["model"] = {
+                "model_id": mv.model_id,
+                "version": mv.version,
+                "kind": mv.kind,
+                "sha256": sha,
+                "chain_record": record,
+                "chain_tx": mv.chain_tx,
+                "size_bytes": mv.size_bytes,
+                "download": f"/v1/devices/{device.id}/models/{mv.model_id}/versions/{mv.version}",
+                "sample_input": descriptor.get("sample_input"),
+            }
+        return payload
+
+    def signed_desired_state(self, device_id: str) -> tuple[dict[str, str], str]:
+        """(signed envelope, ETag)."""
+        payload = self.desired_payload(device_id)
+        etag = '"' + hashlib.sha256(canonical_json(payload)).hexdigest()[:32] + '"'
+        return self.ca.sign_document(payload), etag
+
+    def desired_model(self, device_id: str, model_id: str, version: int) -> ModelVersion:
+        """The version a device may download: only the one deployed to it."""
+        desired = self.get(device_id).desired
+        if not desired or desired.get("model_id") != model_id or int(desired.get("version", -1)) != version:
+            raise Forbidden(f"model {model_id} v{version} is not deployed to device {device_id}")
+        return self.registry.resolve_version(model_id, version)

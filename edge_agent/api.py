@@ -1,0 +1,93 @@
+"""Local inference API on loopback, standard library only (``pip install fedge[agent]`` stays small).
+
+GET /healthz, GET /v1/model (active model id, version, sha256), POST /v1/infer {inputs: {name: list}}.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from edge_agent.runtime.session import InferenceError, ModelRuntime
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def make_server(runtime: ModelRuntime, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """A server bound to ``host:port`` (port 0: any free one); call ``serve_forever`` to run it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "fedge-agent"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            ctype = "application/problem+json" if status >= 400 else "application/json"
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _problem(self, status: int, title: str, detail: str) -> None:
+            self._send(status, {"type": "about:blank", "title": title, "status": status, "detail": detail})
+
+        def do_GET(self) -> None:
+            active = runtime.active
+            if self.path == "/healthz":
+                self._send(200, {"status": "ok", "model_loaded": active is not None})
+            elif self.path == "/v1/model":
+                if active is None:
+                    self._problem(404, "Not found", "no model is active on this device yet")
+                else:
+                    self._send(
+                        200, {"model_id": active.model_id, "version": active.version, "sha256": active.sha256}
+                    )
+            else:
+                self._problem(404, "Not found", f"no route {self.path}")
+
+        def do_POST(self) -> None:
+            if self.path != "/v1/infer":
+                self._problem(404, "Not found", f"no route {self.path}")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._problem(413, "Payload too large", f"body over {MAX_BODY} bytes")
+                return
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+                inputs = body["inputs"]
+                if not isinstance(inputs, dict):
+                    raise TypeError("'inputs' must be an object")
+            except (ValueError, KeyError, TypeError) as exc:
+                self._problem(422, "Unprocessable content", f"expected {{'inputs': {{name: list}}}}: {exc}")
+                return
+            try:
+                outputs = runtime.infer(inputs)
+            except InferenceError as exc:
+                status = 503 if runtime.active is None else 422
+                self._problem(status, "Inference failed", str(exc))
+                return
+            active = runtime.active
+            self._send(
+                200,
+                {
+                    "outputs": outputs,
+                    "model_id": active.model_id if active else None,
+                    "version": active.version if active else None,
+                },
+            )
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="fedge-agent-api", daemon=True)
+    thread.start()
+    return thread

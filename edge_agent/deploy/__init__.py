@@ -1,0 +1,1 @@
+"""Desired-state reconciliation: plan -> fetch -> verify -> activate -> health -> keep / roll back."""

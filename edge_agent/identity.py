@@ -1,0 +1,185 @@
+"""Device identity: an EC P-256 key made on the device (never sent anywhere), enrollment with a one-time
+token, credentials stored 0600 in the state directory, ES256 tokens signed with the device key.
+
+The private key is reachable only through ``DeviceIdentity.sign_jwt`` and ``DeviceIdentity.exchange``
+(ECDH, for keys sealed to this device later): nothing here returns its bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE = "device.key", "device.pem", "ca.pem", "identity.json"
+
+
+class EnrollmentError(Exception):
+    """Enrollment was refused or its answer does not check out."""
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only (0600), atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """An enrolled device: id, certificate, pinned CA and where the controller is."""
+
+    device_id: str
+    api_url: str
+    audience: str
+    broker_url: str | None
+    certificate: x509.Certificate
+    ca_certificate: x509.Certificate
+    _key: ec.EllipticCurvePrivateKey
+
+    def __repr__(self) -> str:
+        return f"DeviceIdentity(device_id={self.device_id!r}, api_url={self.api_url!r})"
+
+    @classmethod
+    def load(cls, state_dir: Path) -> DeviceIdentity:
+        path = state_dir / IDENTITY_FILE
+        if not path.exists():
+            raise EnrollmentError(f"{state_dir} holds no identity; run 'fedge-agent enroll' first")
+        meta = json.loads(path.read_text())
+        key = serialization.load_pem_private_key((state_dir / KEY_FILE).read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise EnrollmentError("device key is not an EC key")
+        return cls(
+            device_id=meta["device_id"],
+            api_url=meta["api_url"],
+            audience=meta["audience"],
+            broker_url=meta.get("broker_url"),
+            certificate=x509.load_pem_x509_certificate((state_dir / CERT_FILE).read_bytes()),
+            ca_certificate=x509.load_pem_x509_certificate((state_dir / CA_FILE).read_bytes()),
+            _key=key,
+        )
+
+    def sign_jwt(self, ttl_seconds: int = 300, now: float | None = None) -> str:
+        """A short-lived ES256 JWT (iss = sub = device id) for the controller API."""
+        issued = int(now if now is not None else time.time())
+        header = {"alg": "ES256", "typ": "JWT", "kid": self.device_id}
+        claims = {
+            "iss": self.device_id,
+            "sub": self.device_id,
+            "aud": self.audience,
+            "iat": issued,
+            "exp": issued + min(ttl_seconds, 300),
+            "jti": uuid.uuid4().hex,
+        }
+        signing_input = (
+            _b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
+        der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return signing_input + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def exchange(self, peer: ec.EllipticCurvePublicKey) -> bytes:
+        """ECDH shared secret with a peer P-256 key (to open keys sealed to this device)."""
+        return self._key.exchange(ec.ECDH(), peer)
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey) -> str:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedge-device")]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _problem_detail(resp: httpx.Response) -> str:
+    try:
+        body: Any = resp.json()
+        return str(body.get("detail") or body)
+    except ValueError:
+        return resp.text[:300]
+
+
+def enroll(
+    controller: str,
+    token: str,
+    state_dir: Path,
+    labels: dict[str, str] | None = None,
+    facts: dict[str, Any] | None = None,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> DeviceIdentity:
+    """Make a key pair here, send a CSR with the one-time token, check and store what comes back."""
+    from edge_agent.facts import hardware_facts
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = {
+        "token": token,
+        "csr": make_csr(key),
+        "labels": labels or {},
+        "facts": facts if facts is not None else hardware_facts(),
+    }
+    with httpx.Client(base_url=controller.rstrip("/"), timeout=30, transport=transport) as client:
+        resp = client.post("/v1/enrollments", json=body)
+    if resp.status_code != 201:
+        raise EnrollmentError(f"enrollment refused ({resp.status_code}): {_problem_detail(resp)}")
+    answer = resp.json()
+    cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(answer["ca_certificate"].encode())
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    cert_pub = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if pub != cert_pub:
+        raise EnrollmentError("the certificate returned is not for this device's key")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError) as exc:
+        raise EnrollmentError(f"the certificate is not signed by the CA returned with it: {exc}") from exc
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    if cn != answer["device_id"]:
+        raise EnrollmentError("certificate CN differs from the device id")
+    write_private(
+        state_dir / KEY_FILE,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    write_private(state_dir / CERT_FILE, answer["certificate"].encode())
+    write_private(state_dir / CA_FILE, answer["ca_certificate"].encode())
+    meta = {
+        "device_id": answer["device_id"],
+        "api_url": controller.rstrip("/"),
+        "advertised_api_url": answer.get("api_url"),
+        "audience": answer["audience"],
+        "broker_url": answer.get("broker_url"),
+    }
+    write_private(state_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode())
+    return DeviceIdentity.load(state_dir)

@@ -1,0 +1,141 @@
+"""HTTP link to the controller, authenticated with short-lived tokens signed by the device key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edge_agent.identity import DeviceIdentity
+from edge_agent.link.signed import verify_desired_state
+
+
+class LinkError(Exception):
+    """The controller could not be reached or answered with an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeviceAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer <ES256 JWT>``; a token is reused until a minute before it expires."""
+
+    def __init__(self, identity: DeviceIdentity, ttl: int = 300) -> None:
+        self.identity, self.ttl = identity, ttl
+        self._token, self._until = "", 0.0
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        now = time.time()
+        if now >= self._until:
+            self._token, self._until = self.identity.sign_jwt(self.ttl, now), now + self.ttl - 60
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+
+@dataclass
+class Poll:
+    """One desired-state poll: ``changed`` False on 304."""
+
+    status: int
+    changed: bool
+    desired: dict[str, Any] | None
+    etag: str | None
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("detail"))
+    except ValueError:
+        return resp.text[:200]
+
+
+class ControllerLink:
+    """Desired state (verified), status reports and model downloads for one device."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        *,
+        timeout: float = 30.0,
+        ttl: int = 300,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.identity = identity
+        self.http = httpx.Client(
+            base_url=identity.api_url, auth=DeviceAuth(identity, ttl), timeout=timeout, transport=transport
+        )
+        self.etag: str | None = None
+        self.last: dict[str, Any] | None = None
+        self.not_modified = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _check(self, resp: httpx.Response, what: str) -> None:
+        if resp.status_code >= 400:
+            raise LinkError(f"{what}: {resp.status_code} {_detail(resp)}", resp.status_code)
+
+    def poll(self) -> Poll:
+        """GET the desired state with ``If-None-Match``; the signed document is verified before use."""
+        headers = {"If-None-Match": self.etag} if self.etag else {}
+        try:
+            resp = self.http.get(f"/v1/devices/{self.identity.device_id}/desired-state", headers=headers)
+        except httpx.HTTPError as exc:
+            raise LinkError(f"desired state: {exc}") from exc
+        if resp.status_code == 304:
+            self.not_modified += 1
+            return Poll(304, False, self.last, self.etag)
+        self._check(resp, "desired state")
+        desired = verify_desired_state(resp.json(), self.identity.ca_certificate, self.identity.device_id)
+        self.etag, self.last = resp.headers.get("etag"), desired
+        return Poll(resp.status_code, True, desired, self.etag)
+
+    def report(self, report: dict[str, Any]) -> None:
+        try:
+            resp = self.http.post(f"/v1/devices/{self.identity.device_id}/status", json=report)
+        except httpx.HTTPError as exc:
+            raise LinkError(f"status report: {exc}") from exc
+        self._check(resp, "status report")
+
+    def download(self, path: str, dest: Path) -> str:
+        """Stream an artifact to ``dest`` (fsynced); returns the SHA-256 of the bytes received."""
+        digest = hashlib.sha256()
+        try:
+            with self.http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp, "model download")
+                with open(dest, "wb") as fh:
+                    for chunk in resp.iter_bytes(1 << 16):
+                        digest.update(chunk)
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except httpx.HTTPError as exc:
+            raise LinkError(f"model download: {exc}") from exc
+        return digest.hexdigest()
+
+
+class Backoff:
+    """Exponential backoff with full jitter: after n failures wait uniform(0, min(cap, base * 2**n))."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def success(self) -> float:
+        """Reset; the next wait is the poll interval with +-10 % jitter."""
+        self.failures = 0
+        return self.base * self.rng.uniform(0.9, 1.1)
+
+    def failure(self) -> float:
+        self.failures += 1
+        return self.rng.uniform(0, min(self.cap, self.base * 2**self.failures))

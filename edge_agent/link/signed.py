@@ -1,0 +1,44 @@
+"""Verification of desired-state documents signed by the device CA pinned at enrollment."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+DOCUMENT_CONTEXT = b"fedge-desired-state-v1\n"  # same domain-separation prefix as the controller's
+
+
+class SignatureInvalid(ValueError):
+    """The document is malformed, not signed by the pinned CA, or not meant for this device."""
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def verify_desired_state(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
+    """The payload of a signed desired-state envelope, after checking signature, type and device id."""
+    try:
+        body = _unb64(str(envelope["payload"]))
+        signature = _unb64(str(envelope["signature"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SignatureInvalid(f"malformed signed document: {exc}") from exc
+    key = ca.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise SignatureInvalid("the pinned CA certificate does not hold an EC key")
+    try:
+        key.verify(signature, DOCUMENT_CONTEXT + body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise SignatureInvalid("desired-state signature does not verify against the pinned CA") from exc
+    payload = json.loads(body)
+    if not isinstance(payload, dict) or payload.get("type") != "fedge.desired-state":
+        raise SignatureInvalid("signed document is not a desired state")
+    if payload.get("device_id") != device_id:
+        raise SignatureInvalid(f"desired state is for device {payload.get('device_id')}, not {device_id}")
+    return payload

@@ -1,0 +1,45 @@
+"""``pip install 'fedge[agent]'`` must stay small: no torch, FastAPI server, uvicorn or web3."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+FORBIDDEN = {"torch", "fastapi", "uvicorn", "web3", "starlette"}
+
+
+def _names(requirements: list[str], extras: dict[str, list[str]], seen: set[str]) -> set[str]:
+    names: set[str] = set()
+    for req in requirements:
+        m = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(\[([^\]]*)\])?", req)
+        assert m, req
+        name = m.group(1).lower().replace("_", "-")
+        names.add(name)
+        if name == "fedge" and m.group(3):
+            for extra in m.group(3).split(","):
+                extra = extra.strip()
+                if extra not in seen:
+                    seen.add(extra)
+                    names |= _names(extras[extra], extras, seen)
+    return names
+
+
+def test_agent_extra_pulls_no_server_torch_or_web3() -> None:
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    names = _names(project["dependencies"] + extras["agent"], extras, {"agent"})
+
+    assert {"onnxruntime", "numpy", "cryptography", "httpx"} <= names
+    assert not names & FORBIDDEN
+
+
+def test_the_agent_package_does_not_import_controller_or_server_code() -> None:
+    root = Path(__file__).parents[2] / "edge_agent"
+    banned = re.compile(
+        r"^\s*(?:import|from)\s+(controller|fastapi|starlette|uvicorn|torch|web3|jwt)\b", re.M
+    )
+    for path in root.rglob("*.py"):
+        found = banned.search(path.read_text())
+        assert found is None, f"{path} imports {found.group(1) if found else ''}"
