@@ -536,8 +536,10 @@ def deploy(
 
 def _mount_optional() -> None:
     """Subcommands from optional extras (grid) appear when their extra is installed."""
+    import importlib
+
     try:
-        from simulator.grid.cli import app as grid_app
+        grid_app = importlib.import_module("simulator.grid.cli").app
     except ImportError:
         return
     app.add_typer(grid_app, name="grid", help="Grid simulator and RL load shifting (extra: grid).")
