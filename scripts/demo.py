@@ -1,8 +1,12 @@
 """fedge demo on embedded defaults (run by ``make demo``).
 
 Starts the controller (SQLite + local artifact store + in-process EVM under ``FEDGE_DATA_DIR``, default
-``./.fedge``), registers scikit-learn's digits as a dataset (.npz), registers a model for it, and prints
-ids, hashes and where everything is stored. Data persists: a second run lists the first run's datasets.
+``./.fedge``), registers scikit-learn's digits as a dataset (.npz), registers a model for it, trains it in a
+job, translates it to ONNX (validated, int8 variant), and prints ids, hashes and where everything is
+stored. Then it enrolls three edge agents (in-process, ``simulator.fleet``; state under
+``FEDGE_DATA_DIR/agents/``), deploys the ONNX model to them in two waves and measures each agent's accuracy
+on the held-out digits through its local inference API. Data persists: a second run lists the first run's
+datasets and reuses the agents enrolled by the first run (they move to the new model).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from controller.client import FedgeClient
+from controller.client import FedgeAPIError, FedgeClient
 
 console = Console()
 
@@ -114,6 +118,103 @@ def start_controller(data_dir: Path, token: str, port: int) -> subprocess.Popen[
             time.sleep(0.2)
     client.close()
     return proc
+
+
+HOLDOUT, SEED = 0.2, 0  # the training job's defaults (examples/digits_cnn/train.py: split)
+
+
+def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The digits the training job held out (same seeded permutation as ``examples.digits_cnn.train``)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None, :, :] / 16.0
+    order = np.random.default_rng(SEED).permutation(len(x))
+    idx = order[len(x) - round(len(x) * HOLDOUT) :]
+    return x[idx], digits.target[idx]
+
+
+def infer_accuracy(api_url: str, x: np.ndarray, y: np.ndarray, batch: int = 128) -> tuple[float, float, str]:
+    """Top-1 accuracy through the agent's local API (POST /v1/infer); (accuracy, ms per call, model)."""
+    import httpx
+
+    correct, calls, started, served = 0, 0, time.perf_counter(), ""
+    with httpx.Client(base_url=api_url, timeout=60) as http:
+        for i in range(0, len(x), batch):
+            r = http.post("/v1/infer", json={"inputs": {"x": x[i : i + batch].tolist()}})
+            r.raise_for_status()
+            body = r.json()
+            probs = np.asarray(next(iter(body["outputs"].values())))
+            correct += int((probs.argmax(axis=1) == y[i : i + batch]).sum())
+            calls += 1
+            served = f"{body['model_id'][:8]}.. v{body['version']}"
+    return correct / len(x), (time.perf_counter() - started) * 1000 / calls, served
+
+
+def deploy_to_agents(
+    fc: FedgeClient, url: str, token: str, data_dir: Path, model_id: str, translation: dict[str, object]
+) -> None:
+    """Enroll (or reuse) three agents, roll the ONNX model out in two waves, check them on held-out digits."""
+    from simulator.fleet import Fleet
+
+    console.rule("edge agents")
+    q = translation.get("quantized") or {}
+    assert isinstance(q, dict)
+    candidates = [(int(q["version"]), "int8")] if q.get("kept") else []
+    candidates.append((int(str(translation["version"])), "fp32"))
+    x, y = held_out_digits()
+    with Fleet(
+        url, token, data_dir / "agents", poll_interval=0.5, serve_api=True, labels={"demo": "digits"}
+    ) as fleet:
+        known = sum((data_dir / "agents" / f"agent-{i:04d}" / "identity.json").exists() for i in range(3))
+        fleet.ensure(3)
+        reused = sum(1 for sim in fleet.agents if sim.active is not None)
+        console.print(
+            f"agents: {len(fleet.agents)} ({known} state dirs from earlier runs, {reused} serving an earlier "
+            f"model), state under {data_dir / 'agents'}"
+        )
+        fleet.start()
+        dep_id, version, flavour = "", 0, ""
+        posted = time.time()
+        for version, flavour in candidates:
+            try:
+                dep_id = fleet.deploy(model_id, version, waves=[0.34, 1.0])
+                break
+            except FedgeAPIError as exc:
+                console.print(f"[yellow]{flavour} v{version} not deployable[/yellow]: {exc}")
+        if not dep_id:
+            raise SystemExit("no deployable ONNX version")
+        console.print(f"deployment {dep_id}: {model_id} v{version} ({flavour}), waves [0.34, 1.0]")
+        dep = fleet.wait_deployment(dep_id, timeout=120)
+        if dep["state"] != "succeeded":
+            raise SystemExit(f"deployment {dep['state']}: {dep['error']}")
+        fleet.wait_active(model_id, version, timeout=30)
+        waves = {t["device_id"]: (t["wave"], t["state"]) for t in dep["devices"]}
+        table = Table(
+            "agent", "device id", "wave", "rollout", "active after", "served", "held-out acc", "ms/call",
+            title=f"edge agents: accuracy on {len(x)} held-out digits via POST /v1/infer (batches of 128)",
+        )  # fmt: skip
+        for sim in fleet.agents:
+            assert sim.api_url is not None
+            acc, ms, served = infer_accuracy(sim.api_url, x, y)
+            done = sim.succeeded_at(dep_id)
+            wave, state = waves.get(sim.device_id, (-1, "?"))
+            table.add_row(
+                f"#{sim.index}",
+                sim.device_id,
+                str(wave + 1),
+                state,
+                f"{done - posted:.1f} s" if done else "-",
+                served,
+                f"{acc:.4f}",
+                f"{ms:.1f}",
+            )
+        console.print(table)
+        rows = {d["id"]: d for d in fc.devices()}
+        online = sum(1 for i in fleet.device_ids if rows.get(i, {}).get("online"))
+        console.print(
+            f"controller view: {online}/{len(fleet.agents)} agents online, deployment {dep['state']}"
+        )
 
 
 def main() -> None:
@@ -214,9 +315,11 @@ def main() -> None:
             f"dataset provenance: stored object sha256 recomputed = chain record -> "
             f"[bold]{'verified' if ds_prov.verified else 'MISMATCH'}[/bold]"
         )
+        with FedgeClient(url, token) as fc:
+            deploy_to_agents(fc, url, token, data_dir, model.model_id, translation)
         console.print(
             f"[green]done[/green]: {earlier.total + 1} datasets now registered; run `make demo` again to see "
-            "this run's dataset listed from the persisted store."
+            "this run's dataset listed from the persisted store (and the same agents move to the new model)."
         )
     finally:
         proc.terminate()

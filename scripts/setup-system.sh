@@ -38,6 +38,9 @@ APT_CHECKS=(
     "nodejs|have node"
     "npm|have npm"
     "python3-venv|test -x .venv/bin/python || ! have $PYTHON || $PYTHON -c 'import ensurepip, venv' 2>/dev/null"
+    # packaging tests: lint packaging/install-agent.sh, verify packaging/systemd/fedge-agent.service
+    "shellcheck|have shellcheck"
+    "systemd|have systemd-analyze"
 )
 
 apt_missing=()
@@ -52,7 +55,7 @@ done
 if [[ ${FEDGE_SKIP_APT:-0} == 1 ]]; then
     log "apt: skipped (FEDGE_SKIP_APT=1); missing: ${apt_missing[*]:-none}"
 elif ((${#apt_missing[@]} == 0)); then
-    log "apt: all system packages present (postgresql 15, mosquitto, mosquitto-clients, node, npm)"
+    log "apt: all system packages present (postgresql 15, mosquitto, mosquitto-clients, node, npm, shellcheck, systemd)"
 else
     SUDO=()
     if [[ $(id -u) -ne 0 ]]; then

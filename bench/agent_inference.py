@@ -1,0 +1,196 @@
+"""Edge agent inference: the local API (``POST /v1/infer``) vs a bare ONNX Runtime session, same model.
+
+The model is the seed digits CNN (``examples.digits_cnn``), trained for a few epochs and translated to ONNX
+by ``controller.translation.translate`` (validated against PyTorch). Both sides use the agent's own session
+(``edge_agent.runtime.session.open_session``: same providers and options), so the difference is what the
+local API adds: an HTTP request per call (the server speaks HTTP/1.0, one connection per request), JSON
+encoding of nested lists both ways and numpy conversions. Batches are real digits at batch 1 and batch 64;
+methods are interleaved round by round; outputs are checked to agree. The last line of stdout is a JSON
+summary.
+
+    .venv/bin/python bench/agent_inference.py [--quick] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable (examples, controller)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from edge_agent.api import make_server, serve_in_thread
+from edge_agent.runtime.session import ModelRuntime, open_session
+from examples.make_digits_npz import load_digits_arrays
+
+BATCHES = (1, 64)
+METHODS = ("ort", "api")
+
+
+@dataclass
+class Timing:
+    batch: int
+    calls: list[float] = field(default_factory=list)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.calls) * 1000
+
+    @property
+    def p95_ms(self) -> float:
+        return float(np.percentile(self.calls, 95)) * 1000
+
+    @property
+    def throughput(self) -> float:
+        return self.batch * len(self.calls) / sum(self.calls)
+
+
+def build_model(workdir: Path, epochs: int) -> tuple[Path, float]:
+    """Train the digits CNN briefly and translate it to ONNX; (path, max |torch - onnx|)."""
+    import torch
+
+    from controller.translation import translate
+    from examples.digits_cnn.train import DEFAULTS, save, train
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    x, y = load_digits_arrays()
+    model = train(
+        {**DEFAULTS, "epochs": epochs, "threads": 1, "holdout": 0.2}, x, y, workdir / "metrics.jsonl"
+    )
+    save(model, workdir / "output")
+    meta = json.loads((workdir / "output" / "model.json").read_text())
+    result = translate(workdir / "output" / "model.pt2", meta, x, out_dir=workdir / "onnx", threads=1)
+    return Path(result.onnx_path), float(result.max_abs_diff)
+
+
+def api_caller(port: int) -> Callable[[Any], Any]:
+    def call(batch: Any) -> Any:
+        body = json.dumps({"inputs": {"x": batch.tolist()}})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("POST", "/v1/infer", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"/v1/infer: {resp.status} {data[:200]!r}")
+        finally:
+            conn.close()
+        return np.asarray(json.loads(data)["outputs"]["probabilities"], dtype=np.float32)
+
+    return call
+
+
+def measure(
+    runners: dict[str, Callable[[Any], Any]], calls: dict[int, int], rounds: int
+) -> dict[tuple[str, int], Timing]:
+    x, _ = load_digits_arrays()
+    rng = np.random.default_rng(0)
+    timings = {(name, b): Timing(b) for name in runners for b in BATCHES}
+    for b in BATCHES:
+        batches = [np.ascontiguousarray(x[rng.choice(len(x), b, replace=False)]) for _ in range(calls[b])]
+        for run in runners.values():  # warm up
+            for batch in batches[:10]:
+                run(batch)
+        for round_ in range(rounds):
+            order = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+            for name in order:
+                run, timing = runners[name], timings[(name, b)]
+                for batch in batches:
+                    started = time.perf_counter()
+                    run(batch)
+                    timing.calls.append(time.perf_counter() - started)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer calls and epochs (well under a minute)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default 4; 2 with --quick)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    epochs = args.epochs or (2 if args.quick else 4)
+    calls = {1: 200, 64: 40} if args.quick else {1: 1000, 64: 200}
+
+    with tempfile.TemporaryDirectory(prefix="fedge-bench-agent-") as tmp:
+        started = time.perf_counter()
+        path, diff = build_model(Path(tmp), epochs)
+        size = path.stat().st_size
+        print(
+            f"digits CNN: {epochs} epochs, translated to ONNX in {time.perf_counter() - started:.1f} s "
+            f"(max |torch - onnx| {diff:.2e}, {size / 1e3:.0f} kB); "
+            f"{platform.processor() or platform.machine()}",
+            flush=True,
+        )
+        bare = open_session(path)
+        runtime = ModelRuntime()
+        runtime.swap("bench", 1, "0" * 64, path)
+        server = make_server(runtime, "127.0.0.1", 0)
+        serve_in_thread(server)
+        try:
+            runners: dict[str, Callable[[Any], Any]] = {
+                "ort": lambda batch: bare.run(["probabilities"], {"x": batch})[0],
+                "api": api_caller(server.server_port),
+            }
+            x, y = load_digits_arrays()
+            probe = np.ascontiguousarray(x[:64])
+            agree = float(np.max(np.abs(runners["ort"](probe) - runners["api"](probe))))
+            accuracy = float(np.mean(runners["api"](x[:512]).argmax(axis=1) == y[:512]))
+            print(
+                f"providers {bare.get_providers()}; max |ort - api| {agree:.1e}; "
+                f"top-1 (512 digits) {accuracy:.4f}"
+            )
+            timings = measure(runners, calls, args.rounds)
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    print()
+    print(f"{'batch':>5} {'method':<6} {'p50 ms':>9} {'p95 ms':>9} {'samples/s':>11} {'calls':>6}")
+    for b in BATCHES:
+        for name in METHODS:
+            t = timings[(name, b)]
+            print(
+                f"{b:>5} {name:<6} {t.p50_ms:>9.3f} {t.p95_ms:>9.3f} {t.throughput:>11.1f} {len(t.calls):>6}"
+            )
+        ratio = timings[("api", b)].throughput / timings[("ort", b)].throughput
+        print(f"{b:>5} api/ort throughput ratio {ratio:.3f}")
+    result: dict[str, Any] = {
+        "bench": "agent_inference",
+        "model": "digits_cnn",
+        "quick": args.quick,
+        "epochs": epochs,
+        "onnx_bytes": size,
+        "max_abs_diff_api_vs_ort": agree,
+        "accuracy_512": round(accuracy, 4),
+    }
+    for b in BATCHES:
+        ort, api = timings[("ort", b)], timings[("api", b)]
+        result[f"batch{b}"] = {
+            "p50_ms": {"ort": round(ort.p50_ms, 4), "api": round(api.p50_ms, 4)},
+            "throughput_per_s": {"ort": round(ort.throughput, 1), "api": round(api.throughput, 1)},
+            "api_vs_ort": round(api.throughput / ort.throughput, 4),
+            "api_overhead_ms": round(api.p50_ms - ort.p50_ms, 4),
+        }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
