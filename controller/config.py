@@ -73,6 +73,31 @@ class ControllerSettings(BaseSettings):
     )
     translation_timeout_seconds: int = Field(default=600, ge=1)
 
+    broker_backend: Literal["embedded", "mosquitto", "none"] = Field(
+        default="embedded",
+        description="MQTT for the fleet: amqtt inside the controller, an external Mosquitto, or none "
+        "(agents then only poll over HTTP).",
+    )
+    broker_host: str = Field(
+        default="127.0.0.1", description="Address of the broker (embedded: bind address)."
+    )
+    broker_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Broker port (embedded: 0 picks a free port; mosquitto: required).",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Broker URL given to devices at enrollment (default mqtt[s]://broker_host:broker_port).",
+    )
+    mosquitto_dir: Path | None = Field(
+        default=None,
+        description="Mosquitto's files (ca.pem, crl.pem, acl, mosquitto.pid, the controller's client "
+        "certificate), rendered by `python -m controller.fleet.broker.mosquitto`. "
+        "Default <data_dir>/fleet/mosquitto.",
+    )
+
     admin_token: SecretStr | None = Field(
         default=None, description="Initial admin token on first start (automation). Else one is generated."
     )
@@ -91,6 +116,8 @@ class ControllerSettings(BaseSettings):
             raise ValueError(
                 "storage_backend=s3 needs FEDGE_S3_ENDPOINT, FEDGE_S3_ACCESS_KEY, FEDGE_S3_SECRET_KEY"
             )
+        if self.broker_backend == "mosquitto" and not self.broker_port:
+            raise ValueError("broker_backend=mosquitto needs FEDGE_BROKER_PORT")
         if self.chain_backend == "jsonrpc" and not self.chain_rpc_url:
             raise ValueError("chain_backend=jsonrpc needs FEDGE_CHAIN_RPC_URL")
         return self

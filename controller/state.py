@@ -18,6 +18,7 @@ from controller.storage import ArtifactStore, make_store
 
 if TYPE_CHECKING:
     from controller.chain.base import ChainBackend
+    from controller.fleet.broker.messaging import FleetMessaging
     from controller.fleet.deployments import Rollouts
     from controller.fleet.devices import Fleet
     from controller.training.manager import JobManager
@@ -41,8 +42,12 @@ class ControllerState:
     jobs: JobManager | None = None
     fleet: Fleet | None = None
     rollouts: Rollouts | None = None
+    messaging: FleetMessaging | None = None
 
     def close(self) -> None:
+        if self.messaging is not None:
+            self.messaging.stop()
+            self.messaging = None
         if self.jobs is not None:
             self.jobs.stop()
         if self.chain is not None and self.owns_chain:
@@ -96,6 +101,13 @@ def build_state(
 
     state.fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
     state.rollouts = Rollouts(sessions, state.fleet)
+    from controller.fleet.broker import make_broker
+    from controller.fleet.broker.messaging import FleetMessaging
+
+    broker = make_broker(settings, state.fleet)
+    if broker is not None:
+        state.messaging = FleetMessaging(broker, state.fleet, state.rollouts)
+        state.messaging.start()
     from controller.training.manager import JobManager, make_runner
 
     state.jobs = JobManager(settings, sessions, registry, make_runner(settings))

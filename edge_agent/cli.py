@@ -71,6 +71,8 @@ def run(
     from edge_agent.deploy.agent import Agent
     from edge_agent.identity import DeviceIdentity
     from edge_agent.link.client import ControllerLink
+    from edge_agent.link.mqtt import MqttLink
+    from edge_agent.link.outbox import Outbox
     from edge_agent.runtime.session import ModelRuntime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -82,7 +84,19 @@ def run(
     settings = AgentSettings(**overrides)  # type: ignore[arg-type]
     identity = DeviceIdentity.load(settings.state_dir)
     link = ControllerLink(identity, timeout=settings.http_timeout, ttl=settings.token_ttl)
-    agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers))
+    outbox = Outbox.in_state_dir(settings.state_dir)
+    agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
+    if settings.mqtt and identity.broker_url:
+        agent.mqtt = MqttLink(
+            identity,
+            settings.state_dir,
+            agent.push_desired,
+            on_connect=agent.wake,
+            min_backoff=settings.mqtt_min_backoff,
+            max_backoff=settings.mqtt_max_backoff,
+            token_ttl=settings.token_ttl,
+        )
+        agent.mqtt.start()
     agent.start()
     server = make_server(agent.runtime, settings.api_host, settings.api_port)
     serve_in_thread(server)
@@ -94,6 +108,9 @@ def run(
         agent.run(stop, settings.poll_interval, settings.max_backoff)
     finally:
         server.shutdown()
+        if agent.mqtt is not None:
+            agent.mqtt.stop()
+        outbox.close()
         link.close()
 
 

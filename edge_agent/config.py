@@ -23,3 +23,6 @@ class AgentSettings(BaseSettings):
         default=None, description="ONNX Runtime providers in order of preference (default: auto)"
     )
     http_timeout: float = Field(default=30.0, gt=0)
+    mqtt: bool = Field(default=True, description="use the broker named at enrollment (if any) for push")
+    mqtt_min_backoff: int = Field(default=1, ge=1, description="first reconnect delay to the broker (s)")
+    mqtt_max_backoff: int = Field(default=30, ge=1, description="longest reconnect delay to the broker (s)")

@@ -87,6 +87,7 @@ class StatusReport(BaseModel):
     error: str | None = Field(default=None, max_length=4000)
     active_model_id: str | None = Field(default=None, description="the model the device serves now")
     active_version: int | None = None
+    seq: int | None = Field(default=None, description="agent outbox sequence number (deduplicates)")
 
 
 def device_out(d: Device, poll_seconds: float = DEFAULT_POLL_SECONDS) -> DeviceOut:
@@ -128,13 +129,15 @@ def enroll(body: EnrollRequest, request: Request, state: StateDep) -> Enrollment
     tokens are 401."""
     fleet = fleet_of(state)
     done = fleet.enroll(body.token, body.csr, body.labels, body.facts)
+    if state.messaging is not None:
+        state.messaging.desired_changed([done.device_id])  # retained: the agent gets it on subscribe
     api_url = state.settings.public_url or str(request.base_url).rstrip("/")
     return Enrollment(
         device_id=done.device_id,
         certificate=done.certificate_pem,
         ca_certificate=fleet.ca.certificate_pem,
         api_url=api_url,
-        broker_url=getattr(state.settings, "broker_url", None),
+        broker_url=state.messaging.broker.endpoint.url if state.messaging is not None else None,
         audience=DEVICE_AUDIENCE,
     )
 
@@ -154,8 +157,11 @@ def get_device(device_id: str, state: StateDep, caller: AnyCaller) -> DeviceOut:
 
 @router.delete("/v1/devices/{device_id}", status_code=204, response_class=Response)
 def revoke_device(device_id: str, state: StateDep, _admin: Admin) -> Response:
-    """Revoke a device: its signed tokens are refused from the next request on."""
+    """Revoke a device: its signed tokens are refused from the next request on, and the broker refuses
+    its credential and closes its connection."""
     fleet_of(state).revoke(device_id)
+    if state.messaging is not None:
+        state.messaging.revoke(device_id)
     return Response(status_code=204)
 
 

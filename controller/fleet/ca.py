@@ -150,6 +150,14 @@ class DeviceCA:
             .sign(self._key, hashes.SHA256())
         )
 
+    def sign_certificate(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """Sign a certificate built elsewhere (the broker's server and service-client certificates)."""
+        return builder.sign(self._key, hashes.SHA256())
+
+    def sign_crl(self, builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationList:
+        """Sign a CRL of revoked device certificates (read by the MQTT broker)."""
+        return builder.sign(self._key, hashes.SHA256())
+
     def sign_document(self, payload: dict[str, Any]) -> dict[str, str]:
         """An envelope ``{payload, signature}``: ``payload`` is base64url canonical JSON, ``signature`` the
         base64url DER ECDSA-SHA256 signature over ``DOCUMENT_CONTEXT + payload bytes``."""

@@ -9,6 +9,7 @@ The latest deployment of a device wins: its targets in older rollouts are marked
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,16 @@ class Rollouts:
     def __init__(self, sessions: sessionmaker[Session], fleet: Fleet) -> None:
         self.sessions = sessions
         self.fleet = fleet
+        self.on_desired_changed: Callable[[list[str]], None] | None = None  # MQTT push, after commit
+
+    @staticmethod
+    def _changed(s: Session, device_id: str) -> None:
+        s.info.setdefault("desired_changed", set()).add(device_id)
+
+    def _notify(self, s: Session) -> None:
+        changed = sorted(s.info.pop("desired_changed", set()))
+        if changed and self.on_desired_changed is not None:
+            self.on_desired_changed(changed)
 
     def create(self, req: DeploymentRequest, created_by: str) -> str:
         registry = self.fleet.registry
@@ -86,37 +97,44 @@ class Rollouts:
         if not req.device_ids and not req.selector:
             raise Unprocessable("give device_ids or a selector", field="device_ids")
         with self.sessions.begin() as s:
-            devices = self._targets(s, req)
-            dep = Deployment(
-                model_id=req.model_id,
-                version=mv.version,
-                state="rolling",
-                strategy={"waves": fractions},
-                selector=req.selector,
-                max_failure_ratio=req.max_failure_ratio,
-                auto_rollback=req.auto_rollback,
-                current_wave=0,
-                created_by=created_by,
-            )
-            s.add(dep)
-            s.flush()
-            touched: set[str] = set()
-            for device, wave in zip(devices, assign_waves(len(devices), fractions), strict=True):
-                for old in s.scalars(
-                    select(DeploymentTarget).where(
-                        DeploymentTarget.device_id == device.id, DeploymentTarget.state.in_(OPEN_STATES)
-                    )
-                ):
-                    old.state, old.updated_at = SUPERSEDED, utcnow()
-                    touched.add(old.deployment_id)
-                s.add(DeploymentTarget(deployment_id=dep.id, device_id=device.id, wave=wave, state=WAITING))
-            s.flush()
-            self._start_wave(s, dep)
-            for other in touched:
-                older = s.get(Deployment, other)
-                if older is not None:
-                    self._advance(s, older)
-            return dep.id
+            deployment_id = self._create(s, req, created_by, mv.version, fractions)
+        self._notify(s)
+        return deployment_id
+
+    def _create(
+        self, s: Session, req: DeploymentRequest, created_by: str, version: int, fractions: list[float]
+    ) -> str:
+        devices = self._targets(s, req)
+        dep = Deployment(
+            model_id=req.model_id,
+            version=version,
+            state="rolling",
+            strategy={"waves": fractions},
+            selector=req.selector,
+            max_failure_ratio=req.max_failure_ratio,
+            auto_rollback=req.auto_rollback,
+            current_wave=0,
+            created_by=created_by,
+        )
+        s.add(dep)
+        s.flush()
+        touched: set[str] = set()
+        for device, wave in zip(devices, assign_waves(len(devices), fractions), strict=True):
+            for old in s.scalars(
+                select(DeploymentTarget).where(
+                    DeploymentTarget.device_id == device.id, DeploymentTarget.state.in_(OPEN_STATES)
+                )
+            ):
+                old.state, old.updated_at = SUPERSEDED, utcnow()
+                touched.add(old.deployment_id)
+            s.add(DeploymentTarget(deployment_id=dep.id, device_id=device.id, wave=wave, state=WAITING))
+        s.flush()
+        self._start_wave(s, dep)
+        for other in touched:
+            older = s.get(Deployment, other)
+            if older is not None:
+                self._advance(s, older)
+        return dep.id
 
     def _targets(self, s: Session, req: DeploymentRequest) -> list[Device]:
         chosen: dict[str, Device] = {}
@@ -155,6 +173,7 @@ class Rollouts:
             target.previous = device.desired
             device.desired = {"model_id": dep.model_id, "version": dep.version, "deployment_id": dep.id}
             device.desired_revision += 1
+            self._changed(s, device.id)
             target.state, target.updated_at = PENDING, utcnow()
 
     def _advance(self, s: Session, dep: Deployment) -> None:
@@ -187,37 +206,47 @@ class Rollouts:
             if device is not None and (device.desired or {}).get("deployment_id") == dep.id:
                 device.desired = target.previous
                 device.desired_revision += 1
+                self._changed(s, device.id)
                 if target.state == SUCCEEDED:
                     target.state = REVERTED
             target.updated_at = utcnow()
 
     def report(self, device_id: str, report: dict[str, Any]) -> None:
         """A device's status report: record it, move its target, advance the rollout."""
-        state = report.get("state")
         with self.sessions.begin() as s:
-            device = s.get(Device, device_id)
-            if device is None:
-                raise NotFound(f"device {device_id} not found")
-            device.reported = report
-            device.last_seen_at = utcnow()
-            if state in FAILED_STATES:
-                device.last_error = report.get("error") or state
-            elif state == SUCCEEDED:
-                device.last_error = None
-            deployment_id = report.get("deployment_id")
-            if not deployment_id or state not in REPORTABLE:
-                return
-            target = s.scalar(
-                select(DeploymentTarget).where(
-                    DeploymentTarget.deployment_id == deployment_id, DeploymentTarget.device_id == device_id
-                )
+            self._report(s, device_id, report)
+        self._notify(s)
+
+    def _report(self, s: Session, device_id: str, report: dict[str, Any]) -> None:
+        state = report.get("state")
+        device = s.get(Device, device_id)
+        if device is None:
+            raise NotFound(f"device {device_id} not found")
+        seq, seen = report.get("seq"), (device.reported or {}).get("seq")
+        if seq is not None and seen is not None and int(seq) <= int(seen):
+            return  # an outbox entry delivered twice (MQTT redelivery, HTTP retry): once is enough
+        if seq is None and seen is not None:
+            report = {**report, "seq": seen}
+        device.reported = report
+        device.last_seen_at = utcnow()
+        if state in FAILED_STATES:
+            device.last_error = report.get("error") or state
+        elif state == SUCCEEDED:
+            device.last_error = None
+        deployment_id = report.get("deployment_id")
+        if not deployment_id or state not in REPORTABLE:
+            return
+        target = s.scalar(
+            select(DeploymentTarget).where(
+                DeploymentTarget.deployment_id == deployment_id, DeploymentTarget.device_id == device_id
             )
-            if target is None or target.state not in OPEN_STATES:
-                return
-            target.state, target.error, target.updated_at = state, report.get("error"), utcnow()
-            dep = s.get(Deployment, deployment_id)
-            if dep is not None:
-                self._advance(s, dep)
+        )
+        if target is None or target.state not in OPEN_STATES:
+            return
+        target.state, target.error, target.updated_at = state, report.get("error"), utcnow()
+        dep = s.get(Deployment, deployment_id)
+        if dep is not None:
+            self._advance(s, dep)
 
     def get(self, deployment_id: str) -> tuple[Deployment, list[DeploymentTarget]]:
         with self.sessions() as s:

@@ -1,11 +1,17 @@
 """The agent loop: poll the signed desired state (ETag, backoff with jitter), plan, execute, report.
-One deployment at a time; a newer desired state is picked up by the next poll (the latest wins)."""
+One deployment at a time; a newer desired state is picked up by the next poll (the latest wins).
+
+With a broker, a desired state pushed over MQTT (verified like a polled one) wakes the loop and goes
+through the same apply path; several pushes coalesce into the latest. With an outbox, state reports and
+telemetry are appended to it and delivered in order (MQTT when connected, state reports over HTTP
+otherwise) whenever the loop runs; the active model keeps serving while the links are down."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,8 @@ from edge_agent.deploy.plan import Desired, plan
 from edge_agent.deploy.slots import SlotStore
 from edge_agent.identity import write_private
 from edge_agent.link.client import Backoff, ControllerLink, LinkError
+from edge_agent.link.mqtt import MqttLink
+from edge_agent.link.outbox import Entry, Outbox
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime
 
 log = logging.getLogger("fedge.agent")
@@ -29,9 +37,14 @@ class Agent:
     runtime: ModelRuntime = field(default_factory=ModelRuntime)
     executor: Executor | None = None
     last_outcome: Outcome | None = None
+    outbox: Outbox | None = None
+    mqtt: MqttLink | None = None
 
     def __post_init__(self) -> None:
         self.slots = SlotStore(self.state_dir)
+        self._wake = threading.Event()
+        self._pushed: dict[str, Any] | None = None
+        self._push_lock = threading.Lock()
         if self.executor is None:
             self.executor = Executor(self.slots, self.link, self.runtime)
 
@@ -63,12 +76,33 @@ class Agent:
         poll = self.link.poll()
         if poll.desired is None:
             return None
-        desired = Desired.from_payload(poll.desired)
-        if poll.changed:
+        return self.apply(poll.desired, poll.changed)
+
+    def push_desired(self, payload: dict[str, Any]) -> None:
+        """A verified desired state pushed over MQTT: keep the newest and wake the loop."""
+        with self._push_lock:
+            if self._pushed is None or int(payload.get("revision", 0)) >= int(
+                self._pushed.get("revision", 0)
+            ):
+                self._pushed = payload
+        self._wake.set()
+
+    def take_pushed(self) -> dict[str, Any] | None:
+        with self._push_lock:
+            pushed, self._pushed = self._pushed, None
+        return pushed
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def apply(self, payload: dict[str, Any], changed: bool = True) -> Outcome | None:
+        """Plan and execute a verified desired-state payload (polled or pushed)."""
+        desired = Desired.from_payload(payload)
+        if changed:
             if desired.revision < self._seen_revision():
                 log.warning("ignoring desired state revision %s (older than seen)", desired.revision)
                 return None
-            write_private(self.state_dir / "desired.json", json.dumps(poll.desired).encode())
+            write_private(self.state_dir / "desired.json", json.dumps(payload).encode())
         try:
             steps = plan(self.slots.current(), desired)
         except ValueError as exc:
@@ -107,19 +141,66 @@ class Agent:
             "active_model_id": active.model_id if active else None,
             "active_version": active.version if active else None,
         }
+        if self.outbox is not None:
+            self.outbox.append("state", body)
+            self.flush()
+            return
         try:
             self.link.report(body)
         except LinkError as exc:
             log.warning("could not report %s: %s", outcome.state, exc)
 
+    # -------------------------------------------------------------- outbox
+    def record_telemetry(self, body: dict[str, Any]) -> int:
+        """Queue a telemetry record (delivered over MQTT by the loop); returns its sequence number."""
+        if self.outbox is None:
+            raise RuntimeError("telemetry needs the agent's outbox")
+        seq = self.outbox.append("telemetry", body)
+        self._wake.set()
+        return seq
+
+    def _send(self, entry: Entry) -> bool:
+        if self.mqtt is not None and self.mqtt.connected.is_set():
+            return self.mqtt.publish(entry.kind, entry.seq, entry.body)
+        if entry.kind != "state":
+            return False  # telemetry waits for the broker
+        try:
+            self.link.report({**entry.body, "seq": entry.seq})
+        except LinkError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 408, 429):
+                log.warning("status report seq %s refused for good (%s); dropping it", entry.seq, exc)
+                return True
+            return False
+        return True
+
+    def flush(self) -> int:
+        """Deliver what the outbox holds, in order, as far as the links allow."""
+        return self.outbox.deliver(self._send) if self.outbox is not None else 0
+
+    # ---------------------------------------------------------------- loop
     def run(self, stop: threading.Event, interval: float, max_backoff: float) -> None:
-        """Poll until ``stop`` is set: the poll interval (jittered) after success, backoff after errors."""
+        """Poll until ``stop`` is set: the poll interval (jittered) after success, backoff after errors;
+        a pushed desired state or a (re)connected broker wakes the loop early."""
         backoff = Backoff(interval, max_backoff)
         while not stop.is_set():
+            self._wake.clear()
+            pushed = self.take_pushed()
             try:
-                self.step()
+                if pushed is not None:
+                    self.apply(pushed)
+                else:
+                    self.step()
                 wait = backoff.success()
             except LinkError as exc:
                 wait = backoff.failure()
                 log.warning("controller unreachable (%s); retrying in %.1fs", exc, wait)
-            stop.wait(wait)
+            self.flush()
+            self._sleep(stop, wait)
+
+    def _sleep(self, stop: threading.Event, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, 0.2))

@@ -1,0 +1,186 @@
+"""The ``Broker`` interface and the controller's own MQTT client (the service client) both brokers share.
+
+Topics (one prefix per device, ``fedge/devices/{id}/``): ``desired`` (controller -> device, retained,
+QoS 1: the signed desired-state envelope), ``cmd`` (controller -> device), ``state`` and ``telemetry``
+(device -> controller, QoS 1, JSON ``{"seq", "kind", "body"}`` from the agent's outbox). A device may
+read only ``desired``/``cmd`` and write only ``state``/``telemetry`` under its own prefix; the service
+client (``SERVICE_USER``) may do anything under ``fedge/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+log = logging.getLogger("fedge.broker")
+
+SERVICE_USER = "fedge-controller"
+PREFIX = "fedge/devices"
+DEVICE_READ = ("desired", "cmd")
+DEVICE_WRITE = ("state", "telemetry")
+MessageHandler = Callable[[str, bytes], None]
+
+
+def device_topic(device_id: str, leaf: str) -> str:
+    return f"{PREFIX}/{device_id}/{leaf}"
+
+
+def split_device_topic(topic: str) -> tuple[str, str] | None:
+    """``fedge/devices/{id}/{leaf}`` -> (id, leaf); None for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != PREFIX or not parts[2]:
+        return None
+    return parts[2], parts[3]
+
+
+def device_may(device_id: str, topic: str, write: bool) -> bool:
+    """The device ACL of both brokers: own prefix only, read desired/cmd, write state/telemetry."""
+    found = split_device_topic(topic)
+    if found is None or found[0] != device_id:
+        return False
+    return found[1] in (DEVICE_WRITE if write else DEVICE_READ)
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """What an enrolling device needs: ``mqtts://`` (mTLS with its device certificate, server certificate
+    signed by the device CA) or ``mqtt://`` (username = device id, password = device-signed JWT)."""
+
+    url: str
+    auth: str  # "mtls" | "jwt"
+
+
+@dataclass
+class ServiceClientOptions:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: ssl.SSLContext | None = None
+    client_id: str = SERVICE_USER
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker(ABC):
+    """An MQTT broker as the controller sees it."""
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self.on_connected: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ interface
+    @property
+    @abstractmethod
+    def endpoint(self) -> BrokerEndpoint:
+        """The URL (and auth kind) devices get at enrollment."""
+
+    @abstractmethod
+    def _service_options(self) -> ServiceClientOptions:
+        """How the controller's own client connects."""
+
+    @abstractmethod
+    def revoke_device(self, device_id: str, serial: int | None = None) -> None:
+        """Cut a device off: refuse its credential (certificate ``serial``) from now on and disconnect
+        it if connected."""
+
+    def start(self) -> None:
+        """Connect the service client (subclasses start their broker first)."""
+        opts = self._service_options()
+        # a persistent session: the broker queues device messages for the controller while it is away
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv311, clean_session=False
+        )
+        if opts.username is not None:
+            client.username_pw_set(opts.username, opts.password)
+        if opts.tls is not None:
+            client.tls_set_context(opts.tls)
+        client.reconnect_delay_set(1, 2)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        client.connect_async(opts.host, opts.port, keepalive=30)
+        client.loop_start()
+        if not self._connected.wait(15):
+            log.warning("broker service client not connected yet (%s:%s)", opts.host, opts.port)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self._connected.clear()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Publish; True when the broker acknowledged it (QoS 1) within 5 s."""
+        if self._client is None:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        try:
+            info.wait_for_publish(5)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def subscribe(self, pattern: str, handler: MessageHandler) -> None:
+        """Call ``handler(topic, payload)`` for every message matching ``pattern`` (kept over reconnects)."""
+        self._handlers.append((pattern, handler))
+        if self._client is not None and self._connected.is_set():
+            self._client.subscribe(pattern, qos=1)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.warning("broker refused the service client: %s", rc)
+            return
+        for pattern, _ in self._handlers:
+            client.subscribe(pattern, qos=1)
+        self._connected.set()
+        if self.on_connected is not None:
+            threading.Thread(target=self.on_connected, daemon=True, name="fedge-broker-sync").start()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._connected.clear()
+        log.info("broker service client disconnected (%s)", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        for pattern, handler in self._handlers:
+            if mqtt.topic_matches_sub(pattern, msg.topic):
+                try:
+                    handler(msg.topic, bytes(msg.payload))
+                except Exception:
+                    log.exception("broker message handler failed on %s", msg.topic)
+
+    def _kick_by_client_id(self, client_id: str, opts: ServiceClientOptions) -> None:
+        """Take over ``client_id`` for a moment: the broker closes the connection that held it (MQTT
+        session takeover), then leave."""
+        kicker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        if opts.username is not None:
+            kicker.username_pw_set(opts.username, opts.password)
+        if opts.tls is not None:
+            kicker.tls_set_context(opts.tls)
+        try:
+            kicker.connect(opts.host, opts.port, keepalive=10)
+            kicker.loop_start()
+            time.sleep(0.3)
+            kicker.disconnect()
+            kicker.loop_stop()
+        except OSError as exc:
+            log.warning("could not kick %s: %s", client_id, exc)

@@ -1,0 +1,121 @@
+"""The controller's side of the fleet topics: publish each device's signed desired state (retained,
+QoS 1) when it changes and whenever the service client (re)connects, and take state/telemetry messages
+through the same code path as the HTTP status report, once per outbox sequence number."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections import defaultdict, deque
+from typing import Any
+
+from controller.fleet.broker.base import Broker, device_topic, split_device_topic
+from controller.fleet.deployments import Rollouts
+from controller.fleet.devices import ACTIVE, Fleet
+
+log = logging.getLogger("fedge.broker.messaging")
+TELEMETRY_KEPT = 1000
+
+
+class FleetMessaging:
+    """Glue between a ``Broker`` and the fleet (devices, rollouts)."""
+
+    def __init__(self, broker: Broker, fleet: Fleet, rollouts: Rollouts) -> None:
+        self.broker, self.fleet, self.rollouts = broker, fleet, rollouts
+        self.telemetry: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=TELEMETRY_KEPT))
+        self.delivered: list[tuple[str, int, str]] = []  # (device id, seq, kind), in arrival order
+        self._last_seq: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pending: queue.Queue[list[str] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.broker.subscribe("fedge/devices/+/state", self._on_message)
+        self.broker.subscribe("fedge/devices/+/telemetry", self._on_message)
+        self.broker.on_connected = self.publish_all
+        self.rollouts.on_desired_changed = self.desired_changed
+        self._worker = threading.Thread(target=self._publisher, daemon=True, name="fedge-desired-publisher")
+        self._worker.start()
+        self.broker.start()
+
+    def stop(self) -> None:
+        self.rollouts.on_desired_changed = None
+        self._pending.put(None)
+        if self._worker is not None:
+            self._worker.join(10)
+        self.broker.stop()
+
+    def desired_changed(self, device_ids: list[str]) -> None:
+        """Queue a publish (requests do not wait for the broker's acknowledgements)."""
+        self._pending.put(list(device_ids))
+
+    def _publisher(self) -> None:
+        while (batch := self._pending.get()) is not None:
+            self.publish_desired(batch)
+
+    # ------------------------------------------------------------ desired state
+    def publish_desired(self, device_ids: list[str]) -> None:
+        for device_id in device_ids:
+            try:
+                envelope, _ = self.fleet.signed_desired_state(device_id)
+            except Exception:
+                log.exception("cannot build the desired state of %s", device_id)
+                continue
+            if not self.broker.publish(
+                device_topic(device_id, "desired"), json.dumps(envelope).encode(), 1, True
+            ):
+                log.warning(
+                    "desired state of %s not acknowledged by the broker (agents still poll)", device_id
+                )
+
+    def publish_all(self) -> None:
+        """Every active device's desired state (a restarted broker without persistence lost them)."""
+        self.publish_desired([d.id for d in self.fleet.list() if d.status == ACTIVE])
+
+    def revoke(self, device_id: str) -> None:
+        device = self.fleet.get(device_id)
+        serial = int(device.cert_serial, 16) if device.cert_serial else None
+        self.broker.revoke_device(device_id, serial)
+        self.broker.publish(device_topic(device_id, "desired"), b"", 1, True)  # clear the retained copy
+
+    # ------------------------------------------------------------ device messages
+    def _accept(self, device_id: str, seq: int) -> bool:
+        """True once per (device, outbox sequence); sequences only grow, so older ones are replays."""
+        with self._lock:
+            last = self._last_seq.get(device_id)
+            if last is None:
+                reported = self.fleet.get(device_id).reported or {}
+                last = int(reported.get("seq") or 0)
+            if seq <= last:
+                return False
+            self._last_seq[device_id] = seq
+            return True
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        found = split_device_topic(topic)
+        if found is None:
+            return
+        device_id, leaf = found  # the broker ACL guarantees the sender is this device
+        try:
+            message = json.loads(payload)
+            seq, body = int(message["seq"]), message["body"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed %s message from %s", leaf, device_id)
+            return
+        if self.fleet.get(device_id).status != ACTIVE or not isinstance(body, dict):
+            return
+        if not self._accept(device_id, seq):
+            log.info("dropping replayed %s seq %s from %s", leaf, seq, device_id)
+            return
+        self.delivered.append((device_id, seq, leaf))
+        if leaf == "state":
+            from controller.api.devices import StatusReport  # the HTTP route's validation
+
+            report = StatusReport.model_validate(body).model_dump()
+            report["seq"] = seq
+            self.rollouts.report(device_id, report)
+        elif leaf == "telemetry":
+            self.telemetry[device_id].append({"seq": seq, **body})
+            self.fleet.touch(device_id)

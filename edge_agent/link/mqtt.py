@@ -1,0 +1,133 @@
+"""MQTT link (paho-mqtt 2.x, MQTT 3.1.1): push of the signed desired state and delivery of the outbox.
+
+``mqtts://`` brokers (Mosquitto): mTLS with the device key and certificate, the broker's certificate
+checked against the CA pinned at enrollment. ``mqtt://`` brokers (the controller's embedded one):
+username = device id, password = a fresh device-signed JWT at every (re)connect. The client id is the
+device id. Reconnects back off exponentially (``min_backoff`` .. ``max_backoff``). A pushed desired
+state is verified exactly like a polled one before anything acts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.identity import CA_FILE, CERT_FILE, KEY_FILE, DeviceIdentity
+from edge_agent.link.signed import SignatureInvalid, verify_desired_state
+
+log = logging.getLogger("fedge.agent.mqtt")
+
+
+def device_topic(device_id: str, leaf: str) -> str:
+    return f"fedge/devices/{device_id}/{leaf}"
+
+
+class MqttLink:
+    """One device's connection to the fleet broker."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        state_dir: Path,
+        on_desired: Callable[[dict[str, Any]], None],
+        *,
+        url: str | None = None,
+        on_connect: Callable[[], None] | None = None,
+        min_backoff: int = 1,
+        max_backoff: int = 30,
+        token_ttl: int = 300,
+    ) -> None:
+        target = url or identity.broker_url
+        if not target:
+            raise ValueError("no broker URL: the controller named none at enrollment")
+        parts = urlsplit(target)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker URL must be mqtt://host:port or mqtts://host:port, not {target!r}")
+        self.identity, self.on_desired, self.on_connect_cb = identity, on_desired, on_connect
+        self.host, self.port = parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.connected = threading.Event()
+        self.refused: str | None = None  # the last CONNACK refusal, if any
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=identity.device_id, protocol=mqtt.MQTTv311
+        )
+        if parts.scheme == "mqtts":
+            client.tls_set(
+                ca_certs=str(state_dir / CA_FILE),
+                certfile=str(state_dir / CERT_FILE),
+                keyfile=str(state_dir / KEY_FILE),
+            )
+        else:
+            ttl = token_ttl
+
+            def fresh_token(c: mqtt.Client, _userdata: Any) -> None:
+                c.username_pw_set(identity.device_id, identity.sign_jwt(ttl))
+
+            client.on_pre_connect = fresh_token
+            client.username_pw_set(identity.device_id, identity.sign_jwt(ttl))
+        client.reconnect_delay_set(min_backoff, max_backoff)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    def publish(self, kind: str, seq: int, body: dict[str, Any], timeout: float = 10.0) -> bool:
+        """QoS 1 publish of one outbox entry; True once the broker's PUBACK arrived."""
+        if not self.connected.is_set():
+            return False
+        payload = json.dumps({"seq": seq, "kind": kind, "body": body}).encode()
+        info = self.client.publish(device_topic(self.identity.device_id, kind), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    # ----------------------------------------------------------------- callbacks
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            self.refused = str(rc)
+            log.warning("broker refused the connection: %s", rc)
+            return
+        self.refused = None
+        client.subscribe(device_topic(self.identity.device_id, "desired"), qos=1)
+        client.subscribe(device_topic(self.identity.device_id, "cmd"), qos=1)
+        self.connected.set()
+        log.info("connected to the broker %s:%s", self.host, self.port)
+        if self.on_connect_cb is not None:
+            self.on_connect_cb()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if self.connected.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting with backoff", rc)
+        self.connected.clear()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.topic.endswith("/desired") or not msg.payload:
+            return
+        try:
+            payload = verify_desired_state(
+                json.loads(msg.payload), self.identity.ca_certificate, self.identity.device_id
+            )
+        except (SignatureInvalid, ValueError) as exc:
+            log.warning("ignoring a pushed desired state: %s", exc)
+            return
+        self.on_desired(payload)
