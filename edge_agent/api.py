@@ -1,6 +1,7 @@
 """Local inference API on loopback, standard library only (``pip install fedge[agent]`` stays small).
 
-GET /healthz, GET /v1/model (active model id, version, sha256), POST /v1/infer {inputs: {name: list}}.
+GET /healthz, GET /v1/model (active model id, version, sha256), POST /v1/infer with
+``{inputs: {name: list}}`` or ``{image: base64}`` / ``{images: [...]}`` (see ``runtime.hooks``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from edge_agent.runtime.hooks import BadRequest, InferenceService
 from edge_agent.runtime.session import InferenceError, ModelRuntime
 
 MAX_BODY = 64 * 1024 * 1024
 
 
-def make_server(runtime: ModelRuntime, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def make_server(
+    runtime: ModelRuntime, host: str = "127.0.0.1", port: int = 0, service: InferenceService | None = None
+) -> ThreadingHTTPServer:
     """A server bound to ``host:port`` (port 0: any free one); call ``serve_forever`` to run it."""
+    svc = service or InferenceService(runtime)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "fedge-agent"
@@ -60,27 +65,19 @@ def make_server(runtime: ModelRuntime, host: str = "127.0.0.1", port: int = 0) -
                 return
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
-                inputs = body["inputs"]
-                if not isinstance(inputs, dict):
-                    raise TypeError("'inputs' must be an object")
-            except (ValueError, KeyError, TypeError) as exc:
-                self._problem(422, "Unprocessable content", f"expected {{'inputs': {{name: list}}}}: {exc}")
+            except ValueError as exc:
+                self._problem(422, "Unprocessable content", f"body is not JSON: {exc}")
                 return
             try:
-                outputs = runtime.infer(inputs)
+                response = svc.handle(body)
+            except BadRequest as exc:
+                self._problem(422, "Unprocessable content", str(exc))
+                return
             except InferenceError as exc:
                 status = 503 if runtime.active is None else 422
                 self._problem(status, "Inference failed", str(exc))
                 return
-            active = runtime.active
-            self._send(
-                200,
-                {
-                    "outputs": outputs,
-                    "model_id": active.model_id if active else None,
-                    "version": active.version if active else None,
-                },
-            )
+            self._send(200, response)
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

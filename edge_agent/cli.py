@@ -73,6 +73,7 @@ def run(
     from edge_agent.link.client import ControllerLink
     from edge_agent.link.mqtt import MqttLink
     from edge_agent.link.outbox import Outbox
+    from edge_agent.runtime.hooks import InferenceService
     from edge_agent.runtime.session import ModelRuntime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,6 +87,7 @@ def run(
     link = ControllerLink(identity, timeout=settings.http_timeout, ttl=settings.token_ttl)
     outbox = Outbox.in_state_dir(settings.state_dir)
     agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
+    service = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
     if settings.mqtt and identity.broker_url:
         agent.mqtt = MqttLink(
             identity,
@@ -95,10 +97,11 @@ def run(
             min_backoff=settings.mqtt_min_backoff,
             max_backoff=settings.mqtt_max_backoff,
             token_ttl=settings.token_ttl,
+            on_infer=service.handle,
         )
         agent.mqtt.start()
     agent.start()
-    server = make_server(agent.runtime, settings.api_host, settings.api_port)
+    server = make_server(agent.runtime, settings.api_host, settings.api_port, service)
     serve_in_thread(server)
     typer.echo(f"device {identity.device_id}: local API on http://{settings.api_host}:{server.server_port}")
     stop = threading.Event()

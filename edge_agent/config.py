@@ -23,6 +23,13 @@ class AgentSettings(BaseSettings):
         default=None, description="ONNX Runtime providers in order of preference (default: auto)"
     )
     http_timeout: float = Field(default=30.0, gt=0)
+    preprocess: str | None = Field(
+        default=None,
+        description="module:function turning image requests into model inputs (default: built-in)",
+    )
+    postprocess: str | None = Field(
+        default=None, description="module:function adding fields to responses (default: top class + score)"
+    )
     mqtt: bool = Field(default=True, description="use the broker named at enrollment (if any) for push")
     mqtt_min_backoff: int = Field(default=1, ge=1, description="first reconnect delay to the broker (s)")
     mqtt_max_backoff: int = Field(default=30, ge=1, description="longest reconnect delay to the broker (s)")

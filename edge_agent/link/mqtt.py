@@ -44,7 +44,9 @@ class MqttLink:
         min_backoff: int = 1,
         max_backoff: int = 30,
         token_ttl: int = 300,
+        on_infer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        self.on_infer = on_infer
         target = url or identity.broker_url
         if not target:
             raise ValueError("no broker URL: the controller named none at enrollment")
@@ -78,6 +80,23 @@ class MqttLink:
         client.on_message = self._on_message
         self.client = client
 
+    def _answer(self, payload: bytes) -> None:
+        """Inference over MQTT: a request ``{"id", "inputs" | "image" | "images", ...}`` on ``.../infer``
+        gets ``{"id", "outputs", ...}`` or ``{"id", "error"}`` on ``.../inferred`` (QoS 1)."""
+        assert self.on_infer is not None
+        request_id: Any = None
+        try:
+            request = json.loads(payload)
+            if not isinstance(request, dict):
+                raise ValueError("a request must be a JSON object")
+            request_id = request.get("id")
+            response = {"id": request_id, **self.on_infer(request)}
+        except Exception as exc:  # any failure is the requester's answer, not the agent's crash
+            response = {"id": request_id, "error": f"{type(exc).__name__}: {exc}"}
+        self.client.publish(
+            device_topic(self.identity.device_id, "inferred"), json.dumps(response).encode(), qos=1
+        )
+
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
@@ -110,6 +129,8 @@ class MqttLink:
         self.refused = None
         client.subscribe(device_topic(self.identity.device_id, "desired"), qos=1)
         client.subscribe(device_topic(self.identity.device_id, "cmd"), qos=1)
+        if self.on_infer is not None:
+            client.subscribe(device_topic(self.identity.device_id, "infer"), qos=1)
         self.connected.set()
         log.info("connected to the broker %s:%s", self.host, self.port)
         if self.on_connect_cb is not None:
@@ -121,6 +142,9 @@ class MqttLink:
         self.connected.clear()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/infer") and self.on_infer is not None:
+            threading.Thread(target=self._answer, args=(msg.payload,), daemon=True).start()
+            return
         if not msg.topic.endswith("/desired") or not msg.payload:
             return
         try:

@@ -25,8 +25,8 @@ log = logging.getLogger("fedge.broker")
 
 SERVICE_USER = "fedge-controller"
 PREFIX = "fedge/devices"
-DEVICE_READ = ("desired", "cmd")
-DEVICE_WRITE = ("state", "telemetry")
+DEVICE_READ = ("desired", "cmd", "infer")  # infer: inference requests to the device
+DEVICE_WRITE = ("state", "telemetry", "inferred")  # inferred: its answers
 MessageHandler = Callable[[str, bytes], None]
 
 

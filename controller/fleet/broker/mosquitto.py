@@ -162,6 +162,8 @@ def acl_text(revoked_device_ids: list[str]) -> str:
         "pattern read fedge/devices/%u/cmd",
         "pattern write fedge/devices/%u/state",
         "pattern write fedge/devices/%u/telemetry",
+        "pattern read fedge/devices/%u/infer",
+        "pattern write fedge/devices/%u/inferred",
         "",
     ]
     return "\n".join(lines)
