@@ -172,3 +172,32 @@ def test_offline_outbox_and_broker_restart(
         if broker.proc is None:
             broker.start()
         dev.close()
+
+
+def test_rollback_and_tamper_refusal_pushed_over_mosquitto(
+    mosquitto_fleet: Fleet, fleet_http: httpx.Client, tmp_path: Path
+) -> None:
+    from tests.fleet.helpers import failing_model
+
+    server, state, _ = mosquitto_fleet
+    dev = mqtt_device(server.url, fleet_http, tmp_path / "rb").run(poll_interval=60)
+    try:
+        time.sleep(0.5)
+        model_id, v1 = upload_onnx(fleet_http, add_model(1.0))
+        first = deploy(fleet_http, model_id, v1, [dev.id])
+        wait_for(lambda: _status(fleet_http, first) == {dev.id: "succeeded"}, 15, "first model by push")
+
+        _, v2 = upload_onnx(fleet_http, failing_model(), model_id)
+        bad = deploy(fleet_http, model_id, v2, [dev.id])
+        wait_for(lambda: _status(fleet_http, bad) == {dev.id: "failed-rolled-back"}, 15, "rollback reported")
+        assert dev.agent.runtime.infer({"x": [[0, 0, 0, 0]]}) == {"y": [[1.0, 1.0, 1.0, 1.0]]}
+
+        _, v3 = upload_onnx(fleet_http, add_model(3.0), model_id)
+        mv = state.registry.resolve_version(model_id, v3)
+        next(Path(state.settings.data_dir).rglob(mv.object_key)).write_bytes(add_model(9.0))
+        tampered = deploy(fleet_http, model_id, v3, [dev.id])
+        wait_for(lambda: _status(fleet_http, tampered) == {dev.id: "rejected"}, 15, "tampered model refused")
+        assert dev.agent.runtime.infer({"x": [[0, 0, 0, 0]]}) == {"y": [[1.0, 1.0, 1.0, 1.0]]}
+        wait_for(lambda: len(dev.outbox) == 0, 10, "reports delivered over MQTT")
+    finally:
+        dev.close()
