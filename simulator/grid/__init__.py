@@ -22,7 +22,7 @@ from simulator.grid.evaluate import EvaluationReport, evaluate, run_episode
 from simulator.grid.metrics import DayMetrics, day_metrics
 from simulator.grid.model import GridModel
 from simulator.grid.network import UC9_GRID, GridSpec, LoadSpec, PVSpec, build_network
-from simulator.grid.policies import NoShift, Policy, PvPeakHeuristic
+from simulator.grid.policies import NoShift, Policy, PvPeakHeuristic, SurplusBoundaryRule
 from simulator.grid.powerflow import NewtonSolver, PandapowerSolver, PowerFlowSolver
 from simulator.grid.rl import RLBackend, TrainConfig, TrainedPolicy, get_backend, load_policy
 from simulator.grid.simulation import DaySimulation
@@ -54,6 +54,7 @@ __all__ = [
     "PvPeakHeuristic",
     "RLBackend",
     "ShiftAction",
+    "SurplusBoundaryRule",
     "TrainConfig",
     "TrainedPolicy",
     "build_network",
