@@ -17,12 +17,10 @@ import argparse
 import http.client
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +29,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 
+from bench._timing import Timing, measure_interleaved
 from edge_agent.api import make_server, serve_in_thread
 from edge_agent.runtime.session import ModelRuntime, open_session
 from examples.make_digits_npz import load_digits_arrays
 
 BATCHES = (1, 64)
 METHODS = ("ort", "api")
-
-
-@dataclass
-class Timing:
-    batch: int
-    calls: list[float] = field(default_factory=list)
-
-    @property
-    def p50_ms(self) -> float:
-        return statistics.median(self.calls) * 1000
-
-    @property
-    def p95_ms(self) -> float:
-        return float(np.percentile(self.calls, 95)) * 1000
-
-    @property
-    def throughput(self) -> float:
-        return self.batch * len(self.calls) / sum(self.calls)
 
 
 def build_model(workdir: Path, epochs: int) -> tuple[Path, float]:
@@ -97,22 +78,7 @@ def measure(
     runners: dict[str, Callable[[Any], Any]], calls: dict[int, int], rounds: int
 ) -> dict[tuple[str, int], Timing]:
     x, _ = load_digits_arrays()
-    rng = np.random.default_rng(0)
-    timings = {(name, b): Timing(b) for name in runners for b in BATCHES}
-    for b in BATCHES:
-        batches = [np.ascontiguousarray(x[rng.choice(len(x), b, replace=False)]) for _ in range(calls[b])]
-        for run in runners.values():  # warm up
-            for batch in batches[:10]:
-                run(batch)
-        for round_ in range(rounds):
-            order = list(runners) if round_ % 2 == 0 else list(reversed(runners))
-            for name in order:
-                run, timing = runners[name], timings[(name, b)]
-                for batch in batches:
-                    started = time.perf_counter()
-                    run(batch)
-                    timing.calls.append(time.perf_counter() - started)
-    return timings
+    return measure_interleaved(runners, x, calls, rounds, batches=BATCHES, warmup=10)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from minio import Minio
 
-from bench._services import RunningS3, live_controller, seaweedfs
+from bench._services import RunningS3, live_controller, run_seaweedfs
 from controller.client import FedgeClient
 from controller.config import ControllerSettings
 from controller.registry.hashing import HashingReader, hash_file
@@ -240,7 +240,7 @@ def bench_transfer(tmp: Path, size: int, repeat: int) -> dict[str, Any]:
     expected = _file_digest(src)
     small.write_bytes(os.urandom(1024))
     (tmp / "s3").mkdir()
-    with seaweedfs(tmp / "s3") as s3:
+    with run_seaweedfs(tmp / "s3") as s3:
         print(f"SeaweedFS S3 at {s3.server.url} (pid {s3.pid})", flush=True)
         return _transfer_against(tmp, s3, src, small, size, expected, repeat)
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +37,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
+from bench._timing import Timing, measure_interleaved
 from controller.translation import make_session, quantize_int8, translate
 from examples.digits_cnn.train import DEFAULTS, save, train
 from examples.make_digits_npz import load_digits_arrays
 
 ENGINES = ("torch", "ort_fp32", "ort_int8")
 BATCHES = (1, 64)
-
-
-@dataclass
-class Timing:
-    """Seconds per call of one engine at one batch size."""
-
-    batch: int
-    calls: list[float] = field(default_factory=list)
-
-    @property
-    def p50_ms(self) -> float:
-        return statistics.median(self.calls) * 1000
-
-    @property
-    def throughput(self) -> float:
-        return self.batch * len(self.calls) / sum(self.calls)
 
 
 def build_engines(workdir: Path, epochs: int, threads: int) -> tuple[dict[str, Callable[[Any], Any]], Any]:
@@ -107,22 +90,7 @@ def measure(
 ) -> dict[tuple[str, int], Timing]:
     """Time each engine at each batch size, interleaved: every round runs each engine on the same batches."""
     x, _ = load_digits_arrays()
-    timings = {(name, b): Timing(b) for name in engines for b in BATCHES}
-    rng = np.random.default_rng(0)
-    for b in BATCHES:
-        batches = [np.ascontiguousarray(x[rng.choice(len(x), b, replace=False)]) for _ in range(calls[b])]
-        for run in engines.values():  # warm up
-            for batch in batches[:20]:
-                run(batch)
-        for round_ in range(rounds):
-            order = list(engines) if round_ % 2 == 0 else list(reversed(engines))
-            for name in order:
-                run, timing = engines[name], timings[(name, b)]
-                for batch in batches:
-                    started = time.perf_counter()
-                    run(batch)
-                    timing.calls.append(time.perf_counter() - started)
-    return timings
+    return measure_interleaved(engines, x, calls, rounds, batches=BATCHES, warmup=20)
 
 
 def print_table(timings: dict[tuple[str, int], Timing]) -> None:

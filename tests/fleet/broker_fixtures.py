@@ -4,12 +4,14 @@ ACL), a controller wired to it, and agents with an outbox and an MQTT link runni
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -116,12 +118,28 @@ def mqtt_device(url: str, http: httpx.Client, state_dir: Path, connect: bool = T
     return device
 
 
-@pytest.fixture(scope="module")
-def mosquitto_fleet(
-    tmp_path_factory: pytest.TempPathFactory, shared_evm: ChainBackend
+@contextlib.contextmanager
+def fleet_controller(
+    data_dir: Path, chain: ChainBackend, **settings: Any
+) -> Iterator[tuple[LiveServer, ControllerState]]:
+    """A live controller (no job workers) on ``data_dir``; ``settings`` pick e.g. the broker backend."""
+    state = build_state(
+        ControllerSettings(data_dir=data_dir, admin_token=ADMIN_TOKEN, _env_file=None, **settings),
+        chain,
+        start_jobs=False,
+    )
+    try:
+        with LiveServer(state) as server:
+            yield server, state
+    finally:
+        state.close()
+
+
+@contextlib.contextmanager
+def mosquitto_controller(
+    data_dir: Path, chain: ChainBackend
 ) -> Iterator[tuple[LiveServer, ControllerState, MosquittoServer]]:
     """A real Mosquitto (TLS, mTLS, CRL, ACL) and a live controller with broker_backend=mosquitto."""
-    data_dir = tmp_path_factory.mktemp("mqtt-controller")
     port = free_port()
     user = "root" if os.geteuid() == 0 else None  # reloads must still read the 0700 temp dir
     files = render(
@@ -129,17 +147,17 @@ def mosquitto_fleet(
     )
     broker = MosquittoServer(files, port)
     broker.start()
-    settings = ControllerSettings(
-        data_dir=data_dir,
-        admin_token=ADMIN_TOKEN,
-        broker_backend="mosquitto",
-        broker_port=port,
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    state = build_state(settings, shared_evm, start_jobs=False)
     try:
-        with LiveServer(state) as server:
-            yield server, state, broker
+        with fleet_controller(data_dir, chain, broker_backend="mosquitto", broker_port=port) as (s, st):
+            yield s, st, broker
     finally:
-        state.close()
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def mosquitto_fleet(
+    tmp_path_factory: pytest.TempPathFactory, shared_evm: ChainBackend
+) -> Iterator[tuple[LiveServer, ControllerState, MosquittoServer]]:
+    """``mosquitto_controller`` for a test module."""
+    with mosquitto_controller(tmp_path_factory.mktemp("mqtt-controller"), shared_evm) as fleet:
+        yield fleet
