@@ -13,7 +13,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
-from controller.api import contracts, datasets, deployments, devices, health, jobs, models, translation
+from controller.api import (
+    commands,
+    contracts,
+    datasets,
+    deployments,
+    devices,
+    health,
+    jobs,
+    models,
+    translation,
+)
 from controller.api import tokens as tokens_api
 from controller.errors import ProblemError
 from controller.state import ControllerState
@@ -96,5 +106,6 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(translation.router)
     app.include_router(devices.router)
+    app.include_router(commands.router)
     app.include_router(deployments.router)
     return app

@@ -401,5 +401,65 @@ class FedgeClient:
                 return dep
             time.sleep(poll)
 
+    # ---------------------------------------------------------- commands
+    def create_command(
+        self,
+        device_id: str,
+        model_id: str,
+        *,
+        kind: str = "grid-run",
+        version: int | None = None,
+        days: str | list[int] = "test",
+    ) -> dict[str, Any]:
+        """Queue a command for a device (``grid-run``: the grid simulator with a registered policy)."""
+        body = {"kind": kind, "model_id": model_id, "version": version, "days": days}
+        result: dict[str, Any] = self._json("POST", f"/v1/devices/{device_id}/commands", json=body)
+        return result
+
+    def grid_run(
+        self, device_id: str, model_id: str, version: int | None = None, days: str | list[int] = "test"
+    ) -> dict[str, Any]:
+        """Start ``fedge-agent grid run`` on a device; returns the command (``id``, ``state``...)."""
+        return self.create_command(device_id, model_id, version=version, days=days)
+
+    def command(self, device_id: str, command_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}/commands/{command_id}")
+        return result
+
+    def commands(self, device_id: str, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """A page of the device's commands, newest first."""
+        params = {"limit": limit, "offset": offset}
+        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}/commands", params=params)
+        return result
+
+    def wait_command(
+        self, device_id: str, command_id: str, timeout: float = 3600, poll: float = 1.0
+    ) -> dict[str, Any]:
+        """Poll until the command succeeded or failed (or ``timeout`` passed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cmd = self.command(device_id, command_id)
+            if cmd["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+                return cmd
+            time.sleep(poll)
+
+    def telemetry(
+        self,
+        device_id: str,
+        *,
+        command_id: str | None = None,
+        type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """A page of the device's stored telemetry (outbox order), optionally of one command or type."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if command_id:
+            params["command_id"] = command_id
+        if type:
+            params["type"] = type
+        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}/telemetry", params=params)
+        return result
+
 
 __all__ = ["FedgeAPIError", "FedgeClient", "IntegrityError"]

@@ -19,6 +19,7 @@ from controller.storage import ArtifactStore, make_store
 if TYPE_CHECKING:
     from controller.chain.base import ChainBackend
     from controller.fleet.broker.messaging import FleetMessaging
+    from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
     from controller.fleet.devices import Fleet
     from controller.training.manager import JobManager
@@ -43,6 +44,7 @@ class ControllerState:
     fleet: Fleet | None = None
     rollouts: Rollouts | None = None
     messaging: FleetMessaging | None = None
+    commands: Commands | None = None
 
     def close(self) -> None:
         if self.messaging is not None:
@@ -101,12 +103,15 @@ def build_state(
 
     state.fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
     state.rollouts = Rollouts(sessions, state.fleet)
+    from controller.fleet.commands import Commands
+
+    state.commands = Commands(sessions, state.fleet)
     from controller.fleet.broker import make_broker
     from controller.fleet.broker.messaging import FleetMessaging
 
     broker = make_broker(settings, state.fleet)
     if broker is not None:
-        state.messaging = FleetMessaging(broker, state.fleet, state.rollouts)
+        state.messaging = FleetMessaging(broker, state.fleet, state.rollouts, state.commands)
         state.messaging.start()
     from controller.training.manager import JobManager, make_runner
 

@@ -499,6 +499,96 @@ def devices_revoke(device_id: str) -> None:
     err.print(f"revoked {device_id}")
 
 
+def _print_command(cmd: dict[str, Any]) -> None:
+    console.print(
+        f"{cmd['id']} {cmd['kind']} model {cmd['model_id']} v{cmd['version']} "
+        f"days {cmd['params'].get('days')}: {cmd['state']}{' - ' + cmd['error'] if cmd.get('error') else ''}",
+        highlight=False,
+    )
+    result = cmd.get("result") or {}
+    if result:
+        console.print(
+            f"  {result.get('days')} days, mean (SCR+SSR)/2 {result.get('mean_score_before', 0):.4f} -> "
+            f"{result.get('mean_score_after', 0):.4f} ({100 * result.get('gain', 0):+.2f} %)",
+            highlight=False,
+        )
+
+
+@devices_app.command("grid-run")
+def devices_grid_run(
+    device_id: str,
+    model: Annotated[str, typer.Option("--model", help="model id of a registered grid policy")],
+    version: Annotated[int | None, typer.Option(help="model version (default: newest ONNX)")] = None,
+    days: Annotated[str, typer.Option(help="test, train, all, or e.g. 152,160-165")] = "test",
+    watch: Annotated[bool, typer.Option(help="wait until the device reports the result")] = False,
+    timeout: Annotated[float, typer.Option(help="--watch: seconds to wait")] = 3600,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Start the grid simulator with a registered RL policy on a device (the running agent executes it)."""
+    with _api() as fc:
+        cmd = fc.grid_run(device_id, model, version, days)
+        err.print(f"command {cmd['id']} {cmd['state']}")
+        if watch:
+            cmd = fc.wait_command(device_id, cmd["id"], timeout=timeout)
+    if as_json:
+        _emit(cmd, True)
+    else:
+        _print_command(cmd)
+    if watch and cmd["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@devices_app.command("command")
+def devices_command(
+    device_id: str, command_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """A device command's state and result."""
+    with _api() as fc:
+        cmd = fc.command(device_id, command_id)
+    if as_json:
+        _emit(cmd, True)
+    else:
+        _print_command(cmd)
+
+
+@devices_app.command("commands")
+def devices_commands(device_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A device's commands, newest first."""
+    with _api() as fc:
+        page = fc.commands(device_id)
+    if as_json:
+        _emit(page, True)
+        return
+    for cmd in page["items"]:
+        _print_command(cmd)
+
+
+@devices_app.command("telemetry")
+def devices_telemetry(
+    device_id: str,
+    command: Annotated[str | None, typer.Option("--command", help="only this command's records")] = None,
+    kind: Annotated[str | None, typer.Option("--type", help="only this type, e.g. grid.day")] = None,
+    limit: Annotated[int, typer.Option(help="records per page")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A device's stored telemetry (e.g. the per-day results of a grid run)."""
+    with _api() as fc:
+        page = fc.telemetry(device_id, command_id=command, type=kind, limit=limit)
+    if as_json:
+        _emit(page, True)
+        return
+    for rec in page["items"]:
+        body = rec["body"]
+        if rec["type"] == "grid.day":
+            console.print(
+                f"seq {rec['seq']} day {body['day']}: (SCR+SSR)/2 {body['before']['score']:.4f} -> "
+                f"{body['after']['score']:.4f}, {body['shifted']} shifts ({body['noops']} no-ops)",
+                highlight=False,
+            )
+        else:
+            console.print(f"seq {rec['seq']} {rec['type']}: {json.dumps(body)}", highlight=False)
+
+
 @app.command("deploy")
 def deploy(
     model_id: str,

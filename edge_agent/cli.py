@@ -1,4 +1,4 @@
-"""``fedge-agent``: the on-device agent's command line (enroll, run, status, facts, version)."""
+"""``fedge-agent``: the on-device agent's command line (enroll, run, status, facts, version, grid run)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -88,6 +88,10 @@ def run(
     outbox = Outbox.in_state_dir(settings.state_dir)
     agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
     service = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
+    from edge_agent.grid import CommandRunner
+
+    agent.commands = CommandRunner(settings.state_dir, link, agent.record_telemetry)
+    agent.commands.start()
     if settings.mqtt and identity.broker_url:
         agent.mqtt = MqttLink(
             identity,
@@ -98,6 +102,7 @@ def run(
             max_backoff=settings.mqtt_max_backoff,
             token_ttl=settings.token_ttl,
             on_infer=service.handle,
+            on_command=agent.receive_command,
         )
         agent.mqtt.start()
     agent.start()
@@ -111,6 +116,7 @@ def run(
         agent.run(stop, settings.poll_interval, settings.max_backoff)
     finally:
         server.shutdown()
+        agent.commands.stop()
         if agent.mqtt is not None:
             agent.mqtt.stop()
         outbox.close()
@@ -133,6 +139,92 @@ def status(state_dir: StateDir) -> None:
         "desired": json.loads(desired_path.read_text()) if desired_path.exists() else None,
     }
     typer.echo(json.dumps(out, indent=2))
+
+
+grid_app = typer.Typer(help="Grid simulator and RL load shifting on this device (extra: grid).")
+app.add_typer(grid_app, name="grid")
+
+
+def _policy_ref(text: str) -> tuple[str, int | None]:
+    model_id, sep, version = text.partition("@")
+    if not model_id:
+        raise typer.BadParameter("give MODEL_ID or MODEL_ID@VERSION", param_hint="--policy")
+    if not sep:
+        return model_id, None
+    try:
+        number = int(version)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise typer.BadParameter(f"version {version!r} is not a positive integer", param_hint="--policy")
+    return model_id, number
+
+
+@grid_app.command("run")
+def grid_run(
+    state_dir: StateDir,
+    policy: Annotated[str, typer.Option("--policy", help="registered grid policy: MODEL_ID[@VERSION]")],
+    days: Annotated[str, typer.Option(help="test, train, all, or e.g. 152,160-165")] = "test",
+) -> None:
+    """Run the grid simulator here with a registered policy (downloaded, SHA-256 checked against the
+    chain record); per-day shifts and SCR/SSR go to the controller as telemetry (via the outbox)."""
+    from edge_agent.config import AgentSettings
+    from edge_agent.deploy.agent import Agent
+    from edge_agent.grid import grid_available, run_command
+    from edge_agent.identity import DeviceIdentity, EnrollmentError
+    from edge_agent.link.client import ControllerLink, LinkError
+    from edge_agent.link.outbox import Outbox
+
+    missing = grid_available()
+    if missing is not None:
+        typer.echo(f"error: {missing}", err=True)
+        raise typer.Exit(1)
+    model_id, version = _policy_ref(policy)
+    settings = AgentSettings(state_dir=state_dir)
+    try:
+        identity = DeviceIdentity.load(settings.state_dir)
+    except EnrollmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    link = ControllerLink(identity, timeout=settings.http_timeout, ttl=settings.token_ttl)
+    outbox = Outbox.in_state_dir(settings.state_dir)
+    agent = Agent(settings.state_dir, link, outbox=outbox)  # no broker here: the outbox drains over HTTP
+    try:
+        try:
+            payload = link.request_command(
+                {"kind": "grid-run", "model_id": model_id, "version": version, "days": days}
+            )
+        except LinkError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+
+        errors: list[str] = []
+
+        def record(body: dict[str, Any]) -> int:
+            seq = agent.record_telemetry(body)
+            if body.get("type") == "grid.day":
+                typer.echo(
+                    f"day {body['day']}: (SCR+SSR)/2 {body['before']['score']:.4f} -> "
+                    f"{body['after']['score']:.4f} ({body['shifted']} shifts)"
+                )
+            elif body.get("state") == "failed":
+                errors.append(str(body.get("error")))
+            agent.flush()
+            return seq
+
+        model = payload["model"]
+        typer.echo(f"command {payload['command_id']}: model {model['model_id']} v{model['version']}")
+        summary = run_command(payload, link, settings.state_dir, record)
+        left = len(outbox)
+        if left:
+            typer.echo(f"{left} record(s) wait in the outbox; the agent delivers them when the link is back")
+        if summary is None:
+            typer.echo(f"error: {'; '.join(errors) or 'the grid run failed'}", err=True)
+            raise typer.Exit(1)
+        typer.echo(json.dumps(summary))
+    finally:
+        outbox.close()
+        link.close()
 
 
 def main() -> None:

@@ -206,10 +206,22 @@ def report_status(device_id: str, body: StatusReport, state: StateDep, caller: D
 async def download_deployed_model(
     device_id: str, model_id: str, version: int, request: Request, state: StateDep, caller: AnyCaller
 ) -> Response:
-    """The artifact deployed to this device, integrity-checked against the chain while streamed."""
+    """The artifact deployed to this device, or named by a command for it (a grid policy to run),
+    integrity-checked against the chain while streamed."""
     _self_only(caller, device_id)
     fleet = fleet_of(state)
-    mv = await run_in_threadpool(fleet.desired_model, device_id, model_id, version)
+    try:
+        mv = await run_in_threadpool(fleet.desired_model, device_id, model_id, version)
+    except Forbidden:
+        commands = state.commands
+        if commands is None or not await run_in_threadpool(
+            commands.names_version, device_id, model_id, version
+        ):
+            raise Forbidden(
+                f"model {model_id} v{version} is neither deployed to device {device_id} nor named by a "
+                "command for it"
+            ) from None
+        mv = await run_in_threadpool(state.registry.resolve_version, model_id, version)
     chain_sha, _ = await run_in_threadpool(fleet.chain_hash, mv)
     registry = state.registry
     assert mv.sha256

@@ -229,3 +229,38 @@ class DeploymentTarget(Base):
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DeviceCommand(Base):
+    """A command for one device (``grid-run``): what to do, its state and its result."""
+
+    __tablename__ = "device_commands"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # kind-specific, e.g. days
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | succeeded | failed
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class TelemetryRecord(Base):
+    """One telemetry record from a device's outbox, stored once per (device, outbox sequence)."""
+
+    __tablename__ = "device_telemetry"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_device_telemetry_seq"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str | None] = mapped_column(String(64))
+    command_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DOCUMENT_CONTEXT = b"fedge-desired-state-v1\n"
+COMMAND_CONTEXT = b"fedge-command-v1\n"
 CERT_DAYS = 365
 CA_DAYS = 3650
 
@@ -158,9 +159,10 @@ class DeviceCA:
         """Sign a CRL of revoked device certificates (read by the MQTT broker)."""
         return builder.sign(self._key, hashes.SHA256())
 
-    def sign_document(self, payload: dict[str, Any]) -> dict[str, str]:
+    def sign_document(self, payload: dict[str, Any], context: bytes = DOCUMENT_CONTEXT) -> dict[str, str]:
         """An envelope ``{payload, signature}``: ``payload`` is base64url canonical JSON, ``signature`` the
-        base64url DER ECDSA-SHA256 signature over ``DOCUMENT_CONTEXT + payload bytes``."""
+        base64url DER ECDSA-SHA256 signature over ``context + payload bytes`` (``DOCUMENT_CONTEXT`` for
+        desired states, ``COMMAND_CONTEXT`` for device commands: neither can pass as the other)."""
         body = canonical_json(payload)
-        signature = self._key.sign(DOCUMENT_CONTEXT + body, ec.ECDSA(hashes.SHA256()))
+        signature = self._key.sign(context + body, ec.ECDSA(hashes.SHA256()))
         return {"alg": "ES256", "payload": b64url(body), "signature": b64url(signature)}

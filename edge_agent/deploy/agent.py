@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.deploy.executor import REJECTED, Executor, Outcome
 from edge_agent.deploy.plan import Desired, plan
@@ -24,6 +24,9 @@ from edge_agent.link.client import Backoff, ControllerLink, LinkError
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Entry, Outbox
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime
+
+if TYPE_CHECKING:
+    from edge_agent.grid import CommandRunner
 
 log = logging.getLogger("fedge.agent")
 
@@ -39,6 +42,8 @@ class Agent:
     last_outcome: Outcome | None = None
     outbox: Outbox | None = None
     mqtt: MqttLink | None = None
+    commands: CommandRunner | None = None
+    """Runs device commands (``grid-run``); when set, every loop also polls for pending ones."""
 
     def __post_init__(self) -> None:
         self.slots = SlotStore(self.state_dir)
@@ -94,6 +99,18 @@ class Agent:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def receive_command(self, payload: dict[str, Any]) -> None:
+        """A verified command (pushed over MQTT or polled): run it once, in the command worker."""
+        if self.commands is not None and self.commands.submit(payload):
+            log.info("command %s (%s) queued", payload.get("command_id"), payload.get("kind"))
+
+    def poll_commands(self) -> None:
+        """Fetch pending commands over HTTP (raises LinkError when the controller is unreachable)."""
+        if self.commands is None:
+            return
+        for payload in self.link.pending_commands():
+            self.receive_command(payload)
 
     def apply(self, payload: dict[str, Any], changed: bool = True) -> Outcome | None:
         """Plan and execute a verified desired-state payload (polled or pushed)."""
@@ -152,7 +169,8 @@ class Agent:
 
     # -------------------------------------------------------------- outbox
     def record_telemetry(self, body: dict[str, Any]) -> int:
-        """Queue a telemetry record (delivered over MQTT by the loop); returns its sequence number."""
+        """Queue a telemetry record (delivered by the loop over MQTT, or over HTTP when the agent has no
+        broker); returns its sequence number."""
         if self.outbox is None:
             raise RuntimeError("telemetry needs the agent's outbox")
         seq = self.outbox.append("telemetry", body)
@@ -162,13 +180,16 @@ class Agent:
     def _send(self, entry: Entry) -> bool:
         if self.mqtt is not None and self.mqtt.connected.is_set():
             return self.mqtt.publish(entry.kind, entry.seq, entry.body)
-        if entry.kind != "state":
-            return False  # telemetry waits for the broker
+        if entry.kind != "state" and self.mqtt is not None:
+            return False  # with a broker, telemetry waits for it
         try:
-            self.link.report({**entry.body, "seq": entry.seq})
+            if entry.kind == "state":
+                self.link.report({**entry.body, "seq": entry.seq})
+            else:  # no broker: telemetry over HTTP
+                self.link.send_telemetry(entry.seq, entry.body)
         except LinkError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 408, 429):
-                log.warning("status report seq %s refused for good (%s); dropping it", entry.seq, exc)
+                log.warning("%s seq %s refused for good (%s); dropping it", entry.kind, entry.seq, exc)
                 return True
             return False
         return True
@@ -190,6 +211,7 @@ class Agent:
                     self.apply(pushed)
                 else:
                     self.step()
+                self.poll_commands()
                 wait = backoff.success()
             except LinkError as exc:
                 wait = backoff.failure()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from edge_agent.identity import DeviceIdentity
-from edge_agent.link.signed import verify_desired_state
+from edge_agent.link.signed import verify_command, verify_desired_state
 
 
 class LinkError(Exception):
@@ -104,6 +104,37 @@ class ControllerLink:
         except httpx.HTTPError as exc:
             raise LinkError(f"status report: {exc}") from exc
         self._check(resp, "status report")
+
+    def send_telemetry(self, seq: int, body: dict[str, Any]) -> None:
+        """One outbox telemetry record over HTTP (stored once per sequence number by the controller)."""
+        try:
+            resp = self.http.post(
+                f"/v1/devices/{self.identity.device_id}/telemetry", json={"seq": seq, "body": body}
+            )
+        except httpx.HTTPError as exc:
+            raise LinkError(f"telemetry: {exc}") from exc
+        self._check(resp, "telemetry")
+
+    def pending_commands(self) -> list[dict[str, Any]]:
+        """Commands not acknowledged yet, each verified (signature, type, device) before use."""
+        try:
+            resp = self.http.get(f"/v1/devices/{self.identity.device_id}/commands/pending")
+        except httpx.HTTPError as exc:
+            raise LinkError(f"commands: {exc}") from exc
+        self._check(resp, "commands")
+        return [verify_command(e, self.identity.ca_certificate, self.identity.device_id) for e in resp.json()]
+
+    def request_command(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Ask the controller for a command for this device to run now; returns its verified document."""
+        base = f"/v1/devices/{self.identity.device_id}/commands"
+        try:
+            resp = self.http.post(base, json=body)
+            self._check(resp, "command")
+            resp = self.http.get(f"{base}/{resp.json()['id']}/signed")
+        except httpx.HTTPError as exc:
+            raise LinkError(f"command: {exc}") from exc
+        self._check(resp, "command")
+        return verify_command(resp.json(), self.identity.ca_certificate, self.identity.device_id)
 
     def download(self, path: str, dest: Path) -> str:
         """Stream an artifact to ``dest`` (fsynced); returns the SHA-256 of the bytes received."""

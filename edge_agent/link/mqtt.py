@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.identity import CA_FILE, CERT_FILE, KEY_FILE, DeviceIdentity
-from edge_agent.link.signed import SignatureInvalid, verify_desired_state
+from edge_agent.link.signed import SignatureInvalid, verify_command, verify_desired_state
 
 log = logging.getLogger("fedge.agent.mqtt")
 
@@ -45,8 +45,10 @@ class MqttLink:
         max_backoff: int = 30,
         token_ttl: int = 300,
         on_infer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        on_command: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.on_infer = on_infer
+        self.on_command = on_command
         target = url or identity.broker_url
         if not target:
             raise ValueError("no broker URL: the controller named none at enrollment")
@@ -145,6 +147,9 @@ class MqttLink:
         if msg.topic.endswith("/infer") and self.on_infer is not None:
             threading.Thread(target=self._answer, args=(msg.payload,), daemon=True).start()
             return
+        if msg.topic.endswith("/cmd") and msg.payload:
+            self._command(bytes(msg.payload))
+            return
         if not msg.topic.endswith("/desired") or not msg.payload:
             return
         try:
@@ -155,3 +160,14 @@ class MqttLink:
             log.warning("ignoring a pushed desired state: %s", exc)
             return
         self.on_desired(payload)
+
+    def _command(self, raw: bytes) -> None:
+        """A pushed command, verified (signature, type, device) before it is handed on."""
+        if self.on_command is None:
+            return
+        try:
+            payload = verify_command(json.loads(raw), self.identity.ca_certificate, self.identity.device_id)
+        except (SignatureInvalid, ValueError) as exc:
+            log.warning("ignoring a pushed command: %s", exc)
+            return
+        self.on_command(payload)

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 DOCUMENT_CONTEXT = b"fedge-desired-state-v1\n"  # same domain-separation prefix as the controller's
+COMMAND_CONTEXT = b"fedge-command-v1\n"  # device commands: a different prefix, so neither passes as the other
 
 
 class SignatureInvalid(ValueError):
@@ -22,8 +23,7 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def verify_desired_state(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
-    """The payload of a signed desired-state envelope, after checking signature, type and device id."""
+def _verify(envelope: Any, ca: x509.Certificate, context: bytes, what: str) -> dict[str, Any]:
     try:
         body = _unb64(str(envelope["payload"]))
         signature = _unb64(str(envelope["signature"]))
@@ -33,12 +33,35 @@ def verify_desired_state(envelope: Any, ca: x509.Certificate, device_id: str) ->
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise SignatureInvalid("the pinned CA certificate does not hold an EC key")
     try:
-        key.verify(signature, DOCUMENT_CONTEXT + body, ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, context + body, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
-        raise SignatureInvalid("desired-state signature does not verify against the pinned CA") from exc
-    payload = json.loads(body)
-    if not isinstance(payload, dict) or payload.get("type") != "fedge.desired-state":
+        raise SignatureInvalid(f"{what} signature does not verify against the pinned CA") from exc
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise SignatureInvalid(f"signed {what} is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise SignatureInvalid(f"signed {what} is not a JSON object")
+    return payload
+
+
+def verify_desired_state(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
+    """The payload of a signed desired-state envelope, after checking signature, type and device id."""
+    payload = _verify(envelope, ca, DOCUMENT_CONTEXT, "desired-state")
+    if payload.get("type") != "fedge.desired-state":
         raise SignatureInvalid("signed document is not a desired state")
     if payload.get("device_id") != device_id:
         raise SignatureInvalid(f"desired state is for device {payload.get('device_id')}, not {device_id}")
+    return payload
+
+
+def verify_command(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
+    """The payload of a signed command envelope (command context, type ``fedge.command``, this device)."""
+    payload = _verify(envelope, ca, COMMAND_CONTEXT, "command")
+    if payload.get("type") != "fedge.command":
+        raise SignatureInvalid("signed document is not a command")
+    if payload.get("device_id") != device_id:
+        raise SignatureInvalid(f"command is for device {payload.get('device_id')}, not {device_id}")
+    if not isinstance(payload.get("command_id"), str) or not isinstance(payload.get("model"), dict):
+        raise SignatureInvalid("signed command lacks command_id or model")
     return payload

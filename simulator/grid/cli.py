@@ -122,9 +122,10 @@ def _load_policy(spec: str) -> Any:
 
 def _env_for(model: Any, policy: Any, days: tuple[int, ...], actions_per_day: int | None = None) -> Any:
     from simulator.grid.env import DEFAULT_ACTIONS_PER_DAY, LoadShiftEnv
+    from simulator.grid.onnx_policy import OnnxPolicy
     from simulator.grid.rl import TrainedPolicy, check_compatible, make_env
 
-    if isinstance(policy, TrainedPolicy):
+    if isinstance(policy, TrainedPolicy | OnnxPolicy):
         env = make_env(model, policy.info, days)
         check_compatible(policy.info, env)
         return env
@@ -149,6 +150,9 @@ def train(
     ] = 0,
     actions: Annotated[str, typer.Option(help="auto, multi (MultiDiscrete) or flat (Discrete).")] = "auto",
     bc_epochs: Annotated[int, typer.Option(help="Behaviour-cloning epochs over the demonstrations.")] = 30,
+    network: Annotated[
+        str, typer.Option(help="mlp (SB3 MlpPolicy) or shared (PPO, flat: one network scores every shift).")
+    ] = "mlp",
 ) -> None:
     """Train an RL policy on the training days and save it (and its ONNX export)."""
     from simulator.grid.rl import ONNX_FILE, TrainConfig, get_backend
@@ -174,6 +178,7 @@ def train(
             demonstration_episodes=demonstrations,
             bc_epochs=bc_epochs,
             actions=actions,
+            network=network,
         )
         console.print(f"training {backend}-{algo} for {timesteps} steps on {len(model.train_days())} days")
         with _progress(f"train {algo}", timesteps) as advance:
@@ -183,12 +188,23 @@ def train(
         if policy.info.validation:
             console.print(f"validation (SCR+SSR)/2: {policy.info.validation}; kept {policy.info.selected}")
         if onnx:
-            console.print(f"onnx: {policy.export_onnx(out / ONNX_FILE)}")
+            try:
+                console.print(f"onnx: {policy.export_onnx(out / ONNX_FILE)}")
+            except GridError:
+                raise
+            except Exception as exc:  # the trained policy is saved; say so instead of a traceback
+                raise PolicyError(
+                    f"policy saved in {out}, but the ONNX export failed ({type(exc).__name__}: {exc}); "
+                    f"retry with: fedge grid export --policy {out}"
+                ) from exc
 
 
 @app.command()
 def evaluate(
-    policy: Annotated[str, typer.Option("--policy", help="Policy folder (or 'heuristic').")],
+    policy: Annotated[
+        str,
+        typer.Option("--policy", help="Policy folder, a policy .onnx file (with --onnx), or 'heuristic'."),
+    ],
     days: Annotated[str, typer.Option(help="test, train, all, or e.g. '100-110,200'.")] = "test",
     plots: Annotated[Path | None, typer.Option(help="Folder for per-day PNG plots.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the per-day scores as JSON.")] = None,
@@ -200,16 +216,20 @@ def evaluate(
 
     from simulator.grid.evaluate import NO_SHIFT
     from simulator.grid.evaluate import evaluate as run_evaluation
+    from simulator.grid.onnx_policy import OnnxPolicy
     from simulator.grid.plots import plot_episode, plot_report
     from simulator.grid.policies import Policy, PvPeakHeuristic, SurplusBoundaryRule
-    from simulator.grid.rl import ONNX_FILE, OnnxPolicy, TrainedPolicy
+    from simulator.grid.rl import ONNX_FILE, TrainedPolicy
 
     with _errors():
         model = _model()
-        chosen = _load_policy(policy)
-        if onnx:
+        if onnx and Path(policy).suffix == ".onnx":
+            chosen: Any = OnnxPolicy(Path(policy))  # self-describing: settings from its metadata
+        else:
+            chosen = _load_policy(policy)
+        if onnx and not isinstance(chosen, OnnxPolicy):
             if not isinstance(chosen, TrainedPolicy):
-                raise PolicyError("--onnx needs a trained policy folder")
+                raise PolicyError("--onnx needs a trained policy folder or a policy .onnx file")
             chosen = OnnxPolicy(Path(policy) / ONNX_FILE, chosen.info)
         selected = model.days(days)
         env = _env_for(model, chosen, selected)
@@ -274,16 +294,68 @@ def export(
     """Export a trained policy to ONNX (obs -> argmax action) and check it against the original."""
     import numpy as np
 
-    from simulator.grid.rl import ONNX_FILE, OnnxPolicy, load_policy
+    from simulator.grid.onnx_policy import METADATA_KEY, OnnxPolicy
+    from simulator.grid.rl import ONNX_FILE, load_policy
 
     with _errors():
         trained = load_policy(policy)
         path = trained.export_onnx(out or policy / ONNX_FILE)
         probe = np.random.default_rng(0).normal(size=(256, trained.info.obs_dim)).astype(np.float32)
-        same = bool(np.array_equal(trained.predict(probe), OnnxPolicy(path, trained.info).predict(probe)))
-        console.print(f"onnx: {path} (same actions on 256 probe observations: {same})")
-        if not same:
+        exported = OnnxPolicy(path)  # reads the settings embedded in the file
+        same = bool(np.array_equal(trained.predict(probe), exported.predict(probe)))
+        console.print(
+            f"onnx: {path} (policy.json embedded as {METADATA_KEY}: {exported.info == trained.info}; "
+            f"same actions on 256 probe observations: {same})"
+        )
+        if not same or exported.info != trained.info:
             raise typer.Exit(code=1)
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    policy: Annotated[Path, typer.Option("--policy", help="Policy folder (policy.json, policy.onnx).")],
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default grid-policy-<backend>-<algo>).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset id to reference (default: the grid's training days).")
+    ] = None,
+    organization: Annotated[str, typer.Option(help="organization_id of the model.")] = "fedge",
+    developer: Annotated[str, typer.Option(help="developer_id of the model.")] = "grid",
+    controller: Annotated[str | None, typer.Option(help="Controller URL (default: FEDGE_URL).")] = None,
+    token: Annotated[str | None, typer.Option(help="API token, admin (default: FEDGE_TOKEN).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Register a policy in the controller's registry: model.zip as the trained version, policy.onnx (with
+    policy.json embedded) as the ONNX version, both SHA-256 recorded on chain."""
+    from controller.client import FedgeAPIError, FedgeClient
+    from simulator.grid.publish import register_policy
+
+    root = ctx.find_root().params
+    url = controller or root.get("controller")
+    credential = token or root.get("token")
+    with _errors(), FedgeClient(url, credential) as client:
+        try:
+            done = register_policy(
+                client,
+                policy,
+                name=name,
+                dataset_id=dataset,
+                organization_id=organization,
+                developer_id=developer,
+            )
+        except FedgeAPIError as exc:
+            console.print(f"[red]error[/red] {exc.status} {exc.title}: {exc.detail}")
+            raise typer.Exit(code=1) from exc
+    if as_json:
+        console.print_json(json.dumps(asdict(done)))
+    else:
+        console.print(
+            f"model {done.model_id}: onnx version {done.onnx_version} (sha256 {done.sha256}), "
+            f"trained version {done.trained_version or '-'}, dataset {done.dataset_id}",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

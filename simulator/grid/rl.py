@@ -53,6 +53,9 @@ class TrainConfig:
     bc_epochs: int = 30
     validation_days: int = 12
     """With demonstrations: training days held back to keep the better of the cloned / fine-tuned policy."""
+    network: str = "mlp"
+    """``mlp`` (SB3's MlpPolicy) or ``shared`` (PPO, flat actions: one small network scores every candidate
+    shift, :mod:`simulator.grid.candidates`)."""
 
     @property
     def action_kind(self) -> ActionKind:
@@ -84,6 +87,7 @@ class PolicyInfo:
     selected: str = "rl"
     """``rl``; with demonstrations ``cloned`` or ``cloned+ppo`` (better on the validation days)."""
     validation: dict[str, float] = field(default_factory=dict)
+    network: str = "mlp"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -262,6 +266,9 @@ class SB3Policy(TrainedPolicy):
                 dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
                 dynamo=False,
             )
+        from simulator.grid.onnx_policy import embed_policy_info
+
+        embed_policy_info(path, self.info)  # one file, one SHA-256: the network and its settings
         return path
 
 
@@ -290,14 +297,25 @@ class SB3Backend(RLBackend):
         defaults = _PPO_DEFAULTS if config.algorithm == "ppo" else _DQN_DEFAULTS
         params = {**defaults, **config.hyperparameters}
         net_arch = params.pop("net_arch")
+        hidden = int(params.pop("hidden", 64))
+        policy_class: Any = "MlpPolicy"
+        policy_kwargs: dict[str, Any] = {"net_arch": net_arch}
+        if config.network == "shared":
+            if config.algorithm != "ppo" or config.action_kind != "flat":
+                raise PolicyError("the shared candidate network needs --algo ppo --actions flat")
+            from simulator.grid.candidates import CandidatePolicy
+
+            policy_class, policy_kwargs = CandidatePolicy, {"hidden": hidden}
+        elif config.network != "mlp":
+            raise PolicyError(f"network must be 'mlp' or 'shared', not {config.network!r}")
         vec_env = make_vec_env(lambda: make_env(model, config), n_envs=config.n_envs, seed=config.seed)
         algo = self._classes()[config.algorithm](
-            "MlpPolicy",
+            policy_class,
             vec_env,
             seed=config.seed,
             device="cpu",
             verbose=0,
-            policy_kwargs={"net_arch": net_arch},
+            policy_kwargs=policy_kwargs,
             **params,
         )
 
@@ -353,6 +371,7 @@ class SB3Backend(RLBackend):
             demonstration_episodes=config.demonstration_episodes,
             selected=selected,
             validation=validation,
+            network=config.network,
         )
         return SB3Policy(info, algo)
 
@@ -444,24 +463,3 @@ def load_policy(directory: Path | str) -> TrainedPolicy:
     directory = Path(directory)
     info = PolicyInfo.read(directory)
     return get_backend(info.backend).load(directory, info)
-
-
-class OnnxPolicy(Policy):
-    """A policy exported to ONNX, run with onnxruntime (what a device would run)."""
-
-    def __init__(self, path: Path, info: PolicyInfo) -> None:
-        try:
-            import onnxruntime
-        except ImportError as exc:  # pragma: no cover - depends on the installation
-            raise MissingExtraError("onnxruntime") from exc
-        self.info = info
-        self.name = f"onnx-{info.algorithm}"
-        self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def predict(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
-        out = self._session.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.int64)
-
-    def act(self, obs: NDArray[np.float32], env: LoadShiftEnv) -> Any:
-        action = self.predict(np.asarray(obs, dtype=np.float32)[np.newaxis, :])[0]
-        return int(action) if self.info.action_kind == "flat" else action

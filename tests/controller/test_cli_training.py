@@ -17,7 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 def _fedge(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FEDGE_URL": live.url, "FEDGE_TOKEN": ADMIN_TOKEN, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "controller.user_cli", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "controller.user_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -62,9 +66,9 @@ def test_jobs_watch_exits_1_on_a_failed_job(live: LiveServer, tmp_path: Path) ->
     (bad / "train.py").write_text("raise SystemExit('no GPU found, giving up')\n")
     npz = tmp_path / "d.npz"
     npz.write_bytes(b"not really a dataset")
-    dataset_id = json.loads(_fedge(live, "datasets", "push", str(npz), "--org", "o", "--dims", "(1)", "--json").stdout)[
-        "dataset_id"
-    ]
+    dataset_id = json.loads(
+        _fedge(live, "datasets", "push", str(npz), "--org", "o", "--dims", "(1)", "--json").stdout
+    )["dataset_id"]
     reg = _fedge(
         live, "models", "register-package", str(bad), "--dataset", dataset_id, "--developer", "d", "--org", "o",
         "--entrypoint", "broken.train", "--json",

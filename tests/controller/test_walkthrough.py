@@ -35,7 +35,11 @@ def example_package(name: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         tf.add(REPO / "examples" / "__init__.py", arcname="examples/__init__.py")
-        tf.add(REPO / "examples" / name, arcname=f"examples/{name}", filter=lambda i: None if "__pycache__" in i.name else i)
+        tf.add(
+            REPO / "examples" / name,
+            arcname=f"examples/{name}",
+            filter=lambda i: None if "__pycache__" in i.name else i,
+        )
     return buf.getvalue()
 
 
@@ -70,7 +74,10 @@ def _register(api: Api, example: str, entrypoint: str, hyper: dict[str, Any]) ->
     r = api.client.post(
         "/v1/models",
         headers=api.admin,
-        files=[("metadata", (None, json.dumps(meta).encode())), ("training_package", ("pkg.tar.gz", example_package(example)))],
+        files=[
+            ("metadata", (None, json.dumps(meta).encode())),
+            ("training_package", ("pkg.tar.gz", example_package(example))),
+        ],
     )
     assert r.status_code == 201, r.text
     model_id: str = r.json()["model_id"]
@@ -139,7 +146,9 @@ def test_translating_an_untrained_model_is_409(api_e2e: Api) -> None:
 def test_unsupported_framework_is_422_naming_the_supported_ones(api_e2e: Api) -> None:
     api = api_e2e
     model_id = _register(api, "digits_cnn", "examples.digits_cnn.train", {})
-    r = api.client.put(f"/v1/models/{model_id}/artifact?format=tensorflow", headers=api.admin, content=b"saved_model")
+    r = api.client.put(
+        f"/v1/models/{model_id}/artifact?format=tensorflow", headers=api.admin, content=b"saved_model"
+    )
     assert r.status_code == 201
     r = api.client.post(f"/v1/models/{model_id}/translate", headers=api.admin, json={})
     assert r.status_code == 422

@@ -18,5 +18,7 @@ def test_facts_include_cpu_ram_and_ort_providers() -> None:
 
 
 def test_cli_prints_facts_as_json() -> None:
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "facts"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "facts"], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout)["arch"]

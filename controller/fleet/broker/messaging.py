@@ -11,7 +11,9 @@ import threading
 from collections import defaultdict, deque
 from typing import Any
 
+from controller.db.models import DeviceCommand
 from controller.fleet.broker.base import Broker, device_topic, split_device_topic
+from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
 from controller.fleet.devices import ACTIVE, Fleet
 
@@ -22,8 +24,10 @@ TELEMETRY_KEPT = 1000
 class FleetMessaging:
     """Glue between a ``Broker`` and the fleet (devices, rollouts)."""
 
-    def __init__(self, broker: Broker, fleet: Fleet, rollouts: Rollouts) -> None:
-        self.broker, self.fleet, self.rollouts = broker, fleet, rollouts
+    def __init__(
+        self, broker: Broker, fleet: Fleet, rollouts: Rollouts, commands: Commands | None = None
+    ) -> None:
+        self.broker, self.fleet, self.rollouts, self.commands = broker, fleet, rollouts, commands
         self.telemetry: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=TELEMETRY_KEPT))
         self.delivered: list[tuple[str, int, str]] = []  # (device id, seq, kind), in arrival order
         self._last_seq: dict[str, int] = {}
@@ -36,12 +40,16 @@ class FleetMessaging:
         self.broker.subscribe("fedge/devices/+/telemetry", self._on_message)
         self.broker.on_connected = self.publish_all
         self.rollouts.on_desired_changed = self.desired_changed
+        if self.commands is not None:
+            self.commands.on_created = self.command_created
         self._worker = threading.Thread(target=self._publisher, daemon=True, name="fedge-desired-publisher")
         self._worker.start()
         self.broker.start()
 
     def stop(self) -> None:
         self.rollouts.on_desired_changed = None
+        if self.commands is not None:
+            self.commands.on_created = None
         self._pending.put(None)
         if self._worker is not None:
             self._worker.join(10)
@@ -69,6 +77,23 @@ class FleetMessaging:
                 log.warning(
                     "desired state of %s not acknowledged by the broker (agents still poll)", device_id
                 )
+
+    def command_created(self, command: DeviceCommand) -> None:
+        """Push a new command (signed) on the device's ``cmd`` topic, QoS 1, not retained: an agent that is
+        offline gets it from its next HTTP poll instead. Published from a thread: requests do not wait."""
+
+        def publish() -> None:
+            assert self.commands is not None
+            try:
+                envelope = self.commands.signed(command)
+            except Exception:
+                log.exception("cannot sign command %s", command.id)
+                return
+            topic = device_topic(command.device_id, "cmd")
+            if not self.broker.publish(topic, json.dumps(envelope).encode(), 1, False):
+                log.warning("command %s not acknowledged by the broker (the agent polls)", command.id)
+
+        threading.Thread(target=publish, daemon=True, name="fedge-command-publisher").start()
 
     def publish_all(self) -> None:
         """Every active device's desired state (a restarted broker without persistence lost them)."""
@@ -119,3 +144,5 @@ class FleetMessaging:
         elif leaf == "telemetry":
             self.telemetry[device_id].append({"seq": seq, **body})
             self.fleet.touch(device_id)
+            if self.commands is not None:
+                self.commands.record_telemetry(device_id, seq, body)

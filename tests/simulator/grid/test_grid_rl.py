@@ -11,10 +11,10 @@ import pytest
 from simulator.grid.env import LoadShiftEnv
 from simulator.grid.errors import PolicyError
 from simulator.grid.model import GridModel
+from simulator.grid.onnx_policy import OnnxPolicy
 from simulator.grid.rl import (
     ONNX_FILE,
     POLICY_FILE,
-    OnnxPolicy,
     PolicyInfo,
     SB3Backend,
     TrainConfig,
@@ -31,18 +31,20 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module", params=["ppo", "dqn", "ppo-flat"])
+@pytest.fixture(scope="module", params=["ppo", "dqn", "ppo-flat", "ppo-flat-shared"])
 def trained(
     request: pytest.FixtureRequest, model: GridModel, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrainedPolicy, Path]:
-    algorithm, _, flat = str(request.param).partition("-")
+    algorithm, *rest = str(request.param).split("-")
+    network = "shared" if "shared" in rest else "mlp"
     config = TrainConfig(
         algorithm=algorithm,
         total_timesteps=128,
         actions_per_day=16,
         n_envs=2,
-        hyperparameters=TINY[algorithm],
-        actions=flat or "auto",
+        hyperparameters={**TINY[algorithm], **({"hidden": 16} if network == "shared" else {})},
+        actions="flat" if "flat" in rest else "auto",
+        network=network,
     )
     steps: list[int] = []
     policy = get_backend("sb3").train(model, config, progress=steps.append)

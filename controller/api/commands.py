@@ -1,0 +1,204 @@
+"""Device commands (``grid-run``) and device telemetry: create, deliver (signed, HTTP poll; MQTT push is
+done by the fleet messaging), acknowledge through telemetry, query status, results and telemetry."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+
+from controller.api.deps import AnyCaller, DeviceCaller, StateDep
+from controller.db.models import DeviceCommand, TelemetryRecord
+from controller.errors import Forbidden, ServiceUnavailable
+from controller.fleet.commands import Commands
+from controller.security.principal import Principal, Role
+from controller.state import ControllerState
+
+router = APIRouter(tags=["fleet"])
+
+
+def commands_of(state: ControllerState) -> Commands:
+    if state.commands is None:
+        raise ServiceUnavailable("fleet management is not configured on this controller", backend="fleet")
+    return state.commands
+
+
+def _self_or_user(caller: Principal, device_id: str) -> None:
+    if caller.role is Role.DEVICE and caller.subject != device_id:
+        raise Forbidden(f"device {caller.subject} may only act on itself, not on device {device_id}")
+
+
+class CommandIn(BaseModel):
+    kind: Literal["grid-run"] = Field(
+        description="grid-run: the grid simulator with an RL policy on the device"
+    )
+    model_id: str = Field(
+        min_length=1,
+        max_length=36,
+        validation_alias=AliasChoices("model_id", "model"),
+        description="a registered grid policy (ONNX with embedded policy.json)",
+    )
+    version: int | None = Field(default=None, ge=1, description="default: the model's newest ONNX version")
+    days: str | list[int] = Field(
+        default="test", description="test | train | all | 'D,D,a-b' | a list of day numbers (0..365)"
+    )
+
+    @field_validator("days", mode="after")
+    @classmethod
+    def _days_text(cls, value: str | list[int]) -> str | list[int]:
+        if isinstance(value, list) and not value:
+            raise ValueError("days must not be empty")
+        return value
+
+
+class CommandOut(BaseModel):
+    id: str
+    device_id: str
+    kind: str
+    model_id: str | None
+    version: int | None
+    params: dict[str, Any]
+    state: str = Field(description="queued | running | succeeded | failed")
+    result: dict[str, Any] | None
+    error: str | None
+    created_by: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class CommandPage(BaseModel):
+    items: list[CommandOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class TelemetryIn(BaseModel):
+    seq: int = Field(ge=1, description="agent outbox sequence number (stored once per device and seq)")
+    body: dict[str, Any]
+
+
+class TelemetryOut(BaseModel):
+    seq: int
+    type: str | None
+    command_id: str | None
+    body: dict[str, Any]
+    received_at: dt.datetime
+
+
+class TelemetryPage(BaseModel):
+    items: list[TelemetryOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def command_out(c: DeviceCommand) -> CommandOut:
+    return CommandOut(
+        id=c.id,
+        device_id=c.device_id,
+        kind=c.kind,
+        model_id=c.model_id,
+        version=c.version,
+        params=c.params,
+        state=c.state,
+        result=c.result,
+        error=c.error,
+        created_by=c.created_by,
+        created_at=c.created_at,
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+    )
+
+
+def telemetry_out(t: TelemetryRecord) -> TelemetryOut:
+    return TelemetryOut(
+        seq=t.seq, type=t.type, command_id=t.command_id, body=t.body, received_at=t.received_at
+    )
+
+
+@router.post("/v1/devices/{device_id}/commands", status_code=201, response_model=CommandOut)
+def create_command(device_id: str, body: CommandIn, state: StateDep, caller: AnyCaller) -> CommandOut:
+    """Queue a command for a device (developer), pushed over MQTT and served to its polls. A device may
+    ask for one for itself (``fedge-agent grid run``): it is stored ``running`` and run by that process."""
+    _self_or_user(caller, device_id)
+    days = body.days if isinstance(body.days, str) else ",".join(str(d) for d in body.days)
+    command = commands_of(state).create(
+        device_id,
+        body.kind,
+        body.model_id,
+        body.version,
+        days,
+        caller.subject,
+        start_now=caller.role is Role.DEVICE,
+    )
+    return command_out(command)
+
+
+@router.get("/v1/devices/{device_id}/commands", response_model=CommandPage)
+def list_commands(
+    device_id: str,
+    state: StateDep,
+    caller: AnyCaller,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CommandPage:
+    """A device's commands, newest first."""
+    _self_or_user(caller, device_id)
+    rows, total = commands_of(state).for_device(device_id, limit, offset)
+    return CommandPage(items=[command_out(c) for c in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/v1/devices/{device_id}/commands/pending", response_model=list[dict[str, str]])
+def pending_commands(device_id: str, state: StateDep, caller: DeviceCaller) -> list[dict[str, str]]:
+    """The device's unacknowledged commands, oldest first, each a signed envelope ``{alg, payload,
+    signature}`` (device CA, command context)."""
+    _self_or_user(caller, device_id)
+    commands = commands_of(state)
+    return [commands.signed(c) for c in commands.pending(device_id)]
+
+
+@router.get("/v1/devices/{device_id}/commands/{command_id}", response_model=CommandOut)
+def get_command(device_id: str, command_id: str, state: StateDep, caller: AnyCaller) -> CommandOut:
+    """One command: state (queued, running, succeeded, failed), result summary, error."""
+    _self_or_user(caller, device_id)
+    return command_out(commands_of(state).get(device_id, command_id))
+
+
+@router.get("/v1/devices/{device_id}/commands/{command_id}/signed", response_model=dict[str, str])
+def signed_command(device_id: str, command_id: str, state: StateDep, caller: DeviceCaller) -> dict[str, str]:
+    """One command as the device verifies it (signed envelope)."""
+    _self_or_user(caller, device_id)
+    commands = commands_of(state)
+    return commands.signed(commands.get(device_id, command_id))
+
+
+@router.post("/v1/devices/{device_id}/telemetry", status_code=204, response_class=Response)
+def post_telemetry(device_id: str, body: TelemetryIn, state: StateDep, caller: DeviceCaller) -> Response:
+    """One outbox record over HTTP (when the broker is out of reach); stored once per sequence number."""
+    _self_or_user(caller, device_id)
+    commands_of(state).record_telemetry(device_id, body.seq, body.body)
+    if state.fleet is not None:
+        state.fleet.touch(device_id)
+    return Response(status_code=204)
+
+
+@router.get("/v1/devices/{device_id}/telemetry", response_model=TelemetryPage)
+def list_telemetry(
+    device_id: str,
+    state: StateDep,
+    caller: AnyCaller,
+    command_id: str | None = None,
+    type: Annotated[str | None, Query(max_length=64, description="e.g. grid.day, command")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> TelemetryPage:
+    """Stored telemetry of a device in outbox order, optionally of one command or one type."""
+    _self_or_user(caller, device_id)
+    rows, total = commands_of(state).telemetry(
+        device_id, command_id=command_id, kind=type, limit=limit, offset=offset
+    )
+    return TelemetryPage(items=[telemetry_out(t) for t in rows], total=total, limit=limit, offset=offset)
