@@ -34,6 +34,7 @@ log = logging.getLogger("fedge.agent.grid")
 INSTALL_HINT = "pip install 'fedge[agent,grid]'"
 GRID_RUN = "grid-run"
 SEEN_FILE = "commands-seen.json"
+RUNNING_FILE = "command-running"
 Record = Callable[[dict[str, Any]], int]
 
 
@@ -259,7 +260,30 @@ class CommandRunner:
         self._queue.put(payload)
         return True
 
+    def fail_interrupted(self) -> str | None:
+        """Report a command that was running when the agent stopped (crash, power loss) as failed.
+
+        Its id is already marked seen, so it would otherwise stay ``running`` on the controller forever.
+        Returns the command id, or None when nothing was interrupted."""
+        marker = self.state_dir / RUNNING_FILE
+        try:
+            command_id = marker.read_text().strip()
+        except FileNotFoundError:
+            return None
+        if command_id:
+            self.record(
+                {
+                    "type": "command",
+                    "command_id": command_id,
+                    "state": "failed",
+                    "error": "the agent stopped while this command was running; create the command again",
+                }
+            )
+        marker.unlink(missing_ok=True)
+        return command_id or None
+
     def start(self) -> None:
+        self.fail_interrupted()
         self._thread = threading.Thread(target=self._work, daemon=True, name="fedge-agent-commands")
         self._thread.start()
 
@@ -269,9 +293,12 @@ class CommandRunner:
             self._thread.join(timeout)
 
     def _work(self) -> None:
+        marker = self.state_dir / RUNNING_FILE
         while (payload := self._queue.get()) is not None:
             try:
+                write_private(marker, str(payload["command_id"]).encode())
                 run_command(payload, self.link, self.state_dir, self.record)
+                marker.unlink(missing_ok=True)
             finally:
                 if self._queue.empty():
                     self.idle.set()

@@ -153,6 +153,7 @@ def train(
     network: Annotated[
         str, typer.Option(help="mlp (SB3 MlpPolicy) or shared (PPO, flat: one network scores every shift).")
     ] = "mlp",
+    threads: Annotated[int, typer.Option(help="torch threads for the network updates.")] = 1,
 ) -> None:
     """Train an RL policy on the training days and save it (and its ONNX export)."""
     from simulator.grid.rl import ONNX_FILE, TrainConfig, get_backend
@@ -179,6 +180,7 @@ def train(
             bc_epochs=bc_epochs,
             actions=actions,
             network=network,
+            threads=threads,
         )
         console.print(f"training {backend}-{algo} for {timesteps} steps on {len(model.train_days())} days")
         with _progress(f"train {algo}", timesteps) as advance:

@@ -53,6 +53,8 @@ class TrainConfig:
     bc_epochs: int = 30
     validation_days: int = 12
     """With demonstrations: training days held back to keep the better of the cloned / fine-tuned policy."""
+    threads: int = 1
+    """torch threads for the network updates (the environment steps in the same process)."""
     network: str = "mlp"
     """``mlp`` (SB3's MlpPolicy) or ``shared`` (PPO, flat actions: one small network scores every candidate
     shift, :mod:`simulator.grid.candidates`)."""
@@ -293,7 +295,7 @@ class SB3Backend(RLBackend):
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.env_util import make_vec_env
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(max(1, config.threads))
         defaults = _PPO_DEFAULTS if config.algorithm == "ppo" else _DQN_DEFAULTS
         params = {**defaults, **config.hyperparameters}
         net_arch = params.pop("net_arch")
@@ -303,8 +305,9 @@ class SB3Backend(RLBackend):
         if config.network == "shared":
             if config.algorithm != "ppo" or config.action_kind != "flat":
                 raise PolicyError("the shared candidate network needs --algo ppo --actions flat")
-            from simulator.grid.candidates import CandidatePolicy
+            from simulator.grid.candidates import CandidatePolicy, keep_large_blocks
 
+            keep_large_blocks()
             policy_class, policy_kwargs = CandidatePolicy, {"hidden": hidden}
         elif config.network != "mlp":
             raise PolicyError(f"network must be 'mlp' or 'shared', not {config.network!r}")
