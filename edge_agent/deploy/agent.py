@@ -50,6 +50,7 @@ class Agent:
         self._wake = threading.Event()
         self._pushed: dict[str, Any] | None = None
         self._push_lock = threading.Lock()
+        self._commands_route = True
         if self.executor is None:
             self.executor = Executor(self.slots, self.link, self.runtime)
 
@@ -107,9 +108,19 @@ class Agent:
 
     def poll_commands(self) -> None:
         """Fetch pending commands over HTTP (raises LinkError when the controller is unreachable)."""
-        if self.commands is None:
+        if self.commands is None or not self._commands_route:
             return
-        for payload in self.link.pending_commands():
+        try:
+            pending = self.link.pending_commands()
+        except LinkError as exc:
+            if exc.status != 404:
+                raise
+            # An authenticated device gets 404 here only from a controller without the commands route
+            # (older than the agent): stop asking instead of backing off on every loop.
+            self._commands_route = False
+            log.warning("controller has no device commands (%s); command polling is off until restart", exc)
+            return
+        for payload in pending:
             self.receive_command(payload)
 
     def apply(self, payload: dict[str, Any], changed: bool = True) -> Outcome | None:

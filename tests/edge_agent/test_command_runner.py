@@ -1,11 +1,15 @@
-"""The agent's command runner: an interrupted command is reported failed instead of staying 'running'."""
+"""The agent's command runner and command polling."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from edge_agent.deploy.agent import Agent
 from edge_agent.grid import RUNNING_FILE, CommandRunner
+from edge_agent.link.client import LinkError
 
 
 def _runner(tmp_path: Path) -> tuple[CommandRunner, list[dict[str, Any]]]:
@@ -48,3 +52,36 @@ def test_a_finished_command_leaves_no_marker_and_runs_only_once(tmp_path: Path) 
     restarted, again = _runner(tmp_path)
     assert not restarted.submit({"command_id": "cmd-2", "kind": "reboot", "model": {}})
     assert restarted.fail_interrupted() is None and again == []
+
+
+class _OldControllerLink:
+    """A link to a controller that predates device commands (the route answers 404)."""
+
+    def __init__(self, status: int) -> None:
+        self.status, self.calls = status, 0
+
+    def pending_commands(self) -> list[dict[str, Any]]:
+        self.calls += 1
+        raise LinkError(f"commands: {self.status} Not Found", self.status)
+
+
+def test_an_agent_stops_polling_commands_on_a_controller_without_the_route(tmp_path: Path) -> None:
+    link = _OldControllerLink(404)
+    runner, _ = _runner(tmp_path)
+    agent = Agent(tmp_path, link, commands=runner)  # type: ignore[arg-type]
+
+    agent.poll_commands()
+    agent.poll_commands()
+
+    assert link.calls == 1
+
+
+def test_other_command_poll_errors_still_reach_the_backoff(tmp_path: Path) -> None:
+    link = _OldControllerLink(503)
+    runner, _ = _runner(tmp_path)
+    agent = Agent(tmp_path, link, commands=runner)  # type: ignore[arg-type]
+
+    for _ in range(2):
+        with pytest.raises(LinkError):
+            agent.poll_commands()
+    assert link.calls == 2
