@@ -150,13 +150,21 @@ class ChunkPipe:
 
 
 def iter_verified(chunks: Iterator[bytes], expected_sha256: str) -> Iterator[bytes]:
-    """Yield chunks while hashing; raise IntegrityError at the end if the hash differs."""
+    """Yield chunks while hashing; raise IntegrityError at the end if the hash differs.
+
+    The last chunk is held back until the hash is confirmed, so a reader of changed bytes never receives
+    the whole object (an HTTP response ends short of its Content-Length)."""
     sha = hashlib.sha256()
+    held: bytes | None = None
     for chunk in chunks:
         sha.update(chunk)
-        yield chunk
+        if held is not None:
+            yield held
+        held = chunk
     if sha.hexdigest() != expected_sha256:
         raise IntegrityError(f"sha256 {sha.hexdigest()} != expected {expected_sha256}")
+    if held is not None:
+        yield held
 
 
 class IntegrityError(Exception):

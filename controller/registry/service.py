@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Dataset, Model, ModelVersion, new_id, utcnow
 from controller.errors import Conflict, IntegrityCheckFailed, NotFound, ServiceUnavailable, Unprocessable
-from controller.registry.hashing import Digests, HashingReader, hash_chunks, iter_verified
+from controller.registry.hashing import Digests, HashingReader, IntegrityError, hash_chunks, iter_verified
 from controller.registry.schemas import DatasetMetadata, ModelMetadata, TrainingSpec
 from controller.storage.base import ArtifactStore, ObjectNotFound, StorageError
 
@@ -85,6 +87,11 @@ class Registry:
         self.store = store
         self.buckets = buckets
         self.chain = chain
+        # (bucket, key) -> (store change token, sha256) of objects hashed in full against the chain.
+        self._verified: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self._verified_lock = threading.Lock()
+
+    VERIFIED_CACHE_SIZE = 4096
 
     # ----------------------------------------------------------------- datasets
     def begin_dataset(self, created_by: str) -> Dataset:
@@ -501,20 +508,53 @@ class Registry:
     def verified_chunks(self, bucket: str, key: str, expected: str | None, what: str) -> Iterator[bytes]:
         """Integrity on read: hash the stored object against the chain record first (409 problem
         'integrity check failed' on mismatch), then stream it while hashing again (a change between the
-        two passes aborts the transfer)."""
+        two passes aborts the transfer before its last chunk).
+
+        The first pass is skipped when this process already hashed the object in full against the same
+        chain hash and the store's change token (S3 ETag/version/Last-Modified; file size, mtime, ctime,
+        inode) is unchanged since: the object is then read once. The streaming hash still guards it."""
         if expected is None:
             raise IntegrityCheckFailed(f"{what} has no chain record to check against")
+        try:
+            token = self.store.stat(bucket, key).token
+        except ObjectNotFound:
+            raise IntegrityCheckFailed(f"{what}: stored object is missing") from None
+        except StorageError as exc:
+            raise ServiceUnavailable(f"artifact store failed: {exc}", backend="storage") from exc
+        with self._verified_lock:
+            known = self._verified.get((bucket, key))
+        if not token or known != (token, expected):
+            self._check_stored(bucket, key, expected, what)
+            if token:
+                with self._verified_lock:
+                    self._verified[(bucket, key)] = (token, expected)
+                    self._verified.move_to_end((bucket, key))
+                    while len(self._verified) > self.VERIFIED_CACHE_SIZE:
+                        self._verified.popitem(last=False)
+        return self._forget_on_mismatch(bucket, key, iter_verified(self.open_object(bucket, key), expected))
+
+    def _forget_on_mismatch(self, bucket: str, key: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from chunks
+        except IntegrityError:
+            with self._verified_lock:
+                self._verified.pop((bucket, key), None)
+            raise
+
+    def _check_stored(self, bucket: str, key: str, expected: str, what: str) -> None:
+        """Hash the whole stored object; IntegrityCheckFailed (409) unless it matches ``expected``."""
         actual = self.recompute(bucket, key)
         if actual is None:
             raise IntegrityCheckFailed(f"{what}: stored object is missing")
         if actual.sha256 != expected:
+            with self._verified_lock:
+                self._verified.pop((bucket, key), None)
             log.error("integrity check failed for %s: stored %s, chain %s", what, actual.sha256, expected)
             raise IntegrityCheckFailed(
                 f"{what}: stored object's sha256 {actual.sha256} differs from the chain record {expected}",
                 sha256_stored=actual.sha256,
                 sha256_chain=expected,
             )
-        return iter_verified(self.open_object(bucket, key), expected)
 
     # ---------------------------------------------------------- reconciliation
     def reconcile(self, grace_seconds: int) -> dict[str, int]:

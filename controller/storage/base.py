@@ -34,6 +34,9 @@ class ObjectInfo:
     key: str
     size: int
     modified: float  # POSIX timestamp
+    token: str = ""
+    """Changes whenever the object's bytes may have changed (S3: ETag, version id, Last-Modified; local
+    file: size, mtime, ctime and inode, where ctime cannot be set back from user space). Empty: unknown."""
 
 
 def check_key(key: str) -> str:

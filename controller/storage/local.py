@@ -23,6 +23,10 @@ from controller.storage.base import (
 _TMP_PREFIX = ".tmp-"
 
 
+def _token(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 class _SourceFailed(Exception):
     """Marks an exception raised by the source (not by the filesystem)."""
 
@@ -106,7 +110,7 @@ class LocalArtifactStore(ArtifactStore):
             st = self._path(bucket, key).stat()
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"{bucket}/{key}") from exc
-        return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime)
+        return ObjectInfo(key=key, size=st.st_size, modified=st.st_mtime, token=_token(st))
 
     def delete(self, bucket: str, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -120,7 +124,7 @@ class LocalArtifactStore(ArtifactStore):
             if entry.name.startswith(_TMP_PREFIX) or not entry.is_file():
                 continue
             st = entry.stat()
-            yield ObjectInfo(key=entry.name, size=st.st_size, modified=st.st_mtime)
+            yield ObjectInfo(key=entry.name, size=st.st_size, modified=st.st_mtime, token=_token(st))
 
     def health(self) -> None:
         if not os.access(self.root, os.W_OK):

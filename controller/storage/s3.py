@@ -105,7 +105,8 @@ class S3ArtifactStore(ArtifactStore):
         except S3Error as exc:
             raise self._fail(f"{bucket}/{key}", exc) from exc
         modified = st.last_modified.timestamp() if st.last_modified else 0.0
-        return ObjectInfo(key=key, size=int(st.size or 0), modified=modified)
+        token = f"{st.etag}:{st.version_id or ''}:{modified}" if st.etag else ""
+        return ObjectInfo(key=key, size=int(st.size or 0), modified=modified, token=token)
 
     def delete(self, bucket: str, key: str) -> None:
         try:
@@ -120,7 +121,8 @@ class S3ArtifactStore(ArtifactStore):
                 if obj.object_name is None:
                     continue
                 modified = obj.last_modified.timestamp() if obj.last_modified else 0.0
-                yield ObjectInfo(key=obj.object_name, size=int(obj.size or 0), modified=modified)
+                token = f"{obj.etag}:{obj.version_id or ''}:{modified}" if obj.etag else ""
+                yield ObjectInfo(key=obj.object_name, size=int(obj.size or 0), modified=modified, token=token)
         except S3Error as exc:
             if exc.code == "NoSuchBucket":
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,19 @@ class ArtifactStoreConformance:
         assert written == len(data)
         assert store.read_all(bucket, key) == data
         assert store.stat(bucket, key).size == len(data)
+
+    def test_change_token_is_stable_and_changes_when_the_bytes_are_rewritten(
+        self, store: ArtifactStore, bucket: str
+    ) -> None:
+        key = str(uuid.uuid4())
+        store.put(bucket, key, io.BytesIO(b"first version"))
+        token = store.stat(bucket, key).token
+        assert token and store.stat(bucket, key).token == token
+        assert [o.token for o in store.list(bucket) if o.key == key] == [token]
+
+        store.put(bucket, key, io.BytesIO(b"other version"))  # same size, other bytes
+
+        assert store.stat(bucket, key).token not in ("", token)
 
     def test_large_object_streams_in_chunks(self, store: ArtifactStore, bucket: str) -> None:
         data = os.urandom(20 * 1024 * 1024 + 17)  # > one S3 multipart part
@@ -100,6 +114,20 @@ class TestLocalStore(ArtifactStoreConformance):
     def bucket(self, store: ArtifactStore) -> str:
         store.ensure_bucket("datasets")
         return "datasets"
+
+    def test_change_token_sees_a_rewrite_that_restores_the_mtime(
+        self, store: LocalArtifactStore, bucket: str
+    ) -> None:
+        store.put(bucket, "k", io.BytesIO(b"original"))
+        path = store.root / bucket / "k"
+        before = path.stat()
+        token = store.stat(bucket, "k").token
+        time.sleep(0.05)  # file timestamps tick coarsely (jiffies): let the clock move past the put
+        path.write_bytes(b"tampered")  # in place: same inode, same size
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+        assert path.stat().st_mtime_ns == before.st_mtime_ns
+        assert store.stat(bucket, "k").token != token
 
     def test_no_temp_files_survive_a_failed_write(self, store: LocalArtifactStore, bucket: str) -> None:
         with pytest.raises(ConnectionError):

@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from minio import Minio
@@ -244,3 +245,37 @@ def test_chain_records_survive_a_controller_process_restart(tmp_path: Path) -> N
 @pytest.mark.parametrize("route", ["/v1/datasets/x/provenance", "/v1/models/x/provenance"])
 def test_provenance_of_unknown_ids_is_404(api: Api, route: str) -> None:
     assert api.client.get(route, headers=api.admin).status_code == 404
+
+
+def test_a_verified_object_is_read_once_until_it_changes(
+    any_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(5000)
+    dataset_id = any_api.push_dataset(data).json()["dataset_id"]
+    meta = any_api.client.get(f"/v1/datasets/{dataset_id}/metadata", headers=any_api.admin).json()
+    store = any_api.state.store
+    opened: list[str] = []
+    real_open = store.open
+
+    def counting_open(bucket: str, key: str, chunk_size: int = 1 << 20) -> Any:
+        opened.append(key)
+        return real_open(bucket, key, chunk_size)
+
+    monkeypatch.setattr(store, "open", counting_open)
+
+    def download() -> Any:
+        opened.clear()
+        return any_api.client.get(f"/v1/datasets/{dataset_id}", headers=any_api.admin)
+
+    first = download()
+    assert first.status_code == 200 and first.content == data
+    assert len(opened) == 2  # the SHA-256 pass against the chain, then the stream
+    second = download()
+    assert second.status_code == 200 and second.content == data
+    assert len(opened) == 1  # unchanged since it was verified: streamed (and hashed) once
+
+    tamper = _tamper_s3 if any_api.settings.storage_backend == "s3" else _tamper_local
+    tamper(any_api, meta["bucket"], meta["object_key"])
+    third = download()
+    assert third.status_code == 409
+    assert third.json()["sha256_chain"] == meta["sha256"]
