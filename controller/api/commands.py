@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query, Response
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 
 from controller.api.deps import AnyCaller, DeviceCaller, StateDep
+from controller.api.devices import self_only
 from controller.db.models import DeviceCommand, TelemetryRecord
-from controller.errors import Forbidden, ServiceUnavailable
+from controller.errors import ServiceUnavailable
 from controller.fleet.commands import Commands
-from controller.security.principal import Principal, Role
+from controller.security.principal import Role
 from controller.state import ControllerState
 
 router = APIRouter(tags=["fleet"])
@@ -23,11 +24,6 @@ def commands_of(state: ControllerState) -> Commands:
     if state.commands is None:
         raise ServiceUnavailable("fleet management is not configured on this controller", backend="fleet")
     return state.commands
-
-
-def _self_or_user(caller: Principal, device_id: str) -> None:
-    if caller.role is Role.DEVICE and caller.subject != device_id:
-        raise Forbidden(f"device {caller.subject} may only act on itself, not on device {device_id}")
 
 
 class CommandIn(BaseModel):
@@ -124,7 +120,7 @@ def telemetry_out(t: TelemetryRecord) -> TelemetryOut:
 def create_command(device_id: str, body: CommandIn, state: StateDep, caller: AnyCaller) -> CommandOut:
     """Queue a command for a device (developer), pushed over MQTT and served to its polls. A device may
     ask for one for itself (``fedge-agent grid run``): it is stored ``running`` and run by that process."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     days = body.days if isinstance(body.days, str) else ",".join(str(d) for d in body.days)
     command = commands_of(state).create(
         device_id,
@@ -147,7 +143,7 @@ def list_commands(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> CommandPage:
     """A device's commands, newest first."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     rows, total = commands_of(state).for_device(device_id, limit, offset)
     return CommandPage(items=[command_out(c) for c in rows], total=total, limit=limit, offset=offset)
 
@@ -156,7 +152,7 @@ def list_commands(
 def pending_commands(device_id: str, state: StateDep, caller: DeviceCaller) -> list[dict[str, str]]:
     """The device's unacknowledged commands, oldest first, each a signed envelope ``{alg, payload,
     signature}`` (device CA, command context)."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     commands = commands_of(state)
     return [commands.signed(c) for c in commands.pending(device_id)]
 
@@ -164,14 +160,14 @@ def pending_commands(device_id: str, state: StateDep, caller: DeviceCaller) -> l
 @router.get("/v1/devices/{device_id}/commands/{command_id}", response_model=CommandOut)
 def get_command(device_id: str, command_id: str, state: StateDep, caller: AnyCaller) -> CommandOut:
     """One command: state (queued, running, succeeded, failed), result summary, error."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     return command_out(commands_of(state).get(device_id, command_id))
 
 
 @router.get("/v1/devices/{device_id}/commands/{command_id}/signed", response_model=dict[str, str])
 def signed_command(device_id: str, command_id: str, state: StateDep, caller: DeviceCaller) -> dict[str, str]:
     """One command as the device verifies it (signed envelope)."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     commands = commands_of(state)
     return commands.signed(commands.get(device_id, command_id))
 
@@ -179,7 +175,7 @@ def signed_command(device_id: str, command_id: str, state: StateDep, caller: Dev
 @router.post("/v1/devices/{device_id}/telemetry", status_code=204, response_class=Response)
 def post_telemetry(device_id: str, body: TelemetryIn, state: StateDep, caller: DeviceCaller) -> Response:
     """One outbox record over HTTP (when the broker is out of reach); stored once per sequence number."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     commands_of(state).record_telemetry(device_id, body.seq, body.body)
     if state.fleet is not None:
         state.fleet.touch(device_id)
@@ -197,7 +193,7 @@ def list_telemetry(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TelemetryPage:
     """Stored telemetry of a device in outbox order, optionally of one command or one type."""
-    _self_or_user(caller, device_id)
+    self_only(caller, device_id)
     rows, total = commands_of(state).telemetry(
         device_id, command_id=command_id, kind=type, limit=limit, offset=offset
     )

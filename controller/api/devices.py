@@ -28,7 +28,8 @@ def fleet_of(state: ControllerState) -> Fleet:
     return state.fleet
 
 
-def _self_only(caller: Principal, device_id: str) -> None:
+def self_only(caller: Principal, device_id: str) -> None:
+    """A device may act only on itself; users pass (their role is checked by the route's dependency)."""
     if caller.role is Role.DEVICE and caller.subject != device_id:
         raise Forbidden(f"device {caller.subject} may only act on itself, not on device {device_id}")
 
@@ -151,7 +152,7 @@ def list_devices(state: StateDep, _caller: Developer) -> list[DeviceOut]:
 @router.get("/v1/devices/{device_id}", response_model=DeviceOut)
 def get_device(device_id: str, state: StateDep, caller: AnyCaller) -> DeviceOut:
     """One device (a device may read only itself)."""
-    _self_only(caller, device_id)
+    self_only(caller, device_id)
     return device_out(fleet_of(state).get(device_id))
 
 
@@ -176,7 +177,7 @@ def desired_state(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The device's desired state, signed by the device CA (``{alg, payload, signature}``); ETag/304."""
-    _self_only(caller, device_id)
+    self_only(caller, device_id)
     fleet = fleet_of(state)
     if caller.role is Role.DEVICE:
         fleet.touch(device_id)
@@ -192,7 +193,7 @@ def desired_state(
 @router.post("/v1/devices/{device_id}/status", status_code=204, response_class=Response)
 def report_status(device_id: str, body: StatusReport, state: StateDep, caller: DeviceCaller) -> Response:
     """A device reports the outcome of applying its desired state (drives rollouts)."""
-    _self_only(caller, device_id)
+    self_only(caller, device_id)
     assert state.rollouts is not None
     state.rollouts.report(device_id, body.model_dump())
     return Response(status_code=204)
@@ -208,7 +209,7 @@ async def download_deployed_model(
 ) -> Response:
     """The artifact deployed to this device, or named by a command for it (a grid policy to run),
     integrity-checked against the chain while streamed."""
-    _self_only(caller, device_id)
+    self_only(caller, device_id)
     fleet = fleet_of(state)
     try:
         mv = await run_in_threadpool(fleet.desired_model, device_id, model_id, version)

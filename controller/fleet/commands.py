@@ -232,9 +232,6 @@ class Commands:
         """What the device gets (signed): the command and the model version with its chain SHA-256."""
         assert command.model_id is not None and command.version is not None
         mv = self.registry.resolve_version(command.model_id, command.version)
-        sha, record = self.fleet.chain_hash(mv)
-        if sha is None:
-            raise Conflict(f"model {mv.model_id} v{mv.version} has no chain record")
         return {
             "type": "fedge.command",
             "device_id": command.device_id,
@@ -242,16 +239,7 @@ class Commands:
             "kind": command.kind,
             "params": command.params,
             "created_at": _iso(command.created_at),
-            "model": {
-                "model_id": mv.model_id,
-                "version": mv.version,
-                "kind": mv.kind,
-                "sha256": sha,
-                "chain_record": record,
-                "chain_tx": mv.chain_tx,
-                "size_bytes": mv.size_bytes,
-                "download": f"/v1/devices/{command.device_id}/models/{mv.model_id}/versions/{mv.version}",
-            },
+            "model": self.fleet.model_reference(command.device_id, mv, "cannot run it"),
         }
 
     def signed(self, command: DeviceCommand) -> dict[str, str]:

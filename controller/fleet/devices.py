@@ -210,23 +210,30 @@ class Fleet:
         desired = device.desired
         if desired:
             mv = self.registry.resolve_version(desired["model_id"], int(desired["version"]))
-            sha, record = self.chain_hash(mv)
-            if sha is None:
-                raise Conflict(f"model {mv.model_id} v{mv.version} has no chain record; cannot deploy it")
             descriptor = mv.descriptor or {}
             payload["deployment_id"] = desired.get("deployment_id")
             payload["model"] = {
-                "model_id": mv.model_id,
-                "version": mv.version,
-                "kind": mv.kind,
-                "sha256": sha,
-                "chain_record": record,
-                "chain_tx": mv.chain_tx,
-                "size_bytes": mv.size_bytes,
-                "download": f"/v1/devices/{device.id}/models/{mv.model_id}/versions/{mv.version}",
+                **self.model_reference(device.id, mv, "cannot deploy it"),
                 "sample_input": descriptor.get("sample_input"),
             }
         return payload
+
+    def model_reference(self, device_id: str, mv: ModelVersion, refusal: str) -> dict[str, Any]:
+        """A model version as a signed document names it for a device: the SHA-256 *from the chain*, the
+        chain record and where the device downloads it. Conflict ("... ; <refusal>") without a record."""
+        sha, record = self.chain_hash(mv)
+        if sha is None:
+            raise Conflict(f"model {mv.model_id} v{mv.version} has no chain record; {refusal}")
+        return {
+            "model_id": mv.model_id,
+            "version": mv.version,
+            "kind": mv.kind,
+            "sha256": sha,
+            "chain_record": record,
+            "chain_tx": mv.chain_tx,
+            "size_bytes": mv.size_bytes,
+            "download": f"/v1/devices/{device_id}/models/{mv.model_id}/versions/{mv.version}",
+        }
 
     def signed_desired_state(self, device_id: str) -> tuple[dict[str, str], str]:
         """(signed envelope, ETag)."""
