@@ -205,7 +205,7 @@ def train(
 def evaluate(
     policy: Annotated[
         str,
-        typer.Option("--policy", help="Policy folder, a policy .onnx file (with --onnx), or 'heuristic'."),
+        typer.Option("--policy", help="Policy folder, a policy .onnx file, or 'heuristic'."),
     ],
     days: Annotated[str, typer.Option(help="test, train, all, or e.g. '100-110,200'.")] = "test",
     plots: Annotated[Path | None, typer.Option(help="Folder for per-day PNG plots.")] = None,
@@ -225,7 +225,7 @@ def evaluate(
 
     with _errors():
         model = _model()
-        if onnx and Path(policy).suffix == ".onnx":
+        if Path(policy).suffix == ".onnx":
             chosen: Any = OnnxPolicy(Path(policy))  # self-describing: settings from its metadata
         else:
             chosen = _load_policy(policy)

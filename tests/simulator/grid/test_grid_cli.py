@@ -115,6 +115,11 @@ def test_train_then_evaluate_on_held_out_days(tmp_path: Path, model: GridModel) 
 
     exported = runner.invoke(app, ["export", "--policy", str(out), "--out", str(tmp_path / "x.onnx")])
     assert exported.exit_code == 0 and "True" in exported.output
+    # the exported file alone is enough: its settings are embedded (what a device gets from the registry)
+    from_file = runner.invoke(app, ["evaluate", "--policy", str(tmp_path / "x.onnx"), "--days", days])
+    assert from_file.exit_code == 0, from_file.output
+    file_means = dict(re.findall(r"^mean (\S+): ([0-9.]+)$", from_file.output, flags=re.MULTILINE))
+    assert file_means["onnx-ppo"] == onnx_means["onnx-ppo"]
 
 
 def test_evaluate_refuses_a_missing_policy(tmp_path: Path) -> None:
