@@ -72,6 +72,11 @@ class ControllerSettings(BaseSettings):
         default=None, description="RWX PVC holding job dirs (mounted at data_dir/jobs); default hostPath."
     )
     translation_timeout_seconds: int = Field(default=600, ge=1)
+    telemetry_keep_per_device: int = Field(
+        default=10_000,
+        ge=0,
+        description="Telemetry records kept per device (the newest by outbox sequence); 0 keeps all.",
+    )
 
     broker_backend: Literal["embedded", "mosquitto", "none"] = Field(
         default="embedded",

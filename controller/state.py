@@ -105,7 +105,7 @@ def build_state(
     state.rollouts = Rollouts(sessions, state.fleet)
     from controller.fleet.commands import Commands
 
-    state.commands = Commands(sessions, state.fleet)
+    state.commands = Commands(sessions, state.fleet, keep_per_device=settings.telemetry_keep_per_device)
     from controller.fleet.broker import make_broker
     from controller.fleet.broker.messaging import FleetMessaging
 

@@ -21,7 +21,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -92,9 +92,12 @@ def _iso(value: dt.datetime | None) -> str | None:
 class Commands:
     """Commands for devices over SQL, the fleet (devices, CA, chain hashes) and the registry."""
 
-    def __init__(self, sessions: sessionmaker[Session], fleet: Fleet) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], fleet: Fleet, *, keep_per_device: int = 10_000
+    ) -> None:
         self.sessions = sessions
         self.fleet = fleet
+        self.keep_per_device = keep_per_device
         self.registry = fleet.registry
         self._policies: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -267,7 +270,28 @@ class Commands:
             return False
         if kind == "command" and isinstance(command_id, str):
             self._acknowledge(device_id, command_id, body)
+        if self.keep_per_device > 0:
+            self._prune(device_id)
         return True
+
+    def _prune(self, device_id: str) -> None:
+        """Keep the newest ``keep_per_device`` records of a device (by outbox sequence). Command states live
+        on the command rows, so pruning never loses a result; a redelivered record older than what is kept
+        is pruned again at once."""
+        with self.sessions.begin() as s:
+            floor = s.scalar(
+                select(TelemetryRecord.seq)
+                .where(TelemetryRecord.device_id == device_id)
+                .order_by(TelemetryRecord.seq.desc())
+                .offset(self.keep_per_device - 1)
+                .limit(1)
+            )
+            if floor is not None:
+                s.execute(
+                    delete(TelemetryRecord).where(
+                        TelemetryRecord.device_id == device_id, TelemetryRecord.seq < floor
+                    )
+                )
 
     def _acknowledge(self, device_id: str, command_id: str, body: dict[str, Any]) -> None:
         state = body.get("state")

@@ -377,3 +377,27 @@ def test_fedge_cli_registers_a_policy_and_starts_a_grid_run_on_a_device(
         user_cli.app, [*base, "devices", "grid-run", device.id, "--model", model_id, "--days", "x"]
     )
     assert bad.exit_code == 1 and "422" in bad.output
+
+
+def test_telemetry_keeps_the_newest_records_per_device(
+    controller: Live, http: httpx.Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands = controller[1].commands
+    assert commands is not None
+    monkeypatch.setattr(commands, "keep_per_device", 3)
+    dev = enrolled_device(controller[0].url, http, tmp_path / "t")
+    other = enrolled_device(controller[0].url, http, tmp_path / "u")
+    other.link.send_telemetry(1, {"type": "probe", "n": 0})
+
+    for seq in range(1, 6):
+        dev.link.send_telemetry(seq, {"type": "probe", "n": seq})
+    dev.link.send_telemetry(1, {"type": "probe", "n": 1})  # a late redelivery of a pruned record
+
+    def seqs(device_id: str) -> list[int]:
+        page = http.get(f"/v1/devices/{device_id}/telemetry", headers=ADMIN, params={"type": "probe"}).json()
+        return [item["seq"] for item in page["items"]]
+
+    assert seqs(dev.id) == [3, 4, 5]
+    assert seqs(other.id) == [1]  # another device's records are not touched
+    dev.link.close()
+    other.link.close()
