@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -165,6 +168,20 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def fedge_cli(
+    live: LiveServer, *args: str, token: str = ADMIN_TOKEN, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``fedge`` user CLI in a subprocess against a live controller (wide output, no colour)."""
+    env = {**os.environ, "FEDGE_URL": live.url, "FEDGE_TOKEN": token, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "controller.user_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture

@@ -45,23 +45,28 @@ def _verify(envelope: Any, ca: x509.Certificate, context: bytes, what: str) -> d
     return payload
 
 
+def _verify_for_device(
+    envelope: Any, ca: x509.Certificate, device_id: str, context: bytes, doc_type: str, name: str
+) -> dict[str, Any]:
+    """Signature (in ``context``), document type and addressee of a signed envelope; its payload."""
+    payload = _verify(envelope, ca, context, name.replace(" ", "-"))
+    if payload.get("type") != doc_type:
+        raise SignatureInvalid(f"signed document is not a {name}")
+    if payload.get("device_id") != device_id:
+        raise SignatureInvalid(f"{name} is for device {payload.get('device_id')}, not {device_id}")
+    return payload
+
+
 def verify_desired_state(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
     """The payload of a signed desired-state envelope, after checking signature, type and device id."""
-    payload = _verify(envelope, ca, DOCUMENT_CONTEXT, "desired-state")
-    if payload.get("type") != "fedge.desired-state":
-        raise SignatureInvalid("signed document is not a desired state")
-    if payload.get("device_id") != device_id:
-        raise SignatureInvalid(f"desired state is for device {payload.get('device_id')}, not {device_id}")
-    return payload
+    return _verify_for_device(
+        envelope, ca, device_id, DOCUMENT_CONTEXT, "fedge.desired-state", "desired state"
+    )
 
 
 def verify_command(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
     """The payload of a signed command envelope (command context, type ``fedge.command``, this device)."""
-    payload = _verify(envelope, ca, COMMAND_CONTEXT, "command")
-    if payload.get("type") != "fedge.command":
-        raise SignatureInvalid("signed document is not a command")
-    if payload.get("device_id") != device_id:
-        raise SignatureInvalid(f"command is for device {payload.get('device_id')}, not {device_id}")
+    payload = _verify_for_device(envelope, ca, device_id, COMMAND_CONTEXT, "fedge.command", "command")
     if not isinstance(payload.get("command_id"), str) or not isinstance(payload.get("model"), dict):
         raise SignatureInvalid("signed command lacks command_id or model")
     return payload

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ADMIN_TOKEN, LiveServer
+from tests.conftest import LiveServer, fedge_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _fedge(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FEDGE_URL": live.url, "FEDGE_TOKEN": ADMIN_TOKEN, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "controller.user_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return fedge_cli(live, *args, timeout=300)
 
 
 def test_register_train_translate_pull_with_the_cli(live: LiveServer, tmp_path: Path) -> None:

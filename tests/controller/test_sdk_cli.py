@@ -6,24 +6,16 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from controller.client import FedgeAPIError, FedgeClient
-from tests.conftest import ADMIN_TOKEN, LiveServer
+from tests.conftest import ADMIN_TOKEN, LiveServer, fedge_cli
 
 
 def _fedge(live: LiveServer, *args: str, token: str = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FEDGE_URL": live.url, "FEDGE_TOKEN": token, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "controller.user_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return fedge_cli(live, *args, token=token)
 
 
 def test_sdk_round_trip_with_progress(live: LiveServer, tmp_path: Path) -> None:
