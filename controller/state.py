@@ -29,7 +29,8 @@ log = logging.getLogger("fedge.controller")
 
 @dataclass
 class ControllerState:
-    """Built once per process by ``build_state``; routes reach it through dependencies."""
+    """The services container, built once per process by ``build_state``. Every service is required:
+    routes receive single services through the dependencies in :mod:`controller.api.deps`."""
 
     settings: ControllerSettings
     engine: Engine
@@ -37,22 +38,27 @@ class ControllerState:
     store: ArtifactStore
     registry: Registry
     chain: ChainBackend
+    fleet: Fleet
+    rollouts: Rollouts
+    commands: Commands
+    jobs: JobManager
+    messaging: FleetMessaging | None = None
+    """MQTT push of desired states and commands; None when the controller runs without a broker."""
     oidc: OidcVerifier | None = None
     generated_admin_token: str | None = field(default=None, repr=False)
     owns_chain: bool = True
-    jobs: JobManager | None = None
-    fleet: Fleet | None = None
-    rollouts: Rollouts | None = None
-    messaging: FleetMessaging | None = None
-    commands: Commands | None = None
+
+    @property
+    def broker_url(self) -> str | None:
+        """The broker address devices get at enrollment (None: HTTP polling only)."""
+        return self.messaging.broker.endpoint.url if self.messaging is not None else None
 
     def close(self) -> None:
         if self.messaging is not None:
             self.messaging.stop()
             self.messaging = None
-        if self.jobs is not None:
-            self.jobs.stop()
-        if self.chain is not None and self.owns_chain:
+        self.jobs.stop()
+        if self.owns_chain:
             self.chain.close()
         self.engine.dispose()
 
@@ -96,26 +102,35 @@ def build_state(
         if settings.oidc_issuer
         else None
     )
-    state = ControllerState(settings, engine, sessions, store, registry, chain, oidc, generated, owns_chain)
     from controller.fleet.ca import DeviceCA
+    from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
     from controller.fleet.devices import Fleet
+    from controller.training.manager import JobManager, make_runner
 
-    state.fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
-    state.rollouts = Rollouts(sessions, state.fleet)
-    from controller.fleet.commands import Commands
-
-    state.commands = Commands(sessions, state.fleet, keep_per_device=settings.telemetry_keep_per_device)
+    fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
+    state = ControllerState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        store=store,
+        registry=registry,
+        chain=chain,
+        fleet=fleet,
+        rollouts=Rollouts(sessions, fleet),
+        commands=Commands(sessions, fleet, keep_per_device=settings.telemetry_keep_per_device),
+        jobs=JobManager(settings, sessions, registry, make_runner(settings)),
+        oidc=oidc,
+        generated_admin_token=generated,
+        owns_chain=owns_chain,
+    )
     from controller.fleet.broker import make_broker
     from controller.fleet.broker.messaging import FleetMessaging
 
-    broker = make_broker(settings, state.fleet)
+    broker = make_broker(settings, fleet)
     if broker is not None:
-        state.messaging = FleetMessaging(broker, state.fleet, state.rollouts, state.commands)
+        state.messaging = FleetMessaging(broker, fleet, state.rollouts, state.commands)
         state.messaging.start()
-    from controller.training.manager import JobManager, make_runner
-
-    state.jobs = JobManager(settings, sessions, registry, make_runner(settings))
     if start_jobs:  # without workers this process only queues jobs (another replica runs them)
         state.jobs.start()
     return state

@@ -9,21 +9,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 
-from controller.api.deps import AnyCaller, DeviceCaller, StateDep
-from controller.api.devices import self_only
+from controller.api.deps import AnyCaller, CommandsDep, DevicePath, DevicesDep, OwnDevicePath
 from controller.db.models import DeviceCommand, TelemetryRecord
-from controller.errors import ServiceUnavailable
-from controller.fleet.commands import Commands
 from controller.security.principal import Role
-from controller.state import ControllerState
 
 router = APIRouter(tags=["fleet"])
-
-
-def commands_of(state: ControllerState) -> Commands:
-    if state.commands is None:
-        raise ServiceUnavailable("fleet management is not configured on this controller", backend="fleet")
-    return state.commands
 
 
 class CommandIn(BaseModel):
@@ -117,12 +107,13 @@ def telemetry_out(t: TelemetryRecord) -> TelemetryOut:
 
 
 @router.post("/v1/devices/{device_id}/commands", status_code=201, response_model=CommandOut)
-def create_command(device_id: str, body: CommandIn, state: StateDep, caller: AnyCaller) -> CommandOut:
+def create_command(
+    device_id: DevicePath, body: CommandIn, commands: CommandsDep, caller: AnyCaller
+) -> CommandOut:
     """Queue a command for a device (developer), pushed over MQTT and served to its polls. A device may
     ask for one for itself (``fedge-agent grid run``): it is stored ``running`` and run by that process."""
-    self_only(caller, device_id)
     days = body.days if isinstance(body.days, str) else ",".join(str(d) for d in body.days)
-    command = commands_of(state).create(
+    command = commands.create(
         device_id,
         body.kind,
         body.model_id,
@@ -136,65 +127,54 @@ def create_command(device_id: str, body: CommandIn, state: StateDep, caller: Any
 
 @router.get("/v1/devices/{device_id}/commands", response_model=CommandPage)
 def list_commands(
-    device_id: str,
-    state: StateDep,
-    caller: AnyCaller,
+    device_id: DevicePath,
+    commands: CommandsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> CommandPage:
     """A device's commands, newest first."""
-    self_only(caller, device_id)
-    rows, total = commands_of(state).for_device(device_id, limit, offset)
+    rows, total = commands.for_device(device_id, limit, offset)
     return CommandPage(items=[command_out(c) for c in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/v1/devices/{device_id}/commands/pending", response_model=list[dict[str, str]])
-def pending_commands(device_id: str, state: StateDep, caller: DeviceCaller) -> list[dict[str, str]]:
+def pending_commands(device_id: OwnDevicePath, commands: CommandsDep) -> list[dict[str, str]]:
     """The device's unacknowledged commands, oldest first, each a signed envelope ``{alg, payload,
     signature}`` (device CA, command context)."""
-    self_only(caller, device_id)
-    commands = commands_of(state)
     return [commands.signed(c) for c in commands.pending(device_id)]
 
 
 @router.get("/v1/devices/{device_id}/commands/{command_id}", response_model=CommandOut)
-def get_command(device_id: str, command_id: str, state: StateDep, caller: AnyCaller) -> CommandOut:
+def get_command(device_id: DevicePath, command_id: str, commands: CommandsDep) -> CommandOut:
     """One command: state (queued, running, succeeded, failed), result summary, error."""
-    self_only(caller, device_id)
-    return command_out(commands_of(state).get(device_id, command_id))
+    return command_out(commands.get(device_id, command_id))
 
 
 @router.get("/v1/devices/{device_id}/commands/{command_id}/signed", response_model=dict[str, str])
-def signed_command(device_id: str, command_id: str, state: StateDep, caller: DeviceCaller) -> dict[str, str]:
+def signed_command(device_id: OwnDevicePath, command_id: str, commands: CommandsDep) -> dict[str, str]:
     """One command as the device verifies it (signed envelope)."""
-    self_only(caller, device_id)
-    commands = commands_of(state)
     return commands.signed(commands.get(device_id, command_id))
 
 
 @router.post("/v1/devices/{device_id}/telemetry", status_code=204, response_class=Response)
-def post_telemetry(device_id: str, body: TelemetryIn, state: StateDep, caller: DeviceCaller) -> Response:
+def post_telemetry(
+    device_id: OwnDevicePath, body: TelemetryIn, commands: CommandsDep, devices: DevicesDep
+) -> Response:
     """One outbox record over HTTP (when the broker is out of reach); stored once per sequence number."""
-    self_only(caller, device_id)
-    commands_of(state).record_telemetry(device_id, body.seq, body.body)
-    if state.fleet is not None:
-        state.fleet.touch(device_id)
+    commands.record_telemetry(device_id, body.seq, body.body)
+    devices.touch(device_id)
     return Response(status_code=204)
 
 
 @router.get("/v1/devices/{device_id}/telemetry", response_model=TelemetryPage)
 def list_telemetry(
-    device_id: str,
-    state: StateDep,
-    caller: AnyCaller,
+    device_id: DevicePath,
+    commands: CommandsDep,
     command_id: str | None = None,
     type: Annotated[str | None, Query(max_length=64, description="e.g. grid.day, command")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> TelemetryPage:
     """Stored telemetry of a device in outbox order, optionally of one command or one type."""
-    self_only(caller, device_id)
-    rows, total = commands_of(state).telemetry(
-        device_id, command_id=command_id, kind=type, limit=limit, offset=offset
-    )
+    rows, total = commands.telemetry(device_id, command_id=command_id, kind=type, limit=limit, offset=offset)
     return TelemetryPage(items=[telemetry_out(t) for t in rows], total=total, limit=limit, offset=offset)

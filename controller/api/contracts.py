@@ -10,7 +10,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from controller.api.deps import Admin, StateDep
+from controller.api.deps import Admin, ChainDep
 from controller.chain.base import TxReceipt
 from controller.chain.errors import AlreadyVerified, ChainError, InvalidRecord, NotOwner, RecordNotFound
 from controller.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
@@ -67,10 +67,10 @@ def _map(exc: ChainError, address: str | None = None) -> Exception:
 
 
 @router.post("", status_code=201, response_model=ReceiptOut)
-def deploy_contract(body: DeployRequest, state: StateDep, _admin: Admin) -> ReceiptOut:
+def deploy_contract(body: DeployRequest, chain: ChainDep, _admin: Admin) -> ReceiptOut:
     """Deploy a DatasetRecord or ModelRecord contract signed by the controller's account."""
     try:
-        return _receipt(state.chain.deploy_contract(body.kind, body.args))
+        return _receipt(chain.deploy_contract(body.kind, body.args))
     except ChainError as exc:
         raise _map(exc) from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -78,26 +78,26 @@ def deploy_contract(body: DeployRequest, state: StateDep, _admin: Admin) -> Rece
 
 
 @router.get("/{address}")
-def describe_contract(address: str, state: StateDep, _admin: Admin) -> dict[str, object]:
+def describe_contract(address: str, chain: ChainDep, _admin: Admin) -> dict[str, object]:
     """Decoded metadata of a record contract (the seed's JSON shape)."""
-    if address.lower() == state.chain.registry_address.lower():
+    if address.lower() == chain.registry_address.lower():
         return {
             "contract": "FedgeRegistry",
-            "address": state.chain.registry_address,
-            "controller": state.chain.controller_address,
+            "address": chain.registry_address,
+            "controller": chain.controller_address,
             "records": "keyed by id: see /v1/datasets/{id}/provenance and /v1/models/{id}/provenance",
         }
     try:
-        return state.chain.describe_contract(address)
+        return chain.describe_contract(address)
     except ChainError as exc:
         raise _map(exc, address) from exc
 
 
 @router.post("/{address}/verify", response_model=ReceiptOut)
-def verify_contract(address: str, body: VerifyRequest, state: StateDep, _admin: Admin) -> ReceiptOut:
+def verify_contract(address: str, body: VerifyRequest, chain: ChainDep, _admin: Admin) -> ReceiptOut:
     """Store a training result hash in a ModelRecord (once; 409 on a second call)."""
     digest = bytes.fromhex(body.result_hash.removeprefix("0x"))
     try:
-        return _receipt(state.chain.verify_contract(address, digest))
+        return _receipt(chain.verify_contract(address, digest))
     except ChainError as exc:
         raise _map(exc, address) from exc

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from controller.api.deps import Developer, RegistryDep, StateDep
+from controller.api.deps import Developer, RegistryDep, SettingsDep
 from controller.api.downloads import artifact_response
 from controller.db.models import Dataset
 from controller.errors import Unprocessable
@@ -61,17 +61,18 @@ def dataset_out(ds: Dataset) -> DatasetOut:
 
 
 @router.post("", status_code=201, response_model=DatasetCreated, openapi_extra=_UPLOAD_BODY)
-async def register_dataset(request: Request, state: StateDep, caller: Developer) -> DatasetCreated:
+async def register_dataset(
+    request: Request, registry: RegistryDep, settings: SettingsDep, caller: Developer
+) -> DatasetCreated:
     """Register a dataset. The file is streamed to storage and hashed (SHA-256 and MD5) on the way;
     oversize uploads get 413 and leave nothing behind."""
     from starlette.concurrency import run_in_threadpool
 
-    registry = state.registry
     ds = await run_in_threadpool(registry.begin_dataset, caller.subject)
-    target = UploadTarget(registry.store, ds.bucket, ds.object_key, state.settings.max_upload_bytes)
+    target = UploadTarget(registry.store, ds.bucket, ds.object_key, settings.max_upload_bytes)
     try:
         fields, stored = await receive_multipart(
-            request, file_field="dataset", target=target, max_field_bytes=state.settings.max_metadata_bytes
+            request, file_field="dataset", target=target, max_field_bytes=settings.max_metadata_bytes
         )
         if stored is None:
             raise Unprocessable("missing file part 'dataset'", field="dataset")

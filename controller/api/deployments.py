@@ -8,10 +8,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from controller.api.deps import Developer, StateDep
-from controller.errors import ServiceUnavailable
-from controller.fleet.deployments import DeploymentRequest, Rollouts
-from controller.state import ControllerState
+from controller.api.deps import Developer, RolloutsDep
+from controller.fleet.deployments import DeploymentRequest
 
 router = APIRouter(prefix="/v1/deployments", tags=["fleet"])
 
@@ -58,14 +56,8 @@ class DeploymentOut(BaseModel):
     devices: list[TargetOut]
 
 
-def rollouts_of(state: ControllerState) -> Rollouts:
-    if state.rollouts is None:
-        raise ServiceUnavailable("fleet management is not configured on this controller", backend="fleet")
-    return state.rollouts
-
-
 @router.post("", status_code=201, response_model=DeploymentCreated)
-def create_deployment(body: DeploymentIn, state: StateDep, caller: Developer) -> DeploymentCreated:
+def create_deployment(body: DeploymentIn, rollouts: RolloutsDep, caller: Developer) -> DeploymentCreated:
     """Set the desired model of the targets, wave by wave; the latest deployment of a device wins."""
     strategy: str | dict[str, Any] = (
         body.strategy if isinstance(body.strategy, str) else body.strategy.model_dump()
@@ -79,13 +71,13 @@ def create_deployment(body: DeploymentIn, state: StateDep, caller: Developer) ->
         body.max_failure_ratio,
         body.auto_rollback,
     )
-    return DeploymentCreated(deployment_id=rollouts_of(state).create(req, caller.subject))
+    return DeploymentCreated(deployment_id=rollouts.create(req, caller.subject))
 
 
 @router.get("/{deployment_id}", response_model=DeploymentOut)
-def get_deployment(deployment_id: str, state: StateDep, _caller: Developer) -> DeploymentOut:
+def get_deployment(deployment_id: str, rollouts: RolloutsDep, _caller: Developer) -> DeploymentOut:
     """The rollout and each device's state (waiting, pending, applying, succeeded, failed-rolled-back...)."""
-    dep, targets = rollouts_of(state).get(deployment_id)
+    dep, targets = rollouts.get(deployment_id)
     return DeploymentOut(
         id=dep.id,
         model_id=dep.model_id,

@@ -1,4 +1,9 @@
-"""Dependency aliases: handlers declare what they need (state, registry, caller, role)."""
+"""Dependency aliases: each handler declares the services it needs (settings, store, chain, registry,
+devices, rollouts, commands, jobs) and the caller it accepts (a role, or a device acting on itself).
+
+Handlers never take the whole services container; they name what they use, so each signature says
+which backends a route touches (and tests can override one dependency at a time).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,21 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
+from controller.chain.base import ChainBackend
+from controller.config import ControllerSettings
 from controller.errors import Forbidden, Unauthorized
+from controller.fleet.commands import Commands
+from controller.fleet.deployments import Rollouts
+from controller.fleet.devices import Fleet, looks_like_device_token
 from controller.registry.service import Registry
 from controller.security import tokens
 from controller.security.principal import Principal, Role
 from controller.state import ControllerState
+from controller.storage.base import ArtifactStore
+from controller.training.manager import JobManager
 
 
 def get_state(request: Request) -> ControllerState:
@@ -20,13 +34,64 @@ def get_state(request: Request) -> ControllerState:
 
 
 StateDep = Annotated[ControllerState, Depends(get_state)]
+"""The container itself: only for app assembly and health checks that look at every backend."""
+
+
+def get_settings(state: StateDep) -> ControllerSettings:
+    return state.settings
+
+
+def get_engine(state: StateDep) -> Engine:
+    return state.engine
+
+
+def get_sessions(state: StateDep) -> sessionmaker[Session]:
+    return state.sessions
+
+
+def get_store(state: StateDep) -> ArtifactStore:
+    return state.store
+
+
+def get_chain(state: StateDep) -> ChainBackend:
+    return state.chain
 
 
 def get_registry(state: StateDep) -> Registry:
     return state.registry
 
 
+def get_devices(state: StateDep) -> Fleet:
+    return state.fleet
+
+
+def get_rollouts(state: StateDep) -> Rollouts:
+    return state.rollouts
+
+
+def get_commands(state: StateDep) -> Commands:
+    return state.commands
+
+
+def get_jobs(state: StateDep) -> JobManager:
+    return state.jobs
+
+
+def get_broker_url(state: StateDep) -> str | None:
+    return state.broker_url
+
+
+SettingsDep = Annotated[ControllerSettings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+ChainDep = Annotated[ChainBackend, Depends(get_chain)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+DevicesDep = Annotated[Fleet, Depends(get_devices)]
+RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
+CommandsDep = Annotated[Commands, Depends(get_commands)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+BrokerUrlDep = Annotated[str | None, Depends(get_broker_url)]
 
 
 def get_principal(request: Request, state: StateDep) -> Principal:
@@ -38,11 +103,8 @@ def get_principal(request: Request, state: StateDep) -> Principal:
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    if not credential.startswith(tokens.TOKEN_PREFIX) and state.fleet is not None:
-        from controller.fleet.devices import looks_like_device_token
-
-        if looks_like_device_token(credential):
-            return state.fleet.authenticate(credential)
+    if not credential.startswith(tokens.TOKEN_PREFIX) and looks_like_device_token(credential):
+        return state.fleet.authenticate(credential)
     if credential.startswith(tokens.TOKEN_PREFIX) or state.oidc is None:
         with state.sessions.begin() as s:
             return tokens.authenticate(s, credential)
@@ -71,3 +133,25 @@ Developer = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER))]
 AnyCaller = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER, Role.DEVICE))]
 DeviceCaller = Annotated[Principal, Depends(require(Role.DEVICE))]
 ArtifactWriter = Annotated[Principal, Depends(require(Role.ADMIN, Role.JOB))]
+
+
+def _self_device(device_id: str, caller: Principal) -> str:
+    if caller.role is Role.DEVICE and caller.subject != device_id:
+        raise Forbidden(f"device {caller.subject} may only act on itself, not on device {device_id}")
+    return device_id
+
+
+def self_or_user(device_id: str, caller: AnyCaller) -> str:
+    """The ``{device_id}`` path parameter: a device may name only itself; users pass (role checked)."""
+    return _self_device(device_id, caller)
+
+
+def self_device(device_id: str, caller: DeviceCaller) -> str:
+    """The ``{device_id}`` path parameter of a device-only route: the calling device itself."""
+    return _self_device(device_id, caller)
+
+
+DevicePath = Annotated[str, Depends(self_or_user)]
+"""``{device_id}`` that a device may only use for itself (users: admin, developer)."""
+OwnDevicePath = Annotated[str, Depends(self_device)]
+"""``{device_id}`` of a device-only route: must be the calling device."""

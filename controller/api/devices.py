@@ -10,28 +10,27 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from controller.api.deps import Admin, AnyCaller, Developer, DeviceCaller, StateDep
+from controller.api.deps import (
+    Admin,
+    AnyCaller,
+    BrokerUrlDep,
+    CommandsDep,
+    Developer,
+    DevicePath,
+    DevicesDep,
+    OwnDevicePath,
+    RegistryDep,
+    RolloutsDep,
+    SettingsDep,
+)
 from controller.api.downloads import artifact_response
 from controller.db.models import Device, utcnow
-from controller.errors import Forbidden, ServiceUnavailable
-from controller.fleet.devices import DEVICE_AUDIENCE, Fleet
-from controller.security.principal import Principal, Role
-from controller.state import ControllerState
+from controller.errors import Forbidden
+from controller.fleet.devices import DEVICE_AUDIENCE
+from controller.security.principal import Role
 
 router = APIRouter(tags=["fleet"])
 DEFAULT_POLL_SECONDS = 10.0
-
-
-def fleet_of(state: ControllerState) -> Fleet:
-    if state.fleet is None:
-        raise ServiceUnavailable("fleet management is not configured on this controller", backend="fleet")
-    return state.fleet
-
-
-def self_only(caller: Principal, device_id: str) -> None:
-    """A device may act only on itself; users pass (their role is checked by the route's dependency)."""
-    if caller.role is Role.DEVICE and caller.subject != device_id:
-        raise Forbidden(f"device {caller.subject} may only act on itself, not on device {device_id}")
 
 
 class EnrollmentTokenRequest(BaseModel):
@@ -117,52 +116,52 @@ def device_out(d: Device, poll_seconds: float = DEFAULT_POLL_SECONDS) -> DeviceO
 
 @router.post("/v1/enrollment-tokens", status_code=201, response_model=EnrollmentTokenOut)
 def create_enrollment_token(
-    body: EnrollmentTokenRequest, state: StateDep, admin: Admin
+    body: EnrollmentTokenRequest, devices: DevicesDep, admin: Admin
 ) -> EnrollmentTokenOut:
     """Mint a one-time, expiring enrollment token (admin)."""
-    token, expires = fleet_of(state).mint_enrollment_token(body.labels, body.ttl_seconds, admin.subject)
+    token, expires = devices.mint_enrollment_token(body.labels, body.ttl_seconds, admin.subject)
     return EnrollmentTokenOut(token=token, expires_at=expires)
 
 
 @router.post("/v1/enrollments", status_code=201, response_model=Enrollment)
-def enroll(body: EnrollRequest, request: Request, state: StateDep) -> Enrollment:
+def enroll(
+    body: EnrollRequest,
+    request: Request,
+    devices: DevicesDep,
+    settings: SettingsDep,
+    broker_url: BrokerUrlDep,
+) -> Enrollment:
     """Exchange a one-time token and a CSR for a device certificate. Unknown, replayed or expired
     tokens are 401."""
-    fleet = fleet_of(state)
-    done = fleet.enroll(body.token, body.csr, body.labels, body.facts)
-    if state.messaging is not None:
-        state.messaging.desired_changed([done.device_id])  # retained: the agent gets it on subscribe
-    api_url = state.settings.public_url or str(request.base_url).rstrip("/")
+    done = devices.enroll(body.token, body.csr, body.labels, body.facts)
+    api_url = settings.public_url or str(request.base_url).rstrip("/")
     return Enrollment(
         device_id=done.device_id,
         certificate=done.certificate_pem,
-        ca_certificate=fleet.ca.certificate_pem,
+        ca_certificate=devices.ca.certificate_pem,
         api_url=api_url,
-        broker_url=state.messaging.broker.endpoint.url if state.messaging is not None else None,
+        broker_url=broker_url,
         audience=DEVICE_AUDIENCE,
     )
 
 
 @router.get("/v1/devices", response_model=list[DeviceOut])
-def list_devices(state: StateDep, _caller: Developer) -> list[DeviceOut]:
+def list_devices(devices: DevicesDep, _caller: Developer) -> list[DeviceOut]:
     """Every device with online/offline (last seen within 3 poll intervals), model and last error."""
-    return [device_out(d) for d in fleet_of(state).list()]
+    return [device_out(d) for d in devices.list()]
 
 
 @router.get("/v1/devices/{device_id}", response_model=DeviceOut)
-def get_device(device_id: str, state: StateDep, caller: AnyCaller) -> DeviceOut:
+def get_device(device_id: DevicePath, devices: DevicesDep) -> DeviceOut:
     """One device (a device may read only itself)."""
-    self_only(caller, device_id)
-    return device_out(fleet_of(state).get(device_id))
+    return device_out(devices.get(device_id))
 
 
 @router.delete("/v1/devices/{device_id}", status_code=204, response_class=Response)
-def revoke_device(device_id: str, state: StateDep, _admin: Admin) -> Response:
+def revoke_device(device_id: str, devices: DevicesDep, _admin: Admin) -> Response:
     """Revoke a device: its signed tokens are refused from the next request on, and the broker refuses
     its credential and closes its connection."""
-    fleet_of(state).revoke(device_id)
-    if state.messaging is not None:
-        state.messaging.revoke(device_id)
+    devices.revoke(device_id)
     return Response(status_code=204)
 
 
@@ -171,17 +170,15 @@ def revoke_device(device_id: str, state: StateDep, _admin: Admin) -> Response:
     responses={304: {"description": "unchanged since the ETag in If-None-Match"}},
 )
 def desired_state(
-    device_id: str,
-    state: StateDep,
+    device_id: DevicePath,
+    devices: DevicesDep,
     caller: AnyCaller,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The device's desired state, signed by the device CA (``{alg, payload, signature}``); ETag/304."""
-    self_only(caller, device_id)
-    fleet = fleet_of(state)
     if caller.role is Role.DEVICE:
-        fleet.touch(device_id)
-    envelope, etag = fleet.signed_desired_state(device_id)
+        devices.touch(device_id)
+    envelope, etag = devices.signed_desired_state(device_id)
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
@@ -191,11 +188,9 @@ def desired_state(
 
 
 @router.post("/v1/devices/{device_id}/status", status_code=204, response_class=Response)
-def report_status(device_id: str, body: StatusReport, state: StateDep, caller: DeviceCaller) -> Response:
+def report_status(device_id: OwnDevicePath, body: StatusReport, rollouts: RolloutsDep) -> Response:
     """A device reports the outcome of applying its desired state (drives rollouts)."""
-    self_only(caller, device_id)
-    assert state.rollouts is not None
-    state.rollouts.report(device_id, body.model_dump())
+    rollouts.report(device_id, body.model_dump())
     return Response(status_code=204)
 
 
@@ -205,26 +200,26 @@ def report_status(device_id: str, body: StatusReport, state: StateDep, caller: D
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_deployed_model(
-    device_id: str, model_id: str, version: int, request: Request, state: StateDep, caller: AnyCaller
+    device_id: DevicePath,
+    model_id: str,
+    version: int,
+    request: Request,
+    devices: DevicesDep,
+    commands: CommandsDep,
+    registry: RegistryDep,
 ) -> Response:
     """The artifact deployed to this device, or named by a command for it (a grid policy to run),
     integrity-checked against the chain while streamed."""
-    self_only(caller, device_id)
-    fleet = fleet_of(state)
     try:
-        mv = await run_in_threadpool(fleet.desired_model, device_id, model_id, version)
+        mv = await run_in_threadpool(devices.desired_model, device_id, model_id, version)
     except Forbidden:
-        commands = state.commands
-        if commands is None or not await run_in_threadpool(
-            commands.names_version, device_id, model_id, version
-        ):
+        if not await run_in_threadpool(commands.names_version, device_id, model_id, version):
             raise Forbidden(
                 f"model {model_id} v{version} is neither deployed to device {device_id} nor named by a "
                 "command for it"
             ) from None
-        mv = await run_in_threadpool(state.registry.resolve_version, model_id, version)
-    chain_sha, _ = await run_in_threadpool(fleet.chain_hash, mv)
-    registry = state.registry
+        mv = await run_in_threadpool(registry.resolve_version, model_id, version)
+    chain_sha, _ = await run_in_threadpool(devices.chain_hash, mv)
     assert mv.sha256
     return artifact_response(
         request,

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from controller import __version__
-from controller.api.deps import StateDep
+from controller.api.deps import ChainDep, EngineDep, StoreDep
 from controller.errors import ServiceUnavailable
 
 router = APIRouter(tags=["health"])
@@ -21,25 +21,25 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(state: StateDep) -> dict[str, Any]:
+def readyz(engine: EngineDep, store: StoreDep, chain: ChainDep) -> dict[str, Any]:
     """Every backend answers: database, artifact store, chain."""
     checks: dict[str, str] = {}
     failed: list[str] = []
     try:
-        with state.engine.connect() as conn:
+        with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
         failed.append("database")
     try:
-        state.store.health()
+        store.health()
         checks["storage"] = "ok"
     except Exception as exc:
         checks["storage"] = f"error: {exc}"
         failed.append("storage")
     try:
-        state.chain.health()
+        chain.health()
         checks["chain"] = "ok"
     except Exception as exc:
         checks["chain"] = f"error: {exc}"

@@ -11,10 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from controller.api.deps import Developer, StateDep
+from controller.api.deps import Developer, JobsDep
 from controller.db.models import Job
-from controller.errors import ServiceUnavailable
-from controller.state import ControllerState
 from controller.training.manager import TERMINAL, JobManager
 
 router = APIRouter(tags=["jobs"])
@@ -48,12 +46,6 @@ class JobOut(BaseModel):
     log_tail: list[str]
 
 
-def _jobs(state: ControllerState) -> JobManager:
-    if state.jobs is None:
-        raise ServiceUnavailable("this controller process does not run training jobs", backend="jobs")
-    return state.jobs
-
-
 def job_out(manager: JobManager, job: Job, tail: int = 20) -> JobOut:
     return JobOut(
         job_id=job.id,
@@ -75,45 +67,41 @@ def job_out(manager: JobManager, job: Job, tail: int = 20) -> JobOut:
 
 @router.post("/v1/models/{model_id}/train", status_code=202, response_model=JobCreated)
 def train_model(
-    model_id: str, state: StateDep, caller: Developer, body: TrainRequest | None = None
+    model_id: str, manager: JobsDep, caller: Developer, body: TrainRequest | None = None
 ) -> JobCreated:
     """Queue a training job. The dataset is checked against its chain record before the program runs;
     the result becomes a new model version verified on chain."""
-    job = _jobs(state).submit(model_id, (body or TrainRequest()).hyperparameters, caller.subject)
+    job = manager.submit(model_id, (body or TrainRequest()).hyperparameters, caller.subject)
     return JobCreated(job_id=job.id, status=job.state)
 
 
 @router.get("/v1/jobs", response_model=list[JobOut])
 def list_jobs(
-    state: StateDep,
+    manager: JobsDep,
     _caller: Developer,
     model_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[JobOut]:
     """Jobs, newest first."""
-    manager = _jobs(state)
     return [job_out(manager, j, tail=0) for j in manager.list_jobs(model_id, limit, offset)]
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, state: StateDep, _caller: Developer) -> JobOut:
+def get_job(job_id: str, manager: JobsDep, _caller: Developer) -> JobOut:
     """Status, timestamps, newest metrics, error and the log's last lines."""
-    manager = _jobs(state)
     return job_out(manager, manager.get(job_id))
 
 
 @router.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobOut)
-def cancel_job(job_id: str, state: StateDep, _caller: Developer) -> JobOut:
+def cancel_job(job_id: str, manager: JobsDep, _caller: Developer) -> JobOut:
     """Cancel a queued or running job (a running one is killed within a second or two)."""
-    manager = _jobs(state)
     return job_out(manager, manager.cancel(job_id))
 
 
 @router.get("/v1/jobs/{job_id}/logs", response_class=StreamingResponse)
-def job_logs(job_id: str, state: StateDep, _caller: Developer, follow: bool = False) -> StreamingResponse:
+def job_logs(job_id: str, manager: JobsDep, _caller: Developer, follow: bool = False) -> StreamingResponse:
     """The job's log as text; with ``follow=true`` the stream stays open until the job ends."""
-    manager = _jobs(state)
     manager.get(job_id)  # 404 for unknown jobs
     path = manager.workdir(job_id) / "job.log"
 

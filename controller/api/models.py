@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import ArtifactWriter, Developer, RegistryDep, StateDep
+from controller.api.deps import ArtifactWriter, Developer, RegistryDep, SettingsDep
 from controller.api.downloads import artifact_response
 from controller.db.models import Model, ModelVersion
 from controller.errors import Forbidden, Unprocessable
@@ -106,23 +106,24 @@ def model_out(m: Model) -> ModelOut:
 
 
 @router.post("", status_code=201, response_model=ModelCreated, openapi_extra=_REGISTER_BODY)
-async def register_model(request: Request, state: StateDep, caller: Developer) -> ModelCreated:
+async def register_model(
+    request: Request, registry: RegistryDep, settings: SettingsDep, caller: Developer
+) -> ModelCreated:
     """Register a model for a dataset with how to train it. Accepts the seed's multipart form
     (``metadata`` JSON string, optional ``train_image``) or the same metadata as a JSON body."""
     ctype = request.headers.get("content-type", "")
     package: tuple[str, Any] | None = None
-    registry = state.registry
     if ctype.startswith("multipart/form-data"):
         from controller.db.models import new_id
 
         key = new_id()
-        target = UploadTarget(registry.store, registry.buckets.packages, key, state.settings.max_upload_bytes)
+        target = UploadTarget(registry.store, registry.buckets.packages, key, settings.max_upload_bytes)
         try:
             fields, stored = await receive_multipart(
                 request,
                 file_field="training_package",
                 target=target,
-                max_field_bytes=state.settings.max_metadata_bytes,
+                max_field_bytes=settings.max_metadata_bytes,
             )
             if stored is not None:
                 package = (key, stored.digests)
@@ -139,7 +140,7 @@ async def register_model(request: Request, state: StateDep, caller: Developer) -
             raise
     elif ctype.startswith("application/json"):
         body = await request.body()
-        if len(body) > state.settings.max_metadata_bytes:
+        if len(body) > settings.max_metadata_bytes:
             raise Unprocessable("metadata too large", field="body")
         meta = parse_json_field(body.decode("utf-8", "replace"), ModelMetadata, "body")
     else:
@@ -257,7 +258,8 @@ def model_versions(model_id: str, registry: RegistryDep, _caller: Developer) -> 
 async def store_artifact(
     model_id: str,
     request: Request,
-    state: StateDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
     caller: ArtifactWriter,
     kind: Annotated[str, Query(pattern="^(trained|onnx|quantized)$")] = "trained",
     format: Annotated[str | None, Query(max_length=32, pattern=r"^[A-Za-z0-9._-]+$")] = None,
@@ -268,18 +270,17 @@ async def store_artifact(
     credential or an admin may call it. Body: raw bytes, or multipart with an ``artifact`` file."""
     if caller.role is Role.JOB and caller.model_id != model_id:
         raise Forbidden(f"this job credential may only write model {caller.model_id}")
-    registry = state.registry
     mv = await run_in_threadpool(
         registry.begin_version, model_id, kind, caller.subject, format, source_version
     )
-    target = UploadTarget(registry.store, mv.bucket, mv.object_key, state.settings.max_upload_bytes)
+    target = UploadTarget(registry.store, mv.bucket, mv.object_key, settings.max_upload_bytes)
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             _, stored = await receive_multipart(
                 request,
                 file_field="artifact",
                 target=target,
-                max_field_bytes=state.settings.max_metadata_bytes,
+                max_field_bytes=settings.max_metadata_bytes,
             )
             if stored is None:
                 raise Unprocessable("missing file part 'artifact'", field="artifact")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from controller.api.deps import Admin, StateDep
+from controller.api.deps import Admin, SessionsDep
 from controller.db.models import ApiToken, Model, utcnow
 from controller.errors import NotFound, Unprocessable
 from controller.security import tokens
@@ -47,13 +47,13 @@ class TokenOut(BaseModel):
 
 
 @router.post("", status_code=201, response_model=TokenCreated)
-def create_token(body: TokenRequest, state: StateDep, _admin: Admin) -> TokenCreated:
+def create_token(body: TokenRequest, sessions: SessionsDep, _admin: Admin) -> TokenCreated:
     """Mint a credential. Job tokens are scoped to one model."""
     if body.role is Role.JOB and not body.model_id:
         raise Unprocessable("a job token needs model_id", field="model_id")
     if body.role is Role.DEVICE:
         raise Unprocessable("device credentials come from enrollment, not from this route", field="role")
-    with state.sessions.begin() as s:
+    with sessions.begin() as s:
         if body.model_id and s.get(Model, body.model_id) is None:
             raise Unprocessable(f"model {body.model_id} does not exist", field="model_id")
         plaintext, row = tokens.mint(
@@ -68,9 +68,9 @@ def create_token(body: TokenRequest, state: StateDep, _admin: Admin) -> TokenCre
 
 
 @router.get("", response_model=list[TokenOut])
-def list_tokens(state: StateDep, _admin: Admin) -> list[TokenOut]:
+def list_tokens(sessions: SessionsDep, _admin: Admin) -> list[TokenOut]:
     """Every credential (never the secret)."""
-    with state.sessions() as s:
+    with sessions() as s:
         rows = s.scalars(select(ApiToken).order_by(ApiToken.created_at)).all()
         return [
             TokenOut(
@@ -89,9 +89,9 @@ def list_tokens(state: StateDep, _admin: Admin) -> list[TokenOut]:
 
 
 @router.delete("/{token_id}", status_code=204, response_class=Response)
-def revoke_token(token_id: str, state: StateDep, _admin: Admin) -> Response:
+def revoke_token(token_id: str, sessions: SessionsDep, _admin: Admin) -> Response:
     """Revoke a credential immediately."""
-    with state.sessions.begin() as s:
+    with sessions.begin() as s:
         row = s.get(ApiToken, token_id)
         if row is None:
             raise NotFound(f"token {token_id} not found")

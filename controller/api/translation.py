@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from controller.api.deps import Developer, StateDep
+from controller.api.deps import Developer, RegistryDep, SettingsDep
 from controller.db.models import ModelVersion
 from controller.errors import ProblemError, ServiceUnavailable, Unprocessable
 from controller.registry.service import Registry
@@ -78,7 +78,11 @@ def _samples(registry: Registry, dataset_id: str, n: int, tmp: Path) -> tuple[An
 
 @router.post("/v1/models/{model_id}/translate", status_code=201, response_model=TranslateResult)
 def translate_model(
-    model_id: str, state: StateDep, caller: Developer, body: TranslateRequest | None = None
+    model_id: str,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    caller: Developer,
+    body: TranslateRequest | None = None,
 ) -> TranslateResult:
     """Translate a trained version to ONNX, run source and ONNX Runtime side by side on held-out samples
     and refuse (422) if the largest output difference exceeds the tolerance. The ONNX hash is recorded
@@ -92,7 +96,6 @@ def translate_model(
     )
 
     req = body or TranslateRequest()
-    registry = state.registry
     source = registry.resolve_version(model_id, req.source_version, None if req.source_version else "trained")
     if source.kind != "trained":
         raise Unprocessable(f"version {source.version} is a {source.kind} artifact; translate a trained one",
@@ -127,7 +130,7 @@ def translate_model(
                 tolerance=req.tolerance,
                 quantize=req.quantize,
                 out_dir=tmp / "out",
-                timeout_s=state.settings.translation_timeout_seconds,
+                timeout_s=settings.translation_timeout_seconds,
             )
         except TranslationRejected as exc:
             raise Unprocessable(

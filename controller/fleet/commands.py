@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
@@ -29,9 +29,6 @@ from controller.db.models import Device, DeviceCommand, ModelVersion, TelemetryR
 from controller.errors import Conflict, NotFound, Unprocessable
 from controller.fleet.ca import COMMAND_CONTEXT
 from controller.fleet.devices import ACTIVE, Fleet
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 log = logging.getLogger("fedge.fleet.commands")
 
@@ -101,7 +98,6 @@ class Commands:
         self.registry = fleet.registry
         self._policies: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self.on_created: Callable[[DeviceCommand], None] | None = None
 
     # ----------------------------------------------------------------- policies
     def grid_policy(self, mv: ModelVersion) -> dict[str, Any]:
@@ -188,8 +184,8 @@ class Commands:
         )
         with self.sessions.begin() as s:
             s.add(command)
-        if not start_now and self.on_created is not None:
-            self.on_created(command)
+        if not start_now:
+            self.fleet.events.command_created(command)
         return command
 
     def get(self, device_id: str, command_id: str) -> DeviceCommand:

@@ -9,7 +9,6 @@ The latest deployment of a device wins: its targets in older rollouts are marked
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +71,6 @@ class Rollouts:
     def __init__(self, sessions: sessionmaker[Session], fleet: Fleet) -> None:
         self.sessions = sessions
         self.fleet = fleet
-        self.on_desired_changed: Callable[[list[str]], None] | None = None  # MQTT push, after commit
 
     @staticmethod
     def _changed(s: Session, device_id: str) -> None:
@@ -80,8 +78,7 @@ class Rollouts:
 
     def _notify(self, s: Session) -> None:
         changed = sorted(s.info.pop("desired_changed", set()))
-        if changed and self.on_desired_changed is not None:
-            self.on_desired_changed(changed)
+        self.fleet.events.desired_changed(changed)  # after commit: listeners push over MQTT
 
     def create(self, req: DeploymentRequest, created_by: str) -> str:
         registry = self.fleet.registry

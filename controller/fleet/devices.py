@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.db.models import Device, EnrollmentToken, ModelVersion, new_id, utcnow
 from controller.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
 from controller.fleet.ca import CsrRejected, DeviceCA, canonical_json
+from controller.fleet.events import FleetEvents
 from controller.security.principal import Principal, Role
 
 if TYPE_CHECKING:
@@ -55,10 +56,17 @@ class Enrolled:
 class Fleet:
     """Device identity and desired state over SQL, the device CA and the registry (for chain hashes)."""
 
-    def __init__(self, sessions: sessionmaker[Session], ca: DeviceCA, registry: Registry) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        ca: DeviceCA,
+        registry: Registry,
+        events: FleetEvents | None = None,
+    ) -> None:
         self.sessions = sessions
         self.ca = ca
         self.registry = registry
+        self.events = events or FleetEvents()
         self._chain_hashes: dict[tuple[str, int], tuple[str | None, str]] = {}
 
     # ------------------------------------------------------------ enrollment
@@ -118,6 +126,7 @@ class Fleet:
                     last_seen_at=now,
                 )
             )
+        self.events.desired_changed([device_id])  # retained: the agent gets it on subscribe
         return Enrolled(device_id, pem)
 
     # ---------------------------------------------------------- authentication
@@ -178,6 +187,7 @@ class Fleet:
                 raise NotFound(f"device {device_id} not found")
             if device.status != REVOKED:
                 device.status, device.revoked_at = REVOKED, utcnow()
+        self.events.device_revoked(device_id)
 
     def touch(self, device_id: str) -> None:
         """Heartbeat: a poll or report from the device."""

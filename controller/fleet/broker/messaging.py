@@ -39,17 +39,13 @@ class FleetMessaging:
         self.broker.subscribe("fedge/devices/+/state", self._on_message)
         self.broker.subscribe("fedge/devices/+/telemetry", self._on_message)
         self.broker.on_connected = self.publish_all
-        self.rollouts.on_desired_changed = self.desired_changed
-        if self.commands is not None:
-            self.commands.on_created = self.command_created
+        self.fleet.events.subscribe(self)
         self._worker = threading.Thread(target=self._publisher, daemon=True, name="fedge-desired-publisher")
         self._worker.start()
         self.broker.start()
 
     def stop(self) -> None:
-        self.rollouts.on_desired_changed = None
-        if self.commands is not None:
-            self.commands.on_created = None
+        self.fleet.events.unsubscribe(self)
         self._pending.put(None)
         if self._worker is not None:
             self._worker.join(10)
@@ -99,7 +95,7 @@ class FleetMessaging:
         """Every active device's desired state (a restarted broker without persistence lost them)."""
         self.publish_desired([d.id for d in self.fleet.list() if d.status == ACTIVE])
 
-    def revoke(self, device_id: str) -> None:
+    def device_revoked(self, device_id: str) -> None:
         device = self.fleet.get(device_id)
         serial = int(device.cert_serial, 16) if device.cert_serial else None
         self.broker.revoke_device(device_id, serial)
