@@ -63,16 +63,6 @@ class ControllerState:
         self.engine.dispose()
 
 
-def make_chain(settings: ControllerSettings) -> ChainBackend:
-    """The ChainBackend named by the settings (in-process EVM journaled under data_dir by default)."""
-    from controller.chain.factory import make_chain_backend
-
-    key = settings.chain_private_key.get_secret_value() if settings.chain_private_key else None
-    return make_chain_backend(
-        settings.chain_backend, settings.data_dir, settings.chain_rpc_url, key, settings.chain_id
-    )
-
-
 def build_state(
     settings: ControllerSettings, chain: ChainBackend | None = None, *, start_jobs: bool = True
 ) -> ControllerState:
@@ -81,6 +71,8 @@ def build_state(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     owns_chain = chain is None
     if chain is None:
+        from controller.chain.factory import make_chain
+
         chain = make_chain(settings)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
@@ -106,7 +98,8 @@ def build_state(
     from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
     from controller.fleet.devices import Fleet
-    from controller.training.manager import JobManager, make_runner
+    from controller.training.factory import make_runner
+    from controller.training.manager import JobManager
 
     fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
     state = ControllerState(
@@ -124,7 +117,7 @@ def build_state(
         generated_admin_token=generated,
         owns_chain=owns_chain,
     )
-    from controller.fleet.broker import make_broker
+    from controller.fleet.broker.factory import make_broker
     from controller.fleet.broker.messaging import FleetMessaging
 
     broker = make_broker(settings, fleet)

@@ -1,6 +1,7 @@
 """Provenance on an EVM chain: the ChainBackend interface, its errors and the factory.
 
-Implementations import web3 only when built by `make_chain_backend`, so importing this package is cheap.
+Implementations import web3 only when a factory (`make_chain`, `make_chain_backend`) builds them, so
+importing this package is cheap.
 """
 
 from controller.chain.base import (
@@ -26,7 +27,7 @@ from controller.chain.errors import (
     RecordNotFound,
     Unauthorized,
 )
-from controller.chain.factory import make_chain_backend
+from controller.chain.factory import make_chain, make_chain_backend
 
 __all__ = [
     "AlreadyVerified",
@@ -47,6 +48,7 @@ __all__ = [
     "RecordNotFound",
     "TxReceipt",
     "Unauthorized",
+    "make_chain",
     "make_chain_backend",
     "participant_hash",
 ]

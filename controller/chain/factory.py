@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controller.chain.base import ChainBackend
 from controller.chain.errors import ChainError
 from controller.chain.keys import ControllerKey, load_or_create_key
 
+if TYPE_CHECKING:
+    from controller.config import ControllerSettings
+
 CHAIN_SUBDIR = "chain"
+
+
+def make_chain(settings: ControllerSettings) -> ChainBackend:
+    """The ChainBackend named by the settings (in-process EVM journaled under data_dir by default)."""
+    key = settings.chain_private_key.get_secret_value() if settings.chain_private_key else None
+    return make_chain_backend(
+        settings.chain_backend, settings.data_dir, settings.chain_rpc_url, key, settings.chain_id
+    )
 
 
 def make_chain_backend(

@@ -57,33 +57,6 @@ class JobFailed(Exception):
     """A step failed; the message is the job's ``error``."""
 
 
-def make_runner(settings: ControllerSettings) -> JobRunner:
-    """The JobRunner named by ``FEDGE_JOB_RUNNER``."""
-    if settings.job_runner == "container":
-        from controller.training.container import ContainerJobRunner
-
-        return ContainerJobRunner(
-            base_url=settings.docker_host,
-            image=settings.container_image,
-            network=settings.container_network,
-            ulimits=settings.container_ulimits or None,
-        )
-    if settings.job_runner == "kubernetes":
-        from controller.training.kubernetes import HostPathJobDir, KubernetesJobRunner, PvcJobDir
-
-        job_dir = (
-            PvcJobDir(claim_name=settings.k8s_job_pvc, mount_root=settings.data_dir / "jobs")
-            if settings.k8s_job_pvc
-            else HostPathJobDir()
-        )
-        return KubernetesJobRunner(
-            namespace=settings.k8s_namespace, image=settings.k8s_image, job_dir=job_dir
-        )
-    from controller.training.local import LocalJobRunner
-
-    return LocalJobRunner()
-
-
 class JobManager:
     """Runs queued jobs on ``settings.job_workers`` threads of this process."""
 
