@@ -1,7 +1,9 @@
 """KubernetesJobRunner: generated manifests checked against the official Kubernetes JSON schemas (shipped
 offline by the ``kubernetes-validate`` package, strict mode: unknown fields are errors) for several API
 versions, plus the runner's watch/cancel/timeout logic against an in-memory fake of the two APIs it uses.
-A real cluster run is described in packaging/k8s/README.md."""
+The runner conformance suite (tests/conformance/test_runner_conformance.py) runs this runner end to end
+against a fake API whose kubelet runs the program, and on a real cluster under the ``k8s`` marker; a real
+cluster run is described in packaging/k8s/README.md."""
 
 from __future__ import annotations
 
