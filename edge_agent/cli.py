@@ -174,6 +174,7 @@ def grid_run(
     from edge_agent.identity import DeviceIdentity, EnrollmentError
     from edge_agent.link.client import ControllerLink, LinkError
     from edge_agent.link.outbox import Outbox
+    from fedge_protocol import CommandKind, CommandState, TelemetryType
 
     missing = grid_available()
     if missing is not None:
@@ -192,7 +193,7 @@ def grid_run(
     try:
         try:
             payload = link.request_command(
-                {"kind": "grid-run", "model_id": model_id, "version": version, "days": days}
+                {"kind": CommandKind.GRID_RUN, "model_id": model_id, "version": version, "days": days}
             )
         except LinkError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -202,12 +203,12 @@ def grid_run(
 
         def record(body: dict[str, Any]) -> int:
             seq = agent.record_telemetry(body)
-            if body.get("type") == "grid.day":
+            if body.get("type") == TelemetryType.GRID_DAY:
                 typer.echo(
                     f"day {body['day']}: (SCR+SSR)/2 {body['before']['score']:.4f} -> "
                     f"{body['after']['score']:.4f} ({body['shifted']} shifts)"
                 )
-            elif body.get("state") == "failed":
+            elif body.get("state") == CommandState.FAILED:
                 errors.append(str(body.get("error")))
             agent.flush()
             return seq

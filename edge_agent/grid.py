@@ -28,14 +28,19 @@ from typing import Any
 
 from edge_agent.deploy.slots import sha256_file
 from edge_agent.identity import write_private
+from fedge_protocol import CommandAck, CommandKind, CommandState, TelemetryType
 
 log = logging.getLogger("fedge.agent.grid")
 
 INSTALL_HINT = "pip install 'fedge[agent,grid]'"
-GRID_RUN = "grid-run"
 SEEN_FILE = "commands-seen.json"
 RUNNING_FILE = "command-running"
 Record = Callable[[dict[str, Any]], int]
+
+
+def ack(command_id: str, state: CommandState, **extra: Any) -> dict[str, Any]:
+    """A command acknowledgement for the outbox: ``running``, ``succeeded`` + result, ``failed`` + error."""
+    return CommandAck(command_id=command_id, state=state, **extra).model_dump(mode="json", exclude_none=True)
 
 
 class GridRunError(Exception):
@@ -163,9 +168,9 @@ def run_command(payload: dict[str, Any], link: Any, state_dir: Path, record: Rec
     outbox). Returns the result summary, or None when the run failed (the failure is recorded)."""
     command_id = str(payload["command_id"])
     model = dict(payload["model"])
-    record({"type": "command", "command_id": command_id, "state": "running"})
+    record(ack(command_id, CommandState.RUNNING))
     try:
-        if payload.get("kind") != GRID_RUN:
+        if payload.get("kind") != CommandKind.GRID_RUN:
             raise GridRunError(f"this agent does not know command kind {payload.get('kind')!r}")
         missing = grid_available()
         if missing is not None:
@@ -177,7 +182,7 @@ def run_command(payload: dict[str, Any], link: Any, state_dir: Path, record: Rec
             effective = [s for s in day.shifts if not s["noop"]]
             record(
                 {
-                    "type": "grid.day",
+                    "type": TelemetryType.GRID_DAY.value,
                     "command_id": command_id,
                     "model_id": model["model_id"],
                     "version": model["version"],
@@ -207,20 +212,13 @@ def run_command(payload: dict[str, Any], link: Any, state_dir: Path, record: Rec
         }
     except GridRunError as exc:
         log.warning("grid run %s failed: %s", command_id, exc)
-        record({"type": "command", "command_id": command_id, "state": "failed", "error": str(exc)})
+        record(ack(command_id, CommandState.FAILED, error=str(exc)))
         return None
     except Exception as exc:  # a bug or an unexpected library error: report it, keep the agent alive
         log.exception("grid run %s crashed", command_id)
-        record(
-            {
-                "type": "command",
-                "command_id": command_id,
-                "state": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        )
+        record(ack(command_id, CommandState.FAILED, error=f"{type(exc).__name__}: {exc}"))
         return None
-    record({"type": "command", "command_id": command_id, "state": "succeeded", "result": summary})
+    record(ack(command_id, CommandState.SUCCEEDED, result=summary))
     return summary
 
 
@@ -272,12 +270,11 @@ class CommandRunner:
             return None
         if command_id:
             self.record(
-                {
-                    "type": "command",
-                    "command_id": command_id,
-                    "state": "failed",
-                    "error": "the agent stopped while this command was running; create the command again",
-                }
+                ack(
+                    command_id,
+                    CommandState.FAILED,
+                    error="the agent stopped while this command was running; create the command again",
+                )
             )
         marker.unlink(missing_ok=True)
         return command_id or None

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from fedge_protocol import Enrollment, EnrollRequest, paths
+
 KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE = "device.key", "device.pem", "ca.pem", "identity.json"
 
 
@@ -138,19 +140,22 @@ def enroll(
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    body = {
-        "token": token,
-        "csr": make_csr(key),
-        "labels": labels or {},
-        "facts": facts if facts is not None else hardware_facts(),
-    }
+    body = EnrollRequest(
+        token=token,
+        csr=make_csr(key),
+        labels=labels or {},
+        facts=facts if facts is not None else hardware_facts(),
+    )
     with httpx.Client(base_url=controller.rstrip("/"), timeout=30, transport=transport) as client:
-        resp = client.post("/v1/enrollments", json=body)
+        resp = client.post(paths.ENROLLMENTS, json=body.model_dump())
     if resp.status_code != 201:
         raise EnrollmentError(f"enrollment refused ({resp.status_code}): {_problem_detail(resp)}")
-    answer = resp.json()
-    cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
-    ca = x509.load_pem_x509_certificate(answer["ca_certificate"].encode())
+    try:
+        answer = Enrollment.model_validate_json(resp.content)
+    except ValueError as exc:
+        raise EnrollmentError(f"the controller's enrollment answer is malformed: {exc}") from exc
+    cert = x509.load_pem_x509_certificate(answer.certificate.encode())
+    ca = x509.load_pem_x509_certificate(answer.ca_certificate.encode())
     pub = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -164,7 +169,7 @@ def enroll(
     except (ValueError, TypeError) as exc:
         raise EnrollmentError(f"the certificate is not signed by the CA returned with it: {exc}") from exc
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    if cn != answer["device_id"]:
+    if cn != answer.device_id:
         raise EnrollmentError("certificate CN differs from the device id")
     write_private(
         state_dir / KEY_FILE,
@@ -172,14 +177,14 @@ def enroll(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    write_private(state_dir / CERT_FILE, answer["certificate"].encode())
-    write_private(state_dir / CA_FILE, answer["ca_certificate"].encode())
+    write_private(state_dir / CERT_FILE, answer.certificate.encode())
+    write_private(state_dir / CA_FILE, answer.ca_certificate.encode())
     meta = {
-        "device_id": answer["device_id"],
+        "device_id": answer.device_id,
         "api_url": controller.rstrip("/"),
-        "advertised_api_url": answer.get("api_url"),
-        "audience": answer["audience"],
-        "broker_url": answer.get("broker_url"),
+        "advertised_api_url": answer.api_url,
+        "audience": answer.audience,
+        "broker_url": answer.broker_url,
     }
     write_private(state_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode())
     return DeviceIdentity.load(state_dir)

@@ -4,7 +4,7 @@ done by the fleet messaging), acknowledge through telemetry, query status, resul
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import AliasChoices, BaseModel, Field, field_validator
@@ -12,14 +12,13 @@ from pydantic import AliasChoices, BaseModel, Field, field_validator
 from controller.api.deps import AnyCaller, CommandsDep, DevicePath, DevicesDep, OwnDevicePath
 from controller.db.models import DeviceCommand, TelemetryRecord
 from controller.security.principal import Role
+from fedge_protocol import CommandKind, CommandState, TelemetryPost, paths
 
 router = APIRouter(tags=["fleet"])
 
 
 class CommandIn(BaseModel):
-    kind: Literal["grid-run"] = Field(
-        description="grid-run: the grid simulator with an RL policy on the device"
-    )
+    kind: CommandKind = Field(description="grid-run: the grid simulator with an RL policy on the device")
     model_id: str = Field(
         min_length=1,
         max_length=36,
@@ -46,7 +45,7 @@ class CommandOut(BaseModel):
     model_id: str | None
     version: int | None
     params: dict[str, Any]
-    state: str = Field(description="queued | running | succeeded | failed")
+    state: CommandState = Field(description=" | ".join(s.value for s in CommandState))
     result: dict[str, Any] | None
     error: str | None
     created_by: str | None
@@ -60,11 +59,6 @@ class CommandPage(BaseModel):
     total: int
     limit: int
     offset: int
-
-
-class TelemetryIn(BaseModel):
-    seq: int = Field(ge=1, description="agent outbox sequence number (stored once per device and seq)")
-    body: dict[str, Any]
 
 
 class TelemetryOut(BaseModel):
@@ -106,7 +100,7 @@ def telemetry_out(t: TelemetryRecord) -> TelemetryOut:
     )
 
 
-@router.post("/v1/devices/{device_id}/commands", status_code=201, response_model=CommandOut)
+@router.post(paths.COMMANDS, status_code=201, response_model=CommandOut)
 def create_command(
     device_id: DevicePath, body: CommandIn, commands: CommandsDep, caller: AnyCaller
 ) -> CommandOut:
@@ -125,7 +119,7 @@ def create_command(
     return command_out(command)
 
 
-@router.get("/v1/devices/{device_id}/commands", response_model=CommandPage)
+@router.get(paths.COMMANDS, response_model=CommandPage)
 def list_commands(
     device_id: DevicePath,
     commands: CommandsDep,
@@ -137,28 +131,28 @@ def list_commands(
     return CommandPage(items=[command_out(c) for c in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/v1/devices/{device_id}/commands/pending", response_model=list[dict[str, str]])
+@router.get(paths.PENDING_COMMANDS, response_model=list[dict[str, str]])
 def pending_commands(device_id: OwnDevicePath, commands: CommandsDep) -> list[dict[str, str]]:
     """The device's unacknowledged commands, oldest first, each a signed envelope ``{alg, payload,
     signature}`` (device CA, command context)."""
     return [commands.signed(c) for c in commands.pending(device_id)]
 
 
-@router.get("/v1/devices/{device_id}/commands/{command_id}", response_model=CommandOut)
+@router.get(paths.COMMAND, response_model=CommandOut)
 def get_command(device_id: DevicePath, command_id: str, commands: CommandsDep) -> CommandOut:
     """One command: state (queued, running, succeeded, failed), result summary, error."""
     return command_out(commands.get(device_id, command_id))
 
 
-@router.get("/v1/devices/{device_id}/commands/{command_id}/signed", response_model=dict[str, str])
+@router.get(paths.SIGNED_COMMAND, response_model=dict[str, str])
 def signed_command(device_id: OwnDevicePath, command_id: str, commands: CommandsDep) -> dict[str, str]:
     """One command as the device verifies it (signed envelope)."""
     return commands.signed(commands.get(device_id, command_id))
 
 
-@router.post("/v1/devices/{device_id}/telemetry", status_code=204, response_class=Response)
+@router.post(paths.TELEMETRY, status_code=204, response_class=Response)
 def post_telemetry(
-    device_id: OwnDevicePath, body: TelemetryIn, commands: CommandsDep, devices: DevicesDep
+    device_id: OwnDevicePath, body: TelemetryPost, commands: CommandsDep, devices: DevicesDep
 ) -> Response:
     """One outbox record over HTTP (when the broker is out of reach); stored once per sequence number."""
     commands.record_telemetry(device_id, body.seq, body.body)
@@ -166,7 +160,7 @@ def post_telemetry(
     return Response(status_code=204)
 
 
-@router.get("/v1/devices/{device_id}/telemetry", response_model=TelemetryPage)
+@router.get(paths.TELEMETRY, response_model=TelemetryPage)
 def list_telemetry(
     device_id: DevicePath,
     commands: CommandsDep,

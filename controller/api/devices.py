@@ -26,8 +26,8 @@ from controller.api.deps import (
 from controller.api.downloads import artifact_response
 from controller.db.models import Device, utcnow
 from controller.errors import Forbidden
-from controller.fleet.devices import DEVICE_AUDIENCE
 from controller.security.principal import Role
+from fedge_protocol import DEVICE_AUDIENCE, Enrollment, EnrollRequest, StatusReport, paths
 
 router = APIRouter(tags=["fleet"])
 DEFAULT_POLL_SECONDS = 10.0
@@ -41,22 +41,6 @@ class EnrollmentTokenRequest(BaseModel):
 class EnrollmentTokenOut(BaseModel):
     token: str = Field(description="one-time secret, shown once")
     expires_at: dt.datetime
-
-
-class EnrollRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=200)
-    csr: str = Field(min_length=1, max_length=16_384, description="PEM CSR of an EC P-256 key")
-    labels: dict[str, str] = Field(default_factory=dict)
-    facts: dict[str, Any] = Field(default_factory=dict, description="hardware facts (CPU, RAM, GPU, ORT)")
-
-
-class Enrollment(BaseModel):
-    device_id: str
-    certificate: str = Field(description="PEM device certificate, CN = device id")
-    ca_certificate: str = Field(description="PEM device CA: pin it; it signs desired-state documents")
-    api_url: str
-    broker_url: str | None
-    audience: str = Field(description="aud claim of device-signed JWTs")
 
 
 class DeviceOut(BaseModel):
@@ -73,21 +57,6 @@ class DeviceOut(BaseModel):
     enrolled_at: dt.datetime
     revoked_at: dt.datetime | None
     last_seen_at: dt.datetime | None
-
-
-class StatusReport(BaseModel):
-    state: str = Field(
-        description="applying | succeeded | failed-rolled-back | failed-unable-to-rollback | rejected"
-    )
-    deployment_id: str | None = None
-    revision: int | None = None
-    model_id: str | None = None
-    version: int | None = None
-    sha256: str | None = None
-    error: str | None = Field(default=None, max_length=4000)
-    active_model_id: str | None = Field(default=None, description="the model the device serves now")
-    active_version: int | None = None
-    seq: int | None = Field(default=None, description="agent outbox sequence number (deduplicates)")
 
 
 def device_out(d: Device, poll_seconds: float = DEFAULT_POLL_SECONDS) -> DeviceOut:
@@ -123,7 +92,7 @@ def create_enrollment_token(
     return EnrollmentTokenOut(token=token, expires_at=expires)
 
 
-@router.post("/v1/enrollments", status_code=201, response_model=Enrollment)
+@router.post(paths.ENROLLMENTS, status_code=201, response_model=Enrollment)
 def enroll(
     body: EnrollRequest,
     request: Request,
@@ -166,7 +135,7 @@ def revoke_device(device_id: str, devices: DevicesDep, _admin: Admin) -> Respons
 
 
 @router.get(
-    "/v1/devices/{device_id}/desired-state",
+    paths.DESIRED_STATE,
     responses={304: {"description": "unchanged since the ETag in If-None-Match"}},
 )
 def desired_state(
@@ -187,7 +156,7 @@ def desired_state(
     return Response(json.dumps(envelope), media_type="application/json", headers=headers)
 
 
-@router.post("/v1/devices/{device_id}/status", status_code=204, response_class=Response)
+@router.post(paths.STATUS, status_code=204, response_class=Response)
 def report_status(device_id: OwnDevicePath, body: StatusReport, rollouts: RolloutsDep) -> Response:
     """A device reports the outcome of applying its desired state (drives rollouts)."""
     rollouts.report(device_id, body.model_dump())
@@ -195,7 +164,7 @@ def report_status(device_id: OwnDevicePath, body: StatusReport, rollouts: Rollou
 
 
 @router.get(
-    "/v1/devices/{device_id}/models/{model_id}/versions/{version}",
+    paths.MODEL_DOWNLOAD,
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )

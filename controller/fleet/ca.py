@@ -1,16 +1,14 @@
 """The controller-held device CA: EC P-256 key + self-signed certificate, CSR signing, document signing.
 
 The CA key signs two kinds of things, kept apart by construction: X.509 device certificates (DER
-``TBSCertificate``, an ASN.1 SEQUENCE starting with byte 0x30) and desired-state documents, which are
-signed as ``DOCUMENT_CONTEXT + canonical JSON`` (ASCII text starting with ``fedge-``), so that neither can
-be replayed as the other.
+``TBSCertificate``, an ASN.1 SEQUENCE starting with byte 0x30) and signed documents (desired states,
+commands), which are signed as ``context + canonical JSON`` with a per-type context (ASCII text starting
+with ``fedge-``; :mod:`fedge_protocol.envelope`), so that none can be replayed as another.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import os
 import uuid
 from pathlib import Path
@@ -21,27 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-DOCUMENT_CONTEXT = b"fedge-desired-state-v1\n"
-COMMAND_CONTEXT = b"fedge-command-v1\n"
+from fedge_protocol.envelope import DocumentType, canonical_json, envelope, signing_input
+
 CERT_DAYS = 365
 CA_DAYS = 3650
 
 
 class CsrRejected(ValueError):
     """The certificate signing request is malformed, badly signed or uses a key type we refuse."""
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Deterministic JSON (sorted keys, no spaces): the bytes that get signed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -159,10 +144,12 @@ class DeviceCA:
         """Sign a CRL of revoked device certificates (read by the MQTT broker)."""
         return builder.sign(self._key, hashes.SHA256())
 
-    def sign_document(self, payload: dict[str, Any], context: bytes = DOCUMENT_CONTEXT) -> dict[str, str]:
-        """An envelope ``{payload, signature}``: ``payload`` is base64url canonical JSON, ``signature`` the
-        base64url DER ECDSA-SHA256 signature over ``context + payload bytes`` (``DOCUMENT_CONTEXT`` for
-        desired states, ``COMMAND_CONTEXT`` for device commands: neither can pass as the other)."""
+    def sign_document(
+        self, payload: dict[str, Any], doc_type: DocumentType = DocumentType.DESIRED_STATE
+    ) -> dict[str, str]:
+        """An envelope ``{alg, payload, signature}``: ``payload`` is base64url canonical JSON,
+        ``signature`` the base64url DER ECDSA-SHA256 signature over the document type's context + the
+        payload bytes (so a command can never pass as a desired state, nor the other way round)."""
         body = canonical_json(payload)
-        signature = self._key.sign(context + body, ec.ECDSA(hashes.SHA256()))
-        return {"alg": "ES256", "payload": b64url(body), "signature": b64url(signature)}
+        signature = self._key.sign(signing_input(doc_type, body), ec.ECDSA(hashes.SHA256()))
+        return envelope(body, signature)

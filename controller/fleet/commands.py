@@ -2,7 +2,7 @@
 
 A command (kind ``grid-run``: run the grid simulator with a registered RL policy on the device) is stored
 ``queued``, pushed over MQTT (``fedge/devices/{id}/cmd``, QoS 1) and listed for HTTP polls; both carry the
-same document, signed by the device CA with ``COMMAND_CONTEXT`` (so it can never pass as a desired state),
+same document, signed by the device CA in the command context (so it can never pass as a desired state),
 naming the device, the command and the model version with the **SHA-256 read from the chain**. The agent
 acknowledges with telemetry records ``{"type": "command", "command_id", "state", ...}`` (running, then
 succeeded or failed with a result) and sends one record per simulated day; every record is stored once per
@@ -27,15 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Device, DeviceCommand, ModelVersion, TelemetryRecord, utcnow
 from controller.errors import Conflict, NotFound, Unprocessable
-from controller.fleet.ca import COMMAND_CONTEXT
 from controller.fleet.devices import ACTIVE, Fleet
+from fedge_protocol import Command, CommandKind, CommandState, DocumentType, TelemetryType
 
 log = logging.getLogger("fedge.fleet.commands")
 
-GRID_RUN = "grid-run"
-KINDS = (GRID_RUN,)
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-FINAL = (SUCCEEDED, FAILED)
+KINDS = tuple(k.value for k in CommandKind)
+FINAL = (CommandState.SUCCEEDED, CommandState.FAILED)
 GRID_POLICY_KEY = "fedge.grid.policy"
 MAX_POLICY_BYTES = 256 * 1024 * 1024
 DAYS_IN_YEAR = 366
@@ -177,7 +175,7 @@ class Commands:
             },
             model_id=mv.model_id,
             version=mv.version,
-            state=RUNNING if start_now else QUEUED,
+            state=CommandState.RUNNING if start_now else CommandState.QUEUED,
             created_by=created_by,
             created_at=now,
             started_at=now if start_now else None,
@@ -210,7 +208,7 @@ class Commands:
         with self.sessions() as s:
             rows = s.scalars(
                 select(DeviceCommand)
-                .where(DeviceCommand.device_id == device_id, DeviceCommand.state == QUEUED)
+                .where(DeviceCommand.device_id == device_id, DeviceCommand.state == CommandState.QUEUED)
                 .order_by(DeviceCommand.created_at, DeviceCommand.id)
             ).all()
             return list(rows)
@@ -231,18 +229,17 @@ class Commands:
         """What the device gets (signed): the command and the model version with its chain SHA-256."""
         assert command.model_id is not None and command.version is not None
         mv = self.registry.resolve_version(command.model_id, command.version)
-        return {
-            "type": "fedge.command",
-            "device_id": command.device_id,
-            "command_id": command.id,
-            "kind": command.kind,
-            "params": command.params,
-            "created_at": _iso(command.created_at),
-            "model": self.fleet.model_reference(command.device_id, mv, "cannot run it"),
-        }
+        return Command(
+            device_id=command.device_id,
+            command_id=command.id,
+            kind=CommandKind(command.kind),
+            params=command.params,
+            created_at=_iso(command.created_at),
+            model=self.fleet.model_reference(command.device_id, mv, "cannot run it"),
+        ).model_dump(mode="json", exclude={"model": {"sample_input"}})
 
     def signed(self, command: DeviceCommand) -> dict[str, str]:
-        return self.fleet.ca.sign_document(self.document(command), COMMAND_CONTEXT)
+        return self.fleet.ca.sign_document(self.document(command), DocumentType.COMMAND)
 
     # ---------------------------------------------------------------- telemetry
     def record_telemetry(self, device_id: str, seq: int, body: dict[str, Any]) -> bool:
@@ -264,7 +261,7 @@ class Commands:
                 s.add(record)
         except SqlIntegrityError:
             return False
-        if kind == "command" and isinstance(command_id, str):
+        if kind == TelemetryType.COMMAND and isinstance(command_id, str):
             self._acknowledge(device_id, command_id, body)
         if self.keep_per_device > 0:
             self._prune(device_id)
@@ -291,7 +288,7 @@ class Commands:
 
     def _acknowledge(self, device_id: str, command_id: str, body: dict[str, Any]) -> None:
         state = body.get("state")
-        if state not in (RUNNING, *FINAL):
+        if state not in (CommandState.RUNNING, *FINAL):
             log.warning("device %s sent command state %r for %s; ignored", device_id, state, command_id)
             return
         with self.sessions.begin() as s:

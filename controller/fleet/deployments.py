@@ -18,18 +18,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.db.models import Deployment, DeploymentTarget, Device, utcnow
 from controller.errors import Conflict, NotFound, Unprocessable
 from controller.fleet.devices import ACTIVE, Fleet
+from fedge_protocol.status import FAILED, DeploymentStatus
 
-WAITING, PENDING, APPLYING = "waiting", "pending", "applying"
-SUCCEEDED, ROLLED_BACK, UNABLE, REJECTED = (
-    "succeeded",
-    "failed-rolled-back",
-    "failed-unable-to-rollback",
-    "rejected",
-)
+# A target's state: the controller's own words before and after the device's part, and in between the
+# device-reported DeploymentStatus words (applying, succeeded, failed-..., rejected).
+WAITING, PENDING = "waiting", "pending"
+APPLYING, SUCCEEDED = DeploymentStatus.APPLYING, DeploymentStatus.SUCCEEDED
 CANCELLED, SUPERSEDED, REVERTED = "cancelled", "superseded", "rolled-back"
 OPEN_STATES = (WAITING, PENDING, APPLYING)
-FAILED_STATES = (ROLLED_BACK, UNABLE, REJECTED)
-REPORTABLE = (APPLYING, SUCCEEDED, *FAILED_STATES)
+FAILED_STATES = tuple(sorted(FAILED))
+REPORTABLE = tuple(DeploymentStatus)
 ONNX_KINDS = ("onnx", "quantized")
 
 

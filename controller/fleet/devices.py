@@ -17,16 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Device, EnrollmentToken, ModelVersion, new_id, utcnow
 from controller.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
-from controller.fleet.ca import CsrRejected, DeviceCA, canonical_json
+from controller.fleet.ca import CsrRejected, DeviceCA
 from controller.fleet.events import FleetEvents
 from controller.security.principal import Principal, Role
+from fedge_protocol import DEVICE_AUDIENCE, MAX_DEVICE_TOKEN_SECONDS, DesiredState, ModelReference, paths
+from fedge_protocol.envelope import canonical_json
 
 if TYPE_CHECKING:
     from controller.registry.service import Registry
 
 ENROLLMENT_PREFIX = "fedge-enroll-"
-DEVICE_AUDIENCE = "fedge:device-api"
-MAX_DEVICE_TOKEN_SECONDS = 300
 CLOCK_LEEWAY_SECONDS = 30
 ACTIVE, REVOKED = "active", "revoked"
 
@@ -210,40 +210,34 @@ class Fleet:
     def desired_payload(self, device_id: str) -> dict[str, Any]:
         """The desired-state document of a device (deterministic: its hash is the ETag)."""
         device = self.get(device_id)
-        payload: dict[str, Any] = {
-            "type": "fedge.desired-state",
-            "device_id": device.id,
-            "revision": device.desired_revision,
-            "deployment_id": None,
-            "model": None,
-        }
+        document = DesiredState(device_id=device.id, revision=device.desired_revision)
         desired = device.desired
         if desired:
             mv = self.registry.resolve_version(desired["model_id"], int(desired["version"]))
             descriptor = mv.descriptor or {}
-            payload["deployment_id"] = desired.get("deployment_id")
-            payload["model"] = {
-                **self.model_reference(device.id, mv, "cannot deploy it"),
-                "sample_input": descriptor.get("sample_input"),
-            }
-        return payload
+            document.deployment_id = desired.get("deployment_id")
+            document.model = self.model_reference(device.id, mv, "cannot deploy it")
+            document.model.sample_input = descriptor.get("sample_input")
+        return document.model_dump(mode="json")
 
-    def model_reference(self, device_id: str, mv: ModelVersion, refusal: str) -> dict[str, Any]:
+    def model_reference(self, device_id: str, mv: ModelVersion, refusal: str) -> ModelReference:
         """A model version as a signed document names it for a device: the SHA-256 *from the chain*, the
         chain record and where the device downloads it. Conflict ("... ; <refusal>") without a record."""
         sha, record = self.chain_hash(mv)
         if sha is None:
             raise Conflict(f"model {mv.model_id} v{mv.version} has no chain record; {refusal}")
-        return {
-            "model_id": mv.model_id,
-            "version": mv.version,
-            "kind": mv.kind,
-            "sha256": sha,
-            "chain_record": record,
-            "chain_tx": mv.chain_tx,
-            "size_bytes": mv.size_bytes,
-            "download": f"/v1/devices/{device_id}/models/{mv.model_id}/versions/{mv.version}",
-        }
+        return ModelReference(
+            model_id=mv.model_id,
+            version=mv.version,
+            kind=mv.kind,
+            sha256=sha,
+            chain_record=record,
+            chain_tx=mv.chain_tx,
+            size_bytes=mv.size_bytes,
+            download=paths.MODEL_DOWNLOAD.format(
+                device_id=device_id, model_id=mv.model_id, version=mv.version
+            ),
+        )
 
     def signed_desired_state(self, device_id: str) -> tuple[dict[str, str], str]:
         """(signed envelope, ETag)."""

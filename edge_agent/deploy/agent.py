@@ -24,6 +24,7 @@ from edge_agent.link.client import Backoff, ControllerLink, LinkError
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Entry, Outbox
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime
+from fedge_protocol import DeploymentStatus, Leaf, StatusReport
 
 if TYPE_CHECKING:
     from edge_agent.grid import CommandRunner
@@ -66,7 +67,11 @@ class Agent:
                 log.exception("the current model does not load")
         if abandoned is not None:
             self._report(
-                Outcome("failed-rolled-back", abandoned, "agent stopped during activation; back to previous"),
+                Outcome(
+                    DeploymentStatus.FAILED_ROLLED_BACK,
+                    abandoned,
+                    "agent stopped during activation; back to previous",
+                ),
                 None,
             )
 
@@ -139,7 +144,7 @@ class Agent:
             return refused
         if not steps:
             return None
-        self._report(Outcome("applying", desired.model), desired)
+        self._report(Outcome(DeploymentStatus.APPLYING, desired.model), desired)
         assert self.executor is not None
         outcome = self.executor.apply(steps, desired)
         if outcome is not None:
@@ -158,19 +163,20 @@ class Agent:
 
     def _report(self, outcome: Outcome, desired: Desired | None) -> None:
         active = self.runtime.active
-        body: dict[str, Any] = {
-            "state": outcome.state,
-            "deployment_id": desired.deployment_id if desired else None,
-            "revision": desired.revision if desired else None,
-            "model_id": outcome.ref.model_id if outcome.ref else None,
-            "version": outcome.ref.version if outcome.ref else None,
-            "sha256": outcome.ref.sha256 if outcome.ref else None,
-            "error": outcome.error,
-            "active_model_id": active.model_id if active else None,
-            "active_version": active.version if active else None,
-        }
+        report = StatusReport(
+            state=outcome.state,
+            deployment_id=desired.deployment_id if desired else None,
+            revision=desired.revision if desired else None,
+            model_id=outcome.ref.model_id if outcome.ref else None,
+            version=outcome.ref.version if outcome.ref else None,
+            sha256=outcome.ref.sha256 if outcome.ref else None,
+            error=outcome.error[:4000] if outcome.error else None,
+            active_model_id=active.model_id if active else None,
+            active_version=active.version if active else None,
+        )
+        body = report.model_dump(mode="json", exclude={"seq"})
         if self.outbox is not None:
-            self.outbox.append("state", body)
+            self.outbox.append(Leaf.STATE, body)
             self.flush()
             return
         try:
@@ -184,17 +190,17 @@ class Agent:
         broker); returns its sequence number."""
         if self.outbox is None:
             raise RuntimeError("telemetry needs the agent's outbox")
-        seq = self.outbox.append("telemetry", body)
+        seq = self.outbox.append(Leaf.TELEMETRY, body)
         self._wake.set()
         return seq
 
     def _send(self, entry: Entry) -> bool:
         if self.mqtt is not None and self.mqtt.connected.is_set():
             return self.mqtt.publish(entry.kind, entry.seq, entry.body)
-        if entry.kind != "state" and self.mqtt is not None:
+        if entry.kind != Leaf.STATE and self.mqtt is not None:
             return False  # with a broker, telemetry waits for it
         try:
-            if entry.kind == "state":
+            if entry.kind == Leaf.STATE:
                 self.link.report({**entry.body, "seq": entry.seq})
             else:  # no broker: telemetry over HTTP
                 self.link.send_telemetry(entry.seq, entry.body)

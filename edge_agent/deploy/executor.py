@@ -11,15 +11,14 @@ from typing import Any, Protocol
 from edge_agent.deploy.plan import Activate, Desired, Fetch, HealthCheck, ModelRef, Remove, Step, Verify
 from edge_agent.deploy.slots import SlotStore, sha256_file
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime, health_check
+from fedge_protocol.status import DeploymentStatus
 
 log = logging.getLogger("fedge.agent.deploy")
 
-SUCCEEDED, ROLLED_BACK, UNABLE, REJECTED = (
-    "succeeded",
-    "failed-rolled-back",
-    "failed-unable-to-rollback",
-    "rejected",
-)
+SUCCEEDED = DeploymentStatus.SUCCEEDED
+ROLLED_BACK = DeploymentStatus.FAILED_ROLLED_BACK
+UNABLE = DeploymentStatus.FAILED_UNABLE_TO_ROLLBACK
+REJECTED = DeploymentStatus.REJECTED
 
 
 class Fetcher(Protocol):
@@ -32,7 +31,7 @@ class SimulatedCrash(BaseException):
 
 @dataclass(frozen=True)
 class Outcome:
-    state: str
+    state: DeploymentStatus
     ref: ModelRef | None
     error: str | None = None
 

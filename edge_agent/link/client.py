@@ -15,6 +15,7 @@ import httpx
 
 from edge_agent.identity import DeviceIdentity
 from edge_agent.link.signed import verify_command, verify_desired_state
+from fedge_protocol import TelemetryPost, paths
 
 
 class LinkError(Exception):
@@ -79,6 +80,10 @@ class ControllerLink:
     def close(self) -> None:
         self.http.close()
 
+    def _path(self, template: str, **params: Any) -> str:
+        """A device route of the protocol for this device."""
+        return template.format(device_id=self.identity.device_id, **params)
+
     def _check(self, resp: httpx.Response, what: str) -> None:
         if resp.status_code >= 400:
             raise LinkError(f"{what}: {resp.status_code} {_detail(resp)}", resp.status_code)
@@ -87,7 +92,7 @@ class ControllerLink:
         """GET the desired state with ``If-None-Match``; the signed document is verified before use."""
         headers = {"If-None-Match": self.etag} if self.etag else {}
         try:
-            resp = self.http.get(f"/v1/devices/{self.identity.device_id}/desired-state", headers=headers)
+            resp = self.http.get(self._path(paths.DESIRED_STATE), headers=headers)
         except httpx.HTTPError as exc:
             raise LinkError(f"desired state: {exc}") from exc
         if resp.status_code == 304:
@@ -100,7 +105,7 @@ class ControllerLink:
 
     def report(self, report: dict[str, Any]) -> None:
         try:
-            resp = self.http.post(f"/v1/devices/{self.identity.device_id}/status", json=report)
+            resp = self.http.post(self._path(paths.STATUS), json=report)
         except httpx.HTTPError as exc:
             raise LinkError(f"status report: {exc}") from exc
         self._check(resp, "status report")
@@ -109,7 +114,8 @@ class ControllerLink:
         """One outbox telemetry record over HTTP (stored once per sequence number by the controller)."""
         try:
             resp = self.http.post(
-                f"/v1/devices/{self.identity.device_id}/telemetry", json={"seq": seq, "body": body}
+                self._path(paths.TELEMETRY),
+                json=TelemetryPost(seq=seq, body=body).model_dump(),
             )
         except httpx.HTTPError as exc:
             raise LinkError(f"telemetry: {exc}") from exc
@@ -118,7 +124,7 @@ class ControllerLink:
     def pending_commands(self) -> list[dict[str, Any]]:
         """Commands not acknowledged yet, each verified (signature, type, device) before use."""
         try:
-            resp = self.http.get(f"/v1/devices/{self.identity.device_id}/commands/pending")
+            resp = self.http.get(self._path(paths.PENDING_COMMANDS))
         except httpx.HTTPError as exc:
             raise LinkError(f"commands: {exc}") from exc
         self._check(resp, "commands")
@@ -126,11 +132,10 @@ class ControllerLink:
 
     def request_command(self, body: dict[str, Any]) -> dict[str, Any]:
         """Ask the controller for a command for this device to run now; returns its verified document."""
-        base = f"/v1/devices/{self.identity.device_id}/commands"
         try:
-            resp = self.http.post(base, json=body)
+            resp = self.http.post(self._path(paths.COMMANDS), json=body)
             self._check(resp, "command")
-            resp = self.http.get(f"{base}/{resp.json()['id']}/signed")
+            resp = self.http.get(self._path(paths.SIGNED_COMMAND, command_id=resp.json()["id"]))
         except httpx.HTTPError as exc:
             raise LinkError(f"command: {exc}") from exc
         self._check(resp, "command")

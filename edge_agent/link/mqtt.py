@@ -22,12 +22,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.identity import CA_FILE, CERT_FILE, KEY_FILE, DeviceIdentity
 from edge_agent.link.signed import SignatureInvalid, verify_command, verify_desired_state
+from fedge_protocol.documents import OutboxMessage
+from fedge_protocol.topics import Leaf, device_topic, split_device_topic
 
 log = logging.getLogger("fedge.agent.mqtt")
-
-
-def device_topic(device_id: str, leaf: str) -> str:
-    return f"fedge/devices/{device_id}/{leaf}"
 
 
 class MqttLink:
@@ -96,7 +94,7 @@ class MqttLink:
         except Exception as exc:  # any failure is the requester's answer, not the agent's crash
             response = {"id": request_id, "error": f"{type(exc).__name__}: {exc}"}
         self.client.publish(
-            device_topic(self.identity.device_id, "inferred"), json.dumps(response).encode(), qos=1
+            device_topic(self.identity.device_id, Leaf.INFERRED), json.dumps(response).encode(), qos=1
         )
 
     def start(self) -> None:
@@ -112,7 +110,8 @@ class MqttLink:
         """QoS 1 publish of one outbox entry; True once the broker's PUBACK arrived."""
         if not self.connected.is_set():
             return False
-        payload = json.dumps({"seq": seq, "kind": kind, "body": body}).encode()
+        message = OutboxMessage.model_validate({"seq": seq, "kind": kind, "body": body})
+        payload = json.dumps(message.model_dump()).encode()
         info = self.client.publish(device_topic(self.identity.device_id, kind), payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return False
@@ -129,10 +128,10 @@ class MqttLink:
             log.warning("broker refused the connection: %s", rc)
             return
         self.refused = None
-        client.subscribe(device_topic(self.identity.device_id, "desired"), qos=1)
-        client.subscribe(device_topic(self.identity.device_id, "cmd"), qos=1)
+        client.subscribe(device_topic(self.identity.device_id, Leaf.DESIRED), qos=1)
+        client.subscribe(device_topic(self.identity.device_id, Leaf.CMD), qos=1)
         if self.on_infer is not None:
-            client.subscribe(device_topic(self.identity.device_id, "infer"), qos=1)
+            client.subscribe(device_topic(self.identity.device_id, Leaf.INFER), qos=1)
         self.connected.set()
         log.info("connected to the broker %s:%s", self.host, self.port)
         if self.on_connect_cb is not None:
@@ -144,13 +143,15 @@ class MqttLink:
         self.connected.clear()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.endswith("/infer") and self.on_infer is not None:
+        found = split_device_topic(msg.topic)
+        leaf = found[1] if found is not None and found[0] == self.identity.device_id else None
+        if leaf == Leaf.INFER and self.on_infer is not None:
             threading.Thread(target=self._answer, args=(msg.payload,), daemon=True).start()
             return
-        if msg.topic.endswith("/cmd") and msg.payload:
+        if leaf == Leaf.CMD and msg.payload:
             self._command(bytes(msg.payload))
             return
-        if not msg.topic.endswith("/desired") or not msg.payload:
+        if leaf != Leaf.DESIRED or not msg.payload:
             return
         try:
             payload = verify_desired_state(

@@ -156,7 +156,8 @@ def train(
     threads: Annotated[int, typer.Option(help="torch threads for the network updates.")] = 1,
 ) -> None:
     """Train an RL policy on the training days and save it (and its ONNX export)."""
-    from simulator.grid.rl import ONNX_FILE, TrainConfig, get_backend
+    from simulator.grid.policy_info import ONNX_FILE
+    from simulator.grid.rl import TrainConfig, get_backend
 
     with _errors():
         model = _model()
@@ -221,7 +222,8 @@ def evaluate(
     from simulator.grid.onnx_policy import OnnxPolicy
     from simulator.grid.plots import plot_episode, plot_report
     from simulator.grid.policies import Policy, PvPeakHeuristic, SurplusBoundaryRule
-    from simulator.grid.rl import ONNX_FILE, TrainedPolicy
+    from simulator.grid.policy_info import ONNX_FILE
+    from simulator.grid.rl import TrainedPolicy
 
     with _errors():
         model = _model()
@@ -297,7 +299,8 @@ def export(
     import numpy as np
 
     from simulator.grid.onnx_policy import METADATA_KEY, OnnxPolicy
-    from simulator.grid.rl import ONNX_FILE, load_policy
+    from simulator.grid.policy_info import ONNX_FILE
+    from simulator.grid.rl import load_policy
 
     with _errors():
         trained = load_policy(policy)

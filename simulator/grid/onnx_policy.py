@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from simulator.grid.env import LoadShiftEnv
 from simulator.grid.errors import MissingExtraError, PolicyError
 from simulator.grid.policies import Policy
-from simulator.grid.rl import PolicyInfo
+from simulator.grid.policy_info import PolicyInfo
 
 METADATA_KEY = "fedge.grid.policy"
 """``metadata_props`` key of the embedded policy description (JSON of :class:`PolicyInfo`)."""

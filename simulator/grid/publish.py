@@ -27,7 +27,7 @@ import numpy as np
 
 from simulator.grid.errors import PolicyError
 from simulator.grid.onnx_policy import METADATA_KEY, embed_policy_info, embedded_policy_info
-from simulator.grid.rl import ONNX_FILE, PolicyInfo
+from simulator.grid.policy_info import ONNX_FILE, PolicyInfo
 
 if TYPE_CHECKING:
     from controller.client import FedgeClient

@@ -14,11 +14,10 @@ policy network: the same action SB3 takes with ``deterministic=True``).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,9 +28,7 @@ from simulator.grid.env import DEFAULT_ACTIONS_PER_DAY, ActionKind, LoadShiftEnv
 from simulator.grid.errors import MissingExtraError, PolicyError
 from simulator.grid.model import GridModel
 from simulator.grid.policies import Policy
-
-POLICY_FILE = "policy.json"
-ONNX_FILE = "policy.onnx"
+from simulator.grid.policy_info import POLICY_FILE, PolicyInfo
 
 
 @dataclass(frozen=True)
@@ -66,43 +63,6 @@ class TrainConfig:
         if self.actions in ("multi", "auto"):
             return "multi"
         raise PolicyError(f"actions must be 'auto', 'multi' or 'flat', not {self.actions!r}")
-
-
-@dataclass(frozen=True)
-class PolicyInfo:
-    """Contents of ``policy.json``."""
-
-    backend: str
-    algorithm: str
-    grid: str
-    controllable: list[str]
-    actions_per_day: int
-    action_kind: ActionKind
-    bidirectional: bool
-    reward_scale: float
-    obs_dim: int
-    nvec: list[int]
-    total_timesteps: int
-    seed: int
-    train_seconds: float = 0.0
-    demonstration_episodes: int = 0
-    selected: str = "rl"
-    """``rl``; with demonstrations ``cloned`` or ``cloned+ppo`` (better on the validation days)."""
-    validation: dict[str, float] = field(default_factory=dict)
-    network: str = "mlp"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def read(cls, directory: Path) -> PolicyInfo:
-        path = directory / POLICY_FILE
-        if not path.is_file():
-            raise PolicyError(f"{directory} is not a policy directory (no {POLICY_FILE})")
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (TypeError, ValueError) as exc:
-            raise PolicyError(f"{path} is not a valid policy description: {exc}") from exc
 
 
 def make_env(

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from controller.client import FedgeClient
-from controller.fleet.ca import COMMAND_CONTEXT, DOCUMENT_CONTEXT
 from controller.state import ControllerState
 from edge_agent.cli import app as agent_cli
 from edge_agent.grid import CommandRunner, _grid_model, grid_available, run_command
 from edge_agent.link.signed import SignatureInvalid, verify_command
+from fedge_protocol import DocumentType
 from simulator.grid.publish import RegisteredPolicy, register_policy
 from tests.conftest import ADMIN_TOKEN, LiveServer
 from tests.fixtures.services import wait_for
@@ -94,6 +94,10 @@ def test_a_registered_policy_has_chain_records_and_a_self_describing_onnx(
 def test_a_controller_command_runs_the_policy_on_the_agent_and_the_results_come_back(
     controller: Live, http: httpx.Client, registered: RegisteredPolicy, device: MqttDevice, days: str
 ) -> None:
+    messaging = controller[1].messaging
+    assert messaging is not None
+    delivered: list[tuple[str, int, str]] = []  # (device, seq, leaf) as the controller accepted them
+    messaging.observe(lambda device_id, m: delivered.append((device_id, m.seq, m.kind)))
     r = _command(http, device.id, model=registered.model_id, days=days)
     assert r.status_code == 201, r.text
     created = r.json()
@@ -120,11 +124,10 @@ def test_a_controller_command_runs_the_policy_on_the_agent_and_the_results_come_
             assert body[side]["score"] == pytest.approx((body[side]["scr"] + body[side]["ssr"]) / 2)
     assert done["started_at"] and done["finished_at"]
 
-    messaging = controller[1].messaging
-    assert messaging is not None  # delivered over MQTT (telemetry topic), from the outbox
+    # delivered over MQTT (telemetry topic), from the outbox
     wait_for(lambda: len(device.outbox) == 0, 10, "outbox drained")
     seqs = {rec["seq"] for rec in records}
-    assert seqs <= {seq for d, seq, kind in messaging.delivered if d == device.id and kind == "telemetry"}
+    assert seqs <= {seq for d, seq, kind in delivered if d == device.id and kind == "telemetry"}
     listed = http.get(f"/v1/devices/{device.id}/commands", headers=ADMIN).json()
     assert [c["id"] for c in listed["items"]][:1] == [created["id"]]
 
@@ -204,7 +207,7 @@ def test_the_agent_refuses_a_policy_whose_bytes_differ_from_the_signed_chain_has
     payload = commands.document(commands.get(dev.id, created["id"]))
     payload["model"]["sha256"] = "ab" * 32  # a signed record that does not match the bytes served
     verified = verify_command(
-        commands.fleet.ca.sign_document(payload, COMMAND_CONTEXT), dev.identity.ca_certificate, dev.id
+        commands.fleet.ca.sign_document(payload, DocumentType.COMMAND), dev.identity.ca_certificate, dev.id
     )
     records: list[dict[str, Any]] = []
 
@@ -252,12 +255,12 @@ def test_forged_or_misaddressed_commands_are_refused(
     ca = commands.fleet.ca
 
     with pytest.raises(SignatureInvalid, match="does not verify"):
-        verify_command(ca.sign_document(payload, DOCUMENT_CONTEXT), a.identity.ca_certificate, a.id)
+        verify_command(ca.sign_document(payload, DocumentType.DESIRED_STATE), a.identity.ca_certificate, a.id)
     with pytest.raises(SignatureInvalid, match="for device"):
-        verify_command(ca.sign_document(payload, COMMAND_CONTEXT), b.identity.ca_certificate, b.id)
+        verify_command(ca.sign_document(payload, DocumentType.COMMAND), b.identity.ca_certificate, b.id)
     other = DeviceCA.load_or_create(tmp_path / "other-ca")
     with pytest.raises(SignatureInvalid, match="does not verify"):
-        verify_command(other.sign_document(payload, COMMAND_CONTEXT), a.identity.ca_certificate, a.id)
+        verify_command(other.sign_document(payload, DocumentType.COMMAND), a.identity.ca_certificate, a.id)
 
     # b may neither read a's commands nor download a version that names only a
     r = b.link.http.get(f"/v1/devices/{a.id}/commands/pending")

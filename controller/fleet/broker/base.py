@@ -1,10 +1,7 @@
 """The ``Broker`` interface and the controller's own MQTT client (the service client) both brokers share.
 
-Topics (one prefix per device, ``fedge/devices/{id}/``): ``desired`` (controller -> device, retained,
-QoS 1: the signed desired-state envelope), ``cmd`` (controller -> device), ``state`` and ``telemetry``
-(device -> controller, QoS 1, JSON ``{"seq", "kind", "body"}`` from the agent's outbox). A device may
-read only ``desired``/``cmd`` and write only ``state``/``telemetry`` under its own prefix; the service
-client (``SERVICE_USER``) may do anything under ``fedge/``.
+The topics and the device ACL are the protocol's (:mod:`fedge_protocol.topics`); the service client
+(``SERVICE_USER``) may do anything under ``fedge/``.
 """
 
 from __future__ import annotations
@@ -24,30 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 log = logging.getLogger("fedge.broker")
 
 SERVICE_USER = "fedge-controller"
-PREFIX = "fedge/devices"
-DEVICE_READ = ("desired", "cmd", "infer")  # infer: inference requests to the device
-DEVICE_WRITE = ("state", "telemetry", "inferred")  # inferred: its answers
 MessageHandler = Callable[[str, bytes], None]
-
-
-def device_topic(device_id: str, leaf: str) -> str:
-    return f"{PREFIX}/{device_id}/{leaf}"
-
-
-def split_device_topic(topic: str) -> tuple[str, str] | None:
-    """``fedge/devices/{id}/{leaf}`` -> (id, leaf); None for anything else."""
-    parts = topic.split("/")
-    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != PREFIX or not parts[2]:
-        return None
-    return parts[2], parts[3]
-
-
-def device_may(device_id: str, topic: str, write: bool) -> bool:
-    """The device ACL of both brokers: own prefix only, read desired/cmd, write state/telemetry."""
-    found = split_device_topic(topic)
-    if found is None or found[0] != device_id:
-        return False
-    return found[1] in (DEVICE_WRITE if write else DEVICE_READ)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from controller.fleet.broker.base import (
     Broker,
     BrokerEndpoint,
     ServiceClientOptions,
-    device_may,
 )
+from fedge_protocol.topics import device_may
 
 log = logging.getLogger("fedge.broker.embedded")
 

@@ -8,17 +8,16 @@ import json
 import logging
 import queue
 import threading
-from collections import defaultdict, deque
-from typing import Any
+from collections.abc import Callable
 
 from controller.db.models import DeviceCommand
-from controller.fleet.broker.base import Broker, device_topic, split_device_topic
+from controller.fleet.broker.base import Broker
 from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
 from controller.fleet.devices import ACTIVE, Fleet
+from fedge_protocol import Leaf, OutboxMessage, StatusReport, device_topic, every_device, split_device_topic
 
 log = logging.getLogger("fedge.broker.messaging")
-TELEMETRY_KEPT = 1000
 
 
 class FleetMessaging:
@@ -28,16 +27,15 @@ class FleetMessaging:
         self, broker: Broker, fleet: Fleet, rollouts: Rollouts, commands: Commands | None = None
     ) -> None:
         self.broker, self.fleet, self.rollouts, self.commands = broker, fleet, rollouts, commands
-        self.telemetry: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=TELEMETRY_KEPT))
-        self.delivered: list[tuple[str, int, str]] = []  # (device id, seq, kind), in arrival order
+        self._observers: list[Callable[[str, OutboxMessage], None]] = []
         self._last_seq: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pending: queue.Queue[list[str] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
 
     def start(self) -> None:
-        self.broker.subscribe("fedge/devices/+/state", self._on_message)
-        self.broker.subscribe("fedge/devices/+/telemetry", self._on_message)
+        self.broker.subscribe(every_device(Leaf.STATE), self._on_message)
+        self.broker.subscribe(every_device(Leaf.TELEMETRY), self._on_message)
         self.broker.on_connected = self.publish_all
         self.fleet.events.subscribe(self)
         self._worker = threading.Thread(target=self._publisher, daemon=True, name="fedge-desired-publisher")
@@ -50,6 +48,11 @@ class FleetMessaging:
         if self._worker is not None:
             self._worker.join(10)
         self.broker.stop()
+
+    def observe(self, observer: Callable[[str, OutboxMessage], None]) -> None:
+        """Call ``observer(device_id, message)`` for every device message accepted (once per outbox
+        sequence, in arrival order, before it is applied): for metrics and audits."""
+        self._observers.append(observer)
 
     def desired_changed(self, device_ids: list[str]) -> None:
         """Queue a publish (requests do not wait for the broker's acknowledgements)."""
@@ -68,7 +71,7 @@ class FleetMessaging:
                 log.exception("cannot build the desired state of %s", device_id)
                 continue
             if not self.broker.publish(
-                device_topic(device_id, "desired"), json.dumps(envelope).encode(), 1, True
+                device_topic(device_id, Leaf.DESIRED), json.dumps(envelope).encode(), 1, True
             ):
                 log.warning(
                     "desired state of %s not acknowledged by the broker (agents still poll)", device_id
@@ -85,7 +88,7 @@ class FleetMessaging:
             except Exception:
                 log.exception("cannot sign command %s", command.id)
                 return
-            topic = device_topic(command.device_id, "cmd")
+            topic = device_topic(command.device_id, Leaf.CMD)
             if not self.broker.publish(topic, json.dumps(envelope).encode(), 1, False):
                 log.warning("command %s not acknowledged by the broker (the agent polls)", command.id)
 
@@ -99,7 +102,7 @@ class FleetMessaging:
         device = self.fleet.get(device_id)
         serial = int(device.cert_serial, 16) if device.cert_serial else None
         self.broker.revoke_device(device_id, serial)
-        self.broker.publish(device_topic(device_id, "desired"), b"", 1, True)  # clear the retained copy
+        self.broker.publish(device_topic(device_id, Leaf.DESIRED), b"", 1, True)  # clear the retained copy
 
     # ------------------------------------------------------------ device messages
     def _accept(self, device_id: str, seq: int) -> bool:
@@ -119,26 +122,29 @@ class FleetMessaging:
         if found is None:
             return
         device_id, leaf = found  # the broker ACL guarantees the sender is this device
+        if leaf not in (Leaf.STATE, Leaf.TELEMETRY):
+            return
         try:
-            message = json.loads(payload)
-            seq, body = int(message["seq"]), message["body"]
-        except (ValueError, KeyError, TypeError):
+            message = OutboxMessage.model_validate({**json.loads(payload), "kind": leaf})
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
             log.warning("malformed %s message from %s", leaf, device_id)
             return
-        if self.fleet.get(device_id).status != ACTIVE or not isinstance(body, dict):
+        if self.fleet.get(device_id).status != ACTIVE:
             return
-        if not self._accept(device_id, seq):
-            log.info("dropping replayed %s seq %s from %s", leaf, seq, device_id)
+        if not self._accept(device_id, message.seq):
+            log.info("dropping replayed %s seq %s from %s", leaf, message.seq, device_id)
             return
-        self.delivered.append((device_id, seq, leaf))
-        if leaf == "state":
-            from controller.api.devices import StatusReport  # the HTTP route's validation
-
-            report = StatusReport.model_validate(body).model_dump()
-            report["seq"] = seq
+        for observer in self._observers:
+            observer(device_id, message)
+        if message.kind == Leaf.STATE:
+            try:
+                report = StatusReport.model_validate(message.body).model_dump()
+            except ValueError:
+                log.warning("malformed status report seq %s from %s", message.seq, device_id)
+                return
+            report["seq"] = message.seq
             self.rollouts.report(device_id, report)
-        elif leaf == "telemetry":
-            self.telemetry[device_id].append({"seq": seq, **body})
+        else:
             self.fleet.touch(device_id)
             if self.commands is not None:
-                self.commands.record_telemetry(device_id, seq, body)
+                self.commands.record_telemetry(device_id, message.seq, message.body)

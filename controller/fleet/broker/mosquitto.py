@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controller.fleet.broker.base import SERVICE_USER, Broker, BrokerEndpoint, ServiceClientOptions
 from controller.fleet.ca import DeviceCA
+from fedge_protocol.topics import DEVICE_READ, DEVICE_WRITE, device_acl_pattern
 
 log = logging.getLogger("fedge.broker.mosquitto")
 
@@ -157,15 +158,9 @@ def acl_text(revoked_device_ids: list[str]) -> str:
     ]
     for device_id in sorted(set(revoked_device_ids)):
         lines += [f"user {device_id}", "topic deny #", ""]
-    lines += [
-        "pattern read fedge/devices/%u/desired",
-        "pattern read fedge/devices/%u/cmd",
-        "pattern write fedge/devices/%u/state",
-        "pattern write fedge/devices/%u/telemetry",
-        "pattern read fedge/devices/%u/infer",
-        "pattern write fedge/devices/%u/inferred",
-        "",
-    ]
+    lines += [f"pattern read {device_acl_pattern(leaf)}" for leaf in DEVICE_READ]
+    lines += [f"pattern write {device_acl_pattern(leaf)}" for leaf in DEVICE_WRITE]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -14,8 +14,9 @@ import pytest
 from simulator.grid.errors import PolicyError
 from simulator.grid.model import GridModel
 from simulator.grid.onnx_policy import METADATA_KEY, OnnxPolicy, embed_policy_info, embedded_policy_info
+from simulator.grid.policy_info import ONNX_FILE, PolicyInfo
 from simulator.grid.publish import self_describing_onnx
-from simulator.grid.rl import ONNX_FILE, PolicyInfo, TrainedPolicy, make_env
+from simulator.grid.rl import TrainedPolicy, make_env
 from tests.simulator.grid.tiny import tiny_policy
 
 

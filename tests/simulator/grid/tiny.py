@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from simulator.grid.model import GridModel
-from simulator.grid.rl import ONNX_FILE, TrainConfig, TrainedPolicy, get_backend
+from simulator.grid.policy_info import ONNX_FILE
+from simulator.grid.rl import TrainConfig, TrainedPolicy, get_backend
 
 TINY_ACTIONS_PER_DAY = 8
 

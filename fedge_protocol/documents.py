@@ -1,0 +1,126 @@
+"""The documents controller and agent exchange, as pydantic models (one definition for both ends).
+
+Signed documents (controller -> device, see :mod:`fedge_protocol.envelope`): :class:`DesiredState` and
+:class:`Command`, each naming model versions by :class:`ModelReference` (the SHA-256 read from the chain).
+Device -> controller: :class:`StatusReport` (the outcome of applying a desired state), telemetry records
+(:class:`CommandAck` and free-form records with a ``type``), carried as :class:`OutboxMessage` over MQTT or
+:class:`TelemetryPost` over HTTP. Enrollment: :class:`EnrollRequest` -> :class:`Enrollment`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedge_protocol.envelope import DocumentType
+from fedge_protocol.status import CommandKind, CommandState, DeploymentStatus
+from fedge_protocol.topics import Leaf
+
+DEVICE_AUDIENCE = "fedge:device-api"
+"""The ``aud`` claim of device-signed API tokens (ES256 JWTs, iss = sub = device id)."""
+MAX_DEVICE_TOKEN_SECONDS = 300
+"""A device-signed API token lives at most this long."""
+
+
+class ModelReference(BaseModel):
+    """A model version as a signed document names it for one device."""
+
+    model_id: str
+    version: int
+    kind: str
+    sha256: str = Field(description="hex SHA-256 read from the chain record, not from the database")
+    chain_record: str
+    chain_tx: str | None = None
+    size_bytes: int | None = None
+    download: str = Field(description="device route that streams the artifact")
+    sample_input: Any = Field(default=None, description="health-check input (desired states only)")
+
+
+class DesiredState(BaseModel):
+    """What a device should run (signed; its canonical JSON's hash is the HTTP ETag)."""
+
+    type: Literal[DocumentType.DESIRED_STATE] = DocumentType.DESIRED_STATE
+    device_id: str
+    revision: int
+    deployment_id: str | None = None
+    model: ModelReference | None = None
+
+
+class Command(BaseModel):
+    """A signed device command (``grid-run``) naming the model version it runs."""
+
+    type: Literal[DocumentType.COMMAND] = DocumentType.COMMAND
+    device_id: str
+    command_id: str
+    kind: CommandKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    created_at: str | None = None
+    model: ModelReference
+
+
+class StatusReport(BaseModel):
+    """A device's report on applying its desired state (HTTP ``status`` route or MQTT ``state`` leaf)."""
+
+    state: DeploymentStatus = Field(description=" | ".join(s.value for s in DeploymentStatus))
+    deployment_id: str | None = None
+    revision: int | None = None
+    model_id: str | None = None
+    version: int | None = None
+    sha256: str | None = None
+    error: str | None = Field(default=None, max_length=4000)
+    active_model_id: str | None = Field(default=None, description="the model the device serves now")
+    active_version: int | None = None
+    seq: int | None = Field(default=None, description="agent outbox sequence number (deduplicates)")
+
+
+class TelemetryType(StrEnum):
+    """The ``type`` of telemetry records the controller interprets (others are stored as they are)."""
+
+    COMMAND = "command"
+    GRID_DAY = "grid.day"
+
+
+class CommandAck(BaseModel):
+    """A telemetry record acknowledging a command: ``running``, then ``succeeded`` (with a result) or
+    ``failed`` (with an error)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal[TelemetryType.COMMAND] = TelemetryType.COMMAND
+    command_id: str
+    state: CommandState
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class OutboxMessage(BaseModel):
+    """One outbox entry on the ``state`` or ``telemetry`` leaf (QoS 1); ``seq`` grows per device."""
+
+    seq: int
+    kind: Literal[Leaf.STATE, Leaf.TELEMETRY]
+    body: dict[str, Any]
+
+
+class TelemetryPost(BaseModel):
+    """One outbox record over HTTP (when the broker is out of reach)."""
+
+    seq: int = Field(ge=1, description="agent outbox sequence number (stored once per device and seq)")
+    body: dict[str, Any]
+
+
+class EnrollRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=200)
+    csr: str = Field(min_length=1, max_length=16_384, description="PEM CSR of an EC P-256 key")
+    labels: dict[str, str] = Field(default_factory=dict)
+    facts: dict[str, Any] = Field(default_factory=dict, description="hardware facts (CPU, RAM, GPU, ORT)")
+
+
+class Enrollment(BaseModel):
+    device_id: str
+    certificate: str = Field(description="PEM device certificate, CN = device id")
+    ca_certificate: str = Field(description="PEM device CA: pin it; it signs desired-state documents")
+    api_url: str
+    broker_url: str | None
+    audience: str = Field(description="aud claim of device-signed JWTs")
