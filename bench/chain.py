@@ -160,7 +160,7 @@ def run_backend(backend: ChainBackend, n: int, n_seed: int) -> dict[str, dict[st
             "sha256": sha(d),
             "hash": hashlib.md5(d.encode()).digest(),
         }
-        measure(samples["seed_deploy_dataset"], backend.deploy_contract, "dataset", dataset_args)
+        measure(samples["seed_deploy_dataset"], backend.seed_contracts.deploy, "dataset", dataset_args)
         model_args = {
             "model_id": uid(),
             "organization_id": uid(),
@@ -169,9 +169,9 @@ def run_backend(backend: ChainBackend, n: int, n_seed: int) -> dict[str, dict[st
             "train_image_hash": sha("img" + d),
         }
         address = measure(
-            samples["seed_deploy_model"], backend.deploy_contract, "model", model_args
+            samples["seed_deploy_model"], backend.seed_contracts.deploy, "model", model_args
         ).contract_address
-        measure(samples["seed_verify"], backend.verify_contract, address, sha("result" + address))
+        measure(samples["seed_verify"], backend.seed_contracts.verify, address, sha("result" + address))
     return {op: summarize(values) for op, values in samples.items()}
 
 

@@ -70,7 +70,7 @@ def _map(exc: ChainError, address: str | None = None) -> Exception:
 def deploy_contract(body: DeployRequest, chain: ChainDep, _admin: Admin) -> ReceiptOut:
     """Deploy a DatasetRecord or ModelRecord contract signed by the controller's account."""
     try:
-        return _receipt(chain.deploy_contract(body.kind, body.args))
+        return _receipt(chain.seed_contracts.deploy(body.kind, body.args))
     except ChainError as exc:
         raise _map(exc) from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -88,7 +88,7 @@ def describe_contract(address: str, chain: ChainDep, _admin: Admin) -> dict[str,
             "records": "keyed by id: see /v1/datasets/{id}/provenance and /v1/models/{id}/provenance",
         }
     try:
-        return chain.describe_contract(address)
+        return chain.seed_contracts.describe(address)
     except ChainError as exc:
         raise _map(exc, address) from exc
 
@@ -98,6 +98,6 @@ def verify_contract(address: str, body: VerifyRequest, chain: ChainDep, _admin: 
     """Store a training result hash in a ModelRecord (once; 409 on a second call)."""
     digest = bytes.fromhex(body.result_hash.removeprefix("0x"))
     try:
-        return _receipt(chain.verify_contract(address, digest))
+        return _receipt(chain.seed_contracts.verify(address, digest))
     except ChainError as exc:
         raise _map(exc, address) from exc

@@ -1,4 +1,5 @@
-"""Provenance on an EVM chain: the ChainBackend interface, its errors and the factory.
+"""Provenance on an EVM chain: the ChainBackend interface (and the seed's SeedContracts), its errors and
+the factory.
 
 Implementations import web3 only when a factory (`make_chain`, `make_chain_backend`) builds them, so
 importing this package is cheap.
@@ -8,7 +9,6 @@ from controller.chain.base import (
     ArtifactOnChain,
     ChainBackend,
     ChainEvent,
-    ContractKind,
     DatasetOnChain,
     FLRunOnChain,
     ModelOnChain,
@@ -28,6 +28,7 @@ from controller.chain.errors import (
     Unauthorized,
 )
 from controller.chain.factory import make_chain, make_chain_backend
+from controller.chain.seed import ContractKind, SeedContracts
 
 __all__ = [
     "AlreadyVerified",
@@ -46,6 +47,7 @@ __all__ = [
     "NotOwner",
     "RecordExists",
     "RecordNotFound",
+    "SeedContracts",
     "TxReceipt",
     "Unauthorized",
     "make_chain",

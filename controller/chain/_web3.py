@@ -19,7 +19,6 @@ from controller.chain.base import (
     ArtifactOnChain,
     ChainBackend,
     ChainEvent,
-    ContractKind,
     DatasetOnChain,
     FLRunOnChain,
     ModelOnChain,
@@ -29,6 +28,7 @@ from controller.chain.base import (
 from controller.chain.contracts import ALL_CONTRACTS, DATASET_RECORD, MODEL_RECORD, REGISTRY, load_contract
 from controller.chain.errors import ChainError, ChainUnavailable, InvalidRecord, RecordNotFound
 from controller.chain.keys import ControllerKey
+from controller.chain.seed import ContractKind, SeedContracts
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Web3ChainBackend(ChainBackend):
                     signature = f"{item['name']}({','.join(_type_of(i) for i in item['inputs'])})"
                     self._events.setdefault(keccak(text=signature), factory.events[item["name"]]())
         self._registry: Any = None
+        self._seed = Web3SeedContracts(self)
 
     # -- hooks --------------------------------------------------------------------------------------
 
@@ -420,7 +421,45 @@ class Web3ChainBackend(ChainBackend):
 
     # -- per-asset contracts ------------------------------------------------------------------------
 
-    def deploy_contract(self, kind: ContractKind, args: Mapping[str, object]) -> TxReceipt:
+    @property
+    def seed_contracts(self) -> SeedContracts:
+        return self._seed
+
+    # -- accounts and lifecycle ---------------------------------------------------------------------
+
+    def transfer(self, to_address: str, amount_wei: int) -> TxReceipt:
+        """Send ether from the controller's account (fund another signer on a private chain). Not part of
+        the ChainBackend interface: tests and operators' scripts call it on an implementation."""
+        checksum = _require_address(to_address)
+        _require_int("amount_wei", amount_wei, 1, 2**256 - 1)
+        with self._boundary():
+            receipt = self._transact(checksum, b"", value=amount_wei)
+            return receipt
+
+    @abstractmethod
+    def with_signer(self, private_key: str) -> Web3ChainBackend:
+        """A view of the same chain that signs with another key; closing it leaves this one open. Not part
+        of the ChainBackend interface (tests use it to act as a second account)."""
+
+    def health(self) -> None:
+        with self._boundary():
+            self._check_open()
+            with self._reading():
+                self._w3.eth.get_block_number()
+
+    def __repr__(self) -> str:
+        registry = self.registry_address or None
+        return f"{type(self).__name__}(controller={self.controller_address}, registry={registry})"
+
+
+class Web3SeedContracts(SeedContracts):
+    """The seed's per-asset contracts over a Web3ChainBackend's connection, key and lock."""
+
+    def __init__(self, chain: Web3ChainBackend) -> None:
+        self._chain = chain
+
+    def deploy(self, kind: ContractKind, args: Mapping[str, object]) -> TxReceipt:
+        chain = self._chain
         if kind == "dataset":
             fields = _take(
                 args,
@@ -455,19 +494,20 @@ class Web3ChainBackend(ChainBackend):
             name = MODEL_RECORD
         else:
             raise InvalidRecord(f"unknown contract kind {kind!r} (expected 'dataset' or 'model')")
-        with self._boundary():
-            data = _hexbytes(self._factories[name].constructor(*values).data_in_transaction)
-            receipt = self._transact(None, data)
+        with chain._boundary():
+            data = _hexbytes(chain._factories[name].constructor(*values).data_in_transaction)
+            receipt = chain._transact(None, data)
             return receipt
 
-    def describe_contract(self, address: str) -> dict[str, object]:
+    def describe(self, address: str) -> dict[str, object]:
+        chain = self._chain
         checksum = _require_address(address)
-        with self._boundary():
+        with chain._boundary():
             kind = self._record_kind(checksum)
-            contract = self._w3.eth.contract(
+            contract = chain._w3.eth.contract(
                 address=to_checksum_address(checksum), abi=load_contract(kind).abi
             )
-            with self._reading():
+            with chain._reading():
                 record = contract.functions.getRecord().call()
         if kind == DATASET_RECORD:
             dataset_id, organization_id, dims, sha, md5, size, registered_at, registrar = record
@@ -512,43 +552,26 @@ class Web3ChainBackend(ChainBackend):
             "data_params": {"dataset_id": dataset_id},
         }
 
-    def verify_contract(self, address: str, result_hash: bytes) -> TxReceipt:
+    def verify(self, address: str, result_hash: bytes) -> TxReceipt:
+        chain = self._chain
         checksum = _require_address(address)
         _require_digest("result_hash", result_hash, 32)
-        with self._boundary():
+        with chain._boundary():
             if self._record_kind(checksum) != MODEL_RECORD:
                 raise RecordNotFound(f"{checksum} is a dataset record, not a model record")
-            data = _hexbytes(self._factories[MODEL_RECORD].encode_abi("verify", args=[result_hash]))
-            receipt = self._transact(checksum, data)
+            data = _hexbytes(chain._factories[MODEL_RECORD].encode_abi("verify", args=[result_hash]))
+            receipt = chain._transact(checksum, data)
             return receipt
 
     def _record_kind(self, address: str) -> str:
-        self._check_open()
-        with self._reading():
-            code = bytes(self._w3.eth.get_code(to_checksum_address(address)))
+        chain = self._chain
+        chain._check_open()
+        with chain._reading():
+            code = bytes(chain._w3.eth.get_code(to_checksum_address(address)))
         for name in (DATASET_RECORD, MODEL_RECORD):
             if code == load_contract(name).deployed_bytecode:
                 return name
         raise RecordNotFound(f"no DatasetRecord or ModelRecord contract at {address}")
-
-    # -- accounts and lifecycle ---------------------------------------------------------------------
-
-    def transfer(self, to_address: str, amount_wei: int) -> TxReceipt:
-        checksum = _require_address(to_address)
-        _require_int("amount_wei", amount_wei, 1, 2**256 - 1)
-        with self._boundary():
-            receipt = self._transact(checksum, b"", value=amount_wei)
-            return receipt
-
-    def health(self) -> None:
-        with self._boundary():
-            self._check_open()
-            with self._reading():
-                self._w3.eth.get_block_number()
-
-    def __repr__(self) -> str:
-        registry = self.registry_address or None
-        return f"{type(self).__name__}(controller={self.controller_address}, registry={registry})"
 
 
 def lean_middleware(w3: Web3) -> None:

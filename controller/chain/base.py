@@ -1,9 +1,10 @@
 """The ChainBackend interface and the records it returns.
 
 A backend stores fedge's provenance records on an EVM chain through one registry contract
-(`FedgeRegistry`, records keyed by id) and, for the seed-compatible admin routes, deploys and reads
-per-asset `DatasetRecord` / `ModelRecord` contracts. Every transaction is signed locally with the
-controller's key and sent raw. Implementations: in-process EVM (`evm`), any JSON-RPC node (`jsonrpc`).
+(`FedgeRegistry`, records keyed by id); the seed-compatible admin routes reach the per-asset
+`DatasetRecord` / `ModelRecord` contracts through its `seed_contracts` accessor (controller/chain/seed.py).
+Every transaction is signed locally with the controller's key and sent raw. Implementations: in-process
+EVM (`evm`), any JSON-RPC node (`jsonrpc`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING
 
-ContractKind = Literal["dataset", "model"]
+if TYPE_CHECKING:
+    from controller.chain.seed import SeedContracts
 
 
 def participant_hash(device_id: str) -> bytes:
@@ -181,32 +183,12 @@ class ChainBackend(ABC):
 
     # -- per-asset contracts (the seed's admin routes) ----------------------------------------------
 
+    @property
     @abstractmethod
-    def deploy_contract(self, kind: ContractKind, args: Mapping[str, object]) -> TxReceipt:
-        """Deploy a DatasetRecord or ModelRecord; receipt.contract_address is the new contract.
+    def seed_contracts(self) -> SeedContracts:
+        """The seed's DatasetRecord / ModelRecord contracts on this chain, signed by the same account."""
 
-        dataset args: dataset_id, organization_id, samples_dimension, size_bytes, sha256 (hex or bytes),
-        hash (MD5, hex or bytes; optional). model args: model_id, organization_id, developer_id,
-        dataset_id, train_image_hash (32-byte digest, hex or bytes).
-        """
-
-    @abstractmethod
-    def describe_contract(self, address: str) -> dict[str, object]:
-        """Seed-style metadata of a DatasetRecord or ModelRecord; RecordNotFound for any other address."""
-
-    @abstractmethod
-    def verify_contract(self, address: str, result_hash: bytes) -> TxReceipt:
-        """Call verify on a ModelRecord (AlreadyVerified / NotOwner as for verify_model)."""
-
-    # -- accounts and lifecycle ---------------------------------------------------------------------
-
-    @abstractmethod
-    def transfer(self, to_address: str, amount_wei: int) -> TxReceipt:
-        """Send ether from the controller's account (fund another signer on a private chain)."""
-
-    @abstractmethod
-    def with_signer(self, private_key: str) -> ChainBackend:
-        """A view of the same chain that signs with another key; closing it leaves this one open."""
+    # -- lifecycle ----------------------------------------------------------------------------------
 
     @abstractmethod
     def health(self) -> None:

@@ -45,19 +45,19 @@ def test_new_instance_on_same_dir_reads_identical_records(tmp_path: Path) -> Non
     register(first, "ds-1")
     first.register_model("m-1", ORG, "dev", "ds-1", sha("img"))
     first.verify_model("m-1", sha("result"))
-    seed_contract = first.deploy_contract(
+    seed_contract = first.seed_contracts.deploy(
         "model",
         {"model_id": "m-2", "organization_id": ORG, "developer_id": "dev", "dataset_id": "ds-1",
          "train_image_hash": sha("img")},
     ).contract_address  # fmt: skip
     before = (first.registry_address, first.get_dataset("ds-1"), first.get_model("m-1"))
-    described = first.describe_contract(seed_contract)
+    described = first.seed_contracts.describe(seed_contract)
     first.close()
 
     second = open_evm(tmp_path)
     try:
         assert (second.registry_address, second.get_dataset("ds-1"), second.get_model("m-1")) == before
-        assert second.describe_contract(seed_contract) == described
+        assert second.seed_contracts.describe(seed_contract) == described
     finally:
         second.close()
 

@@ -1,4 +1,5 @@
-"""One ChainBackend conformance suite, run against every implementation (in-process EVM, real anvil)."""
+"""One ChainBackend conformance suite, run against every implementation (in-process EVM, real anvil),
+including the seed's per-asset contracts reached through ``ChainBackend.seed_contracts``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from controller.chain import (
     make_chain_backend,
     participant_hash,
 )
+from controller.chain._web3 import Web3ChainBackend
 
 ORG = "5d066d58-06de-47ab-a2f6-c8f413e21947"
 DEV = "0c8a5c4e-1b0f-4a43-9a7e-2b7b8f3d9e10"
@@ -52,7 +54,9 @@ class ChainConformance:
 
     @pytest.fixture
     def other(self, backend: ChainBackend) -> Iterator[ChainBackend]:
-        """A second funded account on the same chain, which owns nothing."""
+        """A second funded account on the same chain, which owns nothing (``with_signer`` and ``transfer``
+        are test support of the implementations, not part of the ChainBackend interface)."""
+        assert isinstance(backend, Web3ChainBackend)
         view = backend.with_signer("0x" + os.urandom(32).hex())
         backend.transfer(view.controller_address, 10**18)
         yield view
@@ -273,7 +277,7 @@ class ChainConformance:
     # -- per-asset contracts (seed admin routes) ----------------------------------------------------
 
     def deploy_model_contract(self, backend: ChainBackend) -> str:
-        receipt = backend.deploy_contract(
+        receipt = backend.seed_contracts.deploy(
             "model",
             {
                 "model_id": "m-1",
@@ -286,7 +290,7 @@ class ChainConformance:
         return receipt.contract_address
 
     def test_deploy_dataset_contract_is_described_seed_style(self, backend: ChainBackend) -> None:
-        receipt = backend.deploy_contract(
+        receipt = backend.seed_contracts.deploy(
             "dataset",
             {
                 "dataset_id": "ds-1",
@@ -299,7 +303,7 @@ class ChainConformance:
         )
         assert receipt.contract_address not in ("", backend.registry_address)
         assert only_event(receipt.events, "DatasetRegistered").address == receipt.contract_address
-        described = backend.describe_contract(receipt.contract_address)
+        described = backend.seed_contracts.describe(receipt.contract_address)
         registered_at = described.pop("registered_at")
         assert isinstance(registered_at, int) and registered_at > 1_600_000_000
         assert described == {
@@ -316,7 +320,7 @@ class ChainConformance:
 
     def test_deployed_model_contract_is_described_before_verify(self, backend: ChainBackend) -> None:
         address = self.deploy_model_contract(backend)
-        described = backend.describe_contract(address)
+        described = backend.seed_contracts.describe(address)
         assert described["model_params"] == {
             "organization_id": ORG,
             "developer_id": DEV,
@@ -328,7 +332,7 @@ class ChainConformance:
 
     def test_verify_contract_emits_verified_and_stores_res_hash(self, backend: ChainBackend) -> None:
         address = self.deploy_model_contract(backend)
-        receipt = backend.verify_contract(address, sha("result"))
+        receipt = backend.seed_contracts.verify(address, sha("result"))
         event = only_event(receipt.events, "Verified")
         assert (event.address, receipt.contract_address) == (address, address)
         assert event.args == {
@@ -336,15 +340,15 @@ class ChainConformance:
             "resultHash": sha("result"),
             "verifiedAt": event.args["verifiedAt"],
         }
-        described = backend.describe_contract(address)
+        described = backend.seed_contracts.describe(address)
         assert described["model_params"]["res_hash"] == sha("result").hex()  # type: ignore[index]
         assert described["verified_at"] == event.args["verifiedAt"]
 
     def test_verify_contract_twice_raises_already_verified(self, backend: ChainBackend) -> None:
         address = self.deploy_model_contract(backend)
-        backend.verify_contract(address, sha("first"))
+        backend.seed_contracts.verify(address, sha("first"))
         with pytest.raises(AlreadyVerified) as caught:
-            backend.verify_contract(address, sha("second"))
+            backend.seed_contracts.verify(address, sha("second"))
         assert caught.value.contract_error == "ModelRecordAlreadyVerified"
         assert caught.value.contract_args == {"resultHash": sha("first")}
 
@@ -353,28 +357,28 @@ class ChainConformance:
     ) -> None:
         address = self.deploy_model_contract(backend)
         with pytest.raises(NotOwner) as caught:
-            other.verify_contract(address, sha("forged"))
+            other.seed_contracts.verify(address, sha("forged"))
         assert caught.value.contract_error == "ModelRecordUnauthorized"
         assert caught.value.contract_args == {"caller": other.controller_address}
-        assert backend.describe_contract(address)["verified"] is False
+        assert backend.seed_contracts.describe(address)["verified"] is False
 
     def test_describe_registry_or_empty_address_raises_record_not_found(self, backend: ChainBackend) -> None:
         for address in (backend.registry_address, "0x" + os.urandom(20).hex()):
             with pytest.raises(RecordNotFound):
-                backend.describe_contract(address)
+                backend.seed_contracts.describe(address)
 
     def test_verify_contract_on_dataset_contract_raises_record_not_found(self, backend: ChainBackend) -> None:
-        receipt = backend.deploy_contract(
+        receipt = backend.seed_contracts.deploy(
             "dataset",
             {"dataset_id": "d", "organization_id": ORG, "samples_dimension": "(1,)", "size_bytes": 1,
              "sha256": sha("d")},
         )  # fmt: skip
         with pytest.raises(RecordNotFound):
-            backend.verify_contract(receipt.contract_address, sha("r"))
+            backend.seed_contracts.verify(receipt.contract_address, sha("r"))
 
     def test_deploy_contract_with_unknown_field_raises_invalid_record(self, backend: ChainBackend) -> None:
         with pytest.raises(InvalidRecord):
-            backend.deploy_contract("model", {"model_id": "m", "colour": "blue"})
+            backend.seed_contracts.deploy("model", {"model_id": "m", "colour": "blue"})
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
