@@ -3,12 +3,10 @@ device-facing routes (signed desired state with ETag, status reports, model down
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
 
 from controller.api.deps import (
     Admin,
@@ -26,37 +24,12 @@ from controller.api.deps import (
 from controller.api.downloads import artifact_response
 from controller.db.models import Device, utcnow
 from controller.errors import Forbidden
+from controller.schemas.devices import DeviceOut, EnrollmentTokenOut, EnrollmentTokenRequest
 from controller.security.principal import Role
 from fedge_protocol import DEVICE_AUDIENCE, Enrollment, EnrollRequest, StatusReport, paths
 
 router = APIRouter(tags=["fleet"])
 DEFAULT_POLL_SECONDS = 10.0
-
-
-class EnrollmentTokenRequest(BaseModel):
-    labels: dict[str, str] = Field(default_factory=dict, description="labels the enrolled device gets")
-    ttl_seconds: int = Field(default=3600, ge=1, le=30 * 86400)
-
-
-class EnrollmentTokenOut(BaseModel):
-    token: str = Field(description="one-time secret, shown once")
-    expires_at: dt.datetime
-
-
-class DeviceOut(BaseModel):
-    id: str
-    status: str
-    online: bool
-    labels: dict[str, Any]
-    facts: dict[str, Any]
-    desired: dict[str, Any] | None
-    reported: dict[str, Any] | None
-    model_id: str | None
-    model_version: int | None
-    last_error: str | None
-    enrolled_at: dt.datetime
-    revoked_at: dt.datetime | None
-    last_seen_at: dt.datetime | None
 
 
 def device_out(d: Device, poll_seconds: float = DEFAULT_POLL_SECONDS) -> DeviceOut:

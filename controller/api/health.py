@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from sqlalchemy import text
 
 from controller import __version__
 from controller.api.deps import ChainDep, EngineDep, StoreDep
 from controller.errors import ServiceUnavailable
+from controller.schemas.health import HealthOut, ReadinessOut
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=HealthOut)
+def healthz() -> HealthOut:
     """The process is up."""
-    return {"status": "ok", "version": __version__}
+    return HealthOut(status="ok", version=__version__)
 
 
-@router.get("/readyz")
-def readyz(engine: EngineDep, store: StoreDep, chain: ChainDep) -> dict[str, Any]:
+@router.get("/readyz", response_model=ReadinessOut)
+def readyz(engine: EngineDep, store: StoreDep, chain: ChainDep) -> ReadinessOut:
     """Every backend answers: database, artifact store, chain."""
     checks: dict[str, str] = {}
     failed: list[str] = []
@@ -46,4 +45,4 @@ def readyz(engine: EngineDep, store: StoreDep, chain: ChainDep) -> dict[str, Any
         failed.append("chain")
     if failed:
         raise ServiceUnavailable(f"not ready: {', '.join(failed)}", checks=checks)
-    return {"status": "ready", "checks": checks}
+    return ReadinessOut(status="ready", checks=checks)

@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
 from controller.api.deps import Developer, JobsDep
 from controller.db.models import Job
+from controller.schemas.jobs import JobCreated, JobOut, TrainRequest
 from controller.training.manager import TERMINAL, JobManager
 
 router = APIRouter(tags=["jobs"])
-
-
-class TrainRequest(BaseModel):
-    hyperparameters: dict[str, Any] = Field(
-        default_factory=dict, description="merged over the training spec's hyperparameters"
-    )
-
-
-class JobCreated(BaseModel):
-    job_id: str
-    status: str
-
-
-class JobOut(BaseModel):
-    job_id: str
-    model_id: str
-    status: str = Field(description="queued | running | succeeded | failed | cancelled")
-    runner: str
-    hyperparameters: dict[str, Any]
-    metrics: dict[str, Any]
-    progress: float | None
-    error: str | None
-    model_version: int | None
-    created_by: str | None
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    log_tail: list[str]
 
 
 def job_out(manager: JobManager, job: Job, tail: int = 20) -> JobOut:
