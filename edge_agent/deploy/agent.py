@@ -150,14 +150,7 @@ class Agent:
         if outcome is not None:
             self.last_outcome = outcome
             if outcome.state == REJECTED and outcome.ref is not None:
-                self.slots.write(
-                    "failed",
-                    {
-                        "model_id": outcome.ref.model_id,
-                        "version": outcome.ref.version,
-                        "sha256": outcome.ref.sha256,
-                    },
-                )
+                self.slots.mark_failed(outcome.ref)
             self._report(outcome, desired)
         return outcome
 

@@ -111,16 +111,22 @@ class SlotStore:
         self.write("current", {**_as_dict(ref), **extra, "confirmed": False})
 
     def confirm(self) -> None:
+        """``current`` passed its health check; the last failure no longer blocks anything."""
         cur = self.read("current")
         if cur is not None:
             self.write("current", {**cur, "confirmed": True})
-        self.write("failed", None)
+        self.mark_failed(None)
+
+    def mark_failed(self, ref: ModelRef | None) -> None:
+        """The one writer of the ``failed`` pointer: the version that last failed here (refused or rolled
+        back), which the planner does not retry until the desired state names another; None clears it."""
+        self.write("failed", None if ref is None else _as_dict(ref))
 
     def rollback(self) -> ModelRef | None:
         """Record ``current`` as failed and make ``previous`` current again; None if there is none."""
         cur = self.read("current")
         if cur is not None:
-            self.write("failed", {k: cur[k] for k in ("model_id", "version", "sha256")})
+            self.mark_failed(_ref(cur))
         prev = self.read("previous")
         if prev is None:
             self.write("current", None)
