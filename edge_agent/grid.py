@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.deploy.slots import sha256_file
+from edge_agent.deploy.fetch import ArtifactRefused, DigestMismatch, fetch_verified, verify_file
 from edge_agent.identity import write_private
 from fedge_protocol import CommandAck, CommandKind, CommandState, TelemetryType
 
@@ -75,27 +75,25 @@ class DayResult:
 
 
 def fetch_policy(link: Any, model: dict[str, Any], state_dir: Path) -> Path:
-    """The policy's ONNX under ``state_dir/grid/<model>/<version>/``, downloaded unless a copy with the
-    chain's SHA-256 is there; a download that hashes differently is deleted and refused."""
+    """The policy's ONNX under ``state_dir/grid/<model>/<version>/``, downloaded (the verified fetch
+    deployments use) unless a copy with the chain's SHA-256 is there; a download that hashes differently
+    is deleted and refused."""
     expected = str(model["sha256"])
     folder = state_dir / "grid" / str(model["model_id"]) / str(int(model["version"]))
     path = folder / "policy.onnx"
-    if path.is_file() and sha256_file(path) == expected:
-        return path
+    if path.is_file():
+        try:
+            verify_file(path, expected)  # no stream to trust: hash the copy on disk
+            return path
+        except DigestMismatch:
+            pass  # a stale or damaged copy: fetch it again
     folder.mkdir(parents=True, exist_ok=True)
-    staged = folder / "policy.onnx.part"
     try:
-        link.download(str(model["download"]), staged)
-    except Exception as exc:
-        staged.unlink(missing_ok=True)
-        raise GridRunError(f"download failed: {exc}") from exc
-    actual = sha256_file(staged)
-    if actual != expected:
-        staged.unlink(missing_ok=True)
-        raise GridRunError(
-            f"sha256 {actual} of the artifact differs from the signed chain record {expected}; refused"
-        )
-    staged.replace(path)
+        fetch_verified(link, str(model["download"]), expected, path)
+    except DigestMismatch as exc:
+        raise GridRunError(f"{exc}; refused") from exc
+    except ArtifactRefused as exc:
+        raise GridRunError(str(exc)) from exc
     return path
 
 

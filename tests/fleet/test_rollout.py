@@ -12,13 +12,34 @@ import pytest
 from controller.state import ControllerState
 from edge_agent.api import make_server, serve_in_thread
 from edge_agent.deploy.agent import Agent
-from edge_agent.deploy.executor import Executor, SimulatedCrash
-from edge_agent.deploy.plan import Activate, Desired, plan
+from edge_agent.deploy.executor import Executor, Outcome, Run
+from edge_agent.deploy.fetch import Fetcher
+from edge_agent.deploy.plan import Activate, Desired, Step, plan
+from edge_agent.deploy.slots import SlotStore
 from edge_agent.link.signed import SignatureInvalid, verify_desired_state
+from edge_agent.runtime.session import ModelRuntime
 from tests.conftest import LiveServer
 from tests.fleet.helpers import ADMIN, Device, add_model, deploy, enrolled_device, failing_model, upload_onnx
 
 Live = tuple[LiveServer, ControllerState]
+
+
+class SimulatedCrash(BaseException):
+    """The process 'dies' between two steps (a BaseException: nothing in the agent catches it)."""
+
+
+class CrashingExecutor(Executor):
+    """An executor that dies right after running a step of kind ``after``."""
+
+    def __init__(self, slots: SlotStore, fetcher: Fetcher, runtime: ModelRuntime, *, after: type) -> None:
+        super().__init__(slots, fetcher, runtime)
+        self.after = after
+
+    def execute(self, step: Step, run: Run) -> Outcome | None:
+        outcome = super().execute(step, run)
+        if isinstance(step, self.after):
+            raise SimulatedCrash(type(step).__name__)
+        return outcome
 
 
 def _converge(*devices: Device, rounds: int = 3) -> None:
@@ -164,7 +185,7 @@ def test_agent_killed_mid_swap_serves_the_previous_model_on_restart(
     _, v2 = upload_onnx(http, add_model(2.0), model_id)
     deploy(http, model_id, v2, [dev.id])
     crashing = Agent(dev.state_dir, dev.link)
-    crashing.executor = Executor(crashing.slots, dev.link, crashing.runtime, crash_after=Activate)
+    crashing.executor = CrashingExecutor(crashing.slots, dev.link, crashing.runtime, after=Activate)
     crashing.start()
 
     with pytest.raises(SimulatedCrash):
