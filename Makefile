@@ -33,8 +33,8 @@ demo: setup
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check controller edge_agent fedge_protocol simulator tests bench scripts contracts
-	$(VENV)/bin/ruff format --check controller edge_agent fedge_protocol simulator
+	$(VENV)/bin/ruff check controller edge_agent fedge_protocol fedge_common simulator tests bench scripts contracts
+	$(VENV)/bin/ruff format --check controller edge_agent fedge_protocol fedge_common simulator
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -31,6 +31,7 @@ from controller.registry.schemas import (
     Provenance,
     VersionOut,
 )
+from fedge_common.files import atomic_writer
 
 Progress = Callable[[int], None]
 CHUNK = 1024 * 1024
@@ -122,22 +123,18 @@ class FedgeClient:
         self, url: str, dest: Path, progress: Progress | None, params: dict[str, Any] | None
     ) -> str:
         """Stream to ``dest`` (atomically), verify against the X-Content-SHA256 header; return sha256."""
-        dest = Path(dest)
-        tmp = dest.with_name(dest.name + ".part")
         sha = hashlib.sha256()
         with self.http.stream("GET", url, params=params) as resp:
             self._raise(resp)
             expected = resp.headers.get("x-content-sha256")
-            with open(tmp, "wb") as fh:
+            with atomic_writer(dest, mode=None, fsync=False) as fh:  # dest untouched unless it checks out
                 for chunk in resp.iter_bytes(CHUNK):
                     fh.write(chunk)
                     sha.update(chunk)
                     if progress:
                         progress(len(chunk))
-        if expected and sha.hexdigest() != expected:
-            tmp.unlink(missing_ok=True)
-            raise IntegrityError(f"downloaded sha256 {sha.hexdigest()} != declared {expected}")
-        os.replace(tmp, dest)
+                if expected and sha.hexdigest() != expected:
+                    raise IntegrityError(f"downloaded sha256 {sha.hexdigest()} != declared {expected}")
         return sha.hexdigest()
 
     def content_length(self, url: str, params: dict[str, Any] | None = None) -> int | None:

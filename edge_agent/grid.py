@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.deploy.fetch import ArtifactRefused, DigestMismatch, fetch_verified, verify_file
-from edge_agent.identity import write_private
+from fedge_common.files import atomic_write
 from fedge_protocol import CommandAck, CommandKind, CommandState, TelemetryType
 
 log = logging.getLogger("fedge.agent.grid")
@@ -251,7 +251,7 @@ class CommandRunner:
             if command_id in self._seen:
                 return False
             self._seen = [*self._seen, command_id][-1000:]
-            write_private(self.state_dir / SEEN_FILE, json.dumps(self._seen).encode())
+            atomic_write(self.state_dir / SEEN_FILE, json.dumps(self._seen).encode())
             self.idle.clear()
         self._queue.put(payload)
         return True
@@ -291,7 +291,7 @@ class CommandRunner:
         marker = self.state_dir / RUNNING_FILE
         while (payload := self._queue.get()) is not None:
             try:
-                write_private(marker, str(payload["command_id"]).encode())
+                atomic_write(marker, str(payload["command_id"]).encode())
                 run_command(payload, self.link, self.state_dir, self.record)
                 marker.unlink(missing_ok=True)
             finally:

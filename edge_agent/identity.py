@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from fedge_common.files import atomic_write
 from fedge_protocol import Enrollment, EnrollRequest, paths
 
 KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE = "device.key", "device.pem", "ca.pem", "identity.json"
@@ -34,18 +35,6 @@ class EnrollmentError(Exception):
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only (0600), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -171,14 +160,14 @@ def enroll(
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     if cn != answer.device_id:
         raise EnrollmentError("certificate CN differs from the device id")
-    write_private(
+    atomic_write(
         state_dir / KEY_FILE,
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    write_private(state_dir / CERT_FILE, answer.certificate.encode())
-    write_private(state_dir / CA_FILE, answer.ca_certificate.encode())
+    atomic_write(state_dir / CERT_FILE, answer.certificate.encode())
+    atomic_write(state_dir / CA_FILE, answer.ca_certificate.encode())
     meta = {
         "device_id": answer.device_id,
         "api_url": controller.rstrip("/"),
@@ -186,5 +175,5 @@ def enroll(
         "audience": answer.audience,
         "broker_url": answer.broker_url,
     }
-    write_private(state_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(state_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode())
     return DeviceIdentity.load(state_dir)

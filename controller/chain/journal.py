@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from controller.chain.errors import JournalError
+from fedge_common.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class TxJournal:
                 fh.truncate()
                 fh.write(encode_line(header.to_json()))
                 os.fsync(fh.fileno())
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             return cls(path, header, entries, fh)
         except BaseException:
             fh.close()
@@ -197,11 +198,3 @@ class TxJournal:
         if self._fh is None:
             raise JournalError(f"journal {self.path} is closed")
         return self._fh
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

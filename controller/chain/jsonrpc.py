@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from controller.chain._web3 import Web3ChainBackend, _hex, to_checksum_address
 from controller.chain.contracts import REGISTRY, load_contract
 from controller.chain.errors import ChainError, ChainUnavailable
 from controller.chain.keys import ControllerKey
+from fedge_common.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,9 @@ class JsonRpcChainBackend(Web3ChainBackend):
         address = to_checksum_address(receipt.contract_address)
         log.info("deployed FedgeRegistry at %s on chain %d", address, self.chain_id)
         if state_file is not None:
-            _write_atomically(
-                state_file,
-                json.dumps(
-                    {"registry": address, "chain_id": self.chain_id, "tx": receipt.tx_hash},
-                    indent=2,
-                    sort_keys=True,
-                ),
-            )
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            record = {"registry": address, "chain_id": self.chain_id, "tx": receipt.tx_hash}
+            atomic_write(state_file, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=None)
         return address
 
     def _check_registry(self, address: ChecksumAddress, *, source: str) -> None:
@@ -202,13 +197,3 @@ class JsonRpcChainBackend(Web3ChainBackend):
 
     def close(self) -> None:
         self._closed = True
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

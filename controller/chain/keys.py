@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from controller.chain.errors import ControllerKeyError
+from fedge_common.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def load_or_create_key(key_dir: Path) -> ControllerKey:
             path.unlink()
         raise
     os.close(fd)
-    _fsync_dir(key_dir)
+    fsync_dir(key_dir)
     log.info("created controller key file %s", path)
     return _read_key_file(path)
 
@@ -119,11 +120,3 @@ def _read_key_file(path: Path) -> ControllerKey:
         return ControllerKey(text)
     except ControllerKeyError:
         raise ControllerKeyError(f"controller key file {path} does not hold a valid private key") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

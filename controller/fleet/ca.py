@@ -9,7 +9,6 @@ with ``fedge-``; :mod:`fedge_protocol.envelope`), so that none can be replayed a
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedge_common.files import atomic_write
 from fedge_protocol.envelope import DocumentType, canonical_json, envelope, signing_input
 
 CERT_DAYS = 365
@@ -27,13 +27,6 @@ CA_DAYS = 3650
 
 class CsrRejected(ValueError):
     """The certificate signing request is malformed, badly signed or uses a key type we refuse."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
 
 
 class DeviceCA:
@@ -83,7 +76,7 @@ class DeviceCA:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(key_path, pem)
+        atomic_write(key_path, pem)  # owner only (0600)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
 

@@ -1,10 +1,10 @@
-"""Local-filesystem ArtifactStore: ``<root>/<bucket>/<key>``, atomic writes (temp file, fsync, rename)."""
+"""Local-filesystem ArtifactStore: ``<root>/<bucket>/<key>``, atomic writes (fedge_common.files: temp
+file, fsync, rename)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +19,7 @@ from controller.storage.base import (
     check_bucket,
     check_key,
 )
+from fedge_common.files import atomic_writer
 
 _TMP_PREFIX = ".tmp-"
 
@@ -29,14 +30,6 @@ def _token(st: os.stat_result) -> str:
 
 class _SourceFailed(Exception):
     """Marks an exception raised by the source (not by the filesystem)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -60,10 +53,9 @@ class LocalArtifactStore(ArtifactStore):
         final = self._path(bucket, key)
         if not final.parent.is_dir():
             raise StorageError(f"bucket {bucket!r} does not exist")
-        tmp = final.parent / f"{_TMP_PREFIX}{key}-{uuid.uuid4().hex}"
         written = 0
-        try:
-            with open(tmp, "xb") as fh:
+        try:  # the temporary file is removed by atomic_writer on any failure
+            with atomic_writer(final, mode=None, temp_prefix=f"{_TMP_PREFIX}{key}-") as fh:
                 while True:
                     try:
                         chunk = source.read(CHUNK_SIZE)
@@ -73,20 +65,11 @@ class LocalArtifactStore(ArtifactStore):
                         break
                     fh.write(chunk)
                     written += len(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
         except _SourceFailed as wrapped:
-            tmp.unlink(missing_ok=True)
             assert wrapped.__cause__ is not None
             raise wrapped.__cause__ from None
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StorageError(f"local store write failed: {exc}") from exc
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return written
 
     def open(self, bucket: str, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:

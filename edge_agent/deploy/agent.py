@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.deploy.executor import REJECTED, Executor, Outcome
 from edge_agent.deploy.plan import Desired, plan
 from edge_agent.deploy.slots import SlotStore
-from edge_agent.identity import write_private
 from edge_agent.link.client import Backoff, ControllerLink, LinkError
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Entry, Outbox
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime
+from fedge_common.files import atomic_write
 from fedge_protocol import DeploymentStatus, Leaf, StatusReport
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class Agent:
             if desired.revision < self._seen_revision():
                 log.warning("ignoring desired state revision %s (older than seen)", desired.revision)
                 return None
-            write_private(self.state_dir / "desired.json", json.dumps(payload).encode())
+            atomic_write(self.state_dir / "desired.json", json.dumps(payload).encode())
         try:
             steps = plan(self.slots.current(), desired)
         except ValueError as exc:

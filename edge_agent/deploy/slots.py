@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.deploy.plan import Current, ModelRef
+from fedge_common.files import atomic_write, fsync_dir
 
 MODEL_FILE = "model.onnx"
 
@@ -55,18 +56,9 @@ class SlotStore:
         target = self.root / name
         if data is None:
             target.unlink(missing_ok=True)
+            fsync_dir(self.root)
         else:
-            tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(data, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            atomic_write(target, json.dumps(data), mode=None)
 
     def current(self) -> Current:
         return Current(

@@ -22,9 +22,10 @@ from edge_agent.api import make_server, serve_in_thread
 from edge_agent.deploy.agent import Agent
 from edge_agent.deploy.executor import Executor
 from edge_agent.deploy.slots import SlotStore
-from edge_agent.identity import IDENTITY_FILE, DeviceIdentity, enroll, write_private
+from edge_agent.identity import IDENTITY_FILE, DeviceIdentity, enroll
 from edge_agent.link.client import Backoff, ControllerLink, LinkError
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime, sample_feed
+from fedge_common.files import atomic_write
 
 log = logging.getLogger("fedge.simulator.fleet")
 
@@ -149,7 +150,7 @@ def _point_at(state_dir: Path, controller_url: str) -> None:
     meta = json.loads(path.read_text())
     if meta.get("api_url") != controller_url.rstrip("/"):
         meta["api_url"] = controller_url.rstrip("/")
-        write_private(path, json.dumps(meta, indent=2).encode())
+        atomic_write(path, json.dumps(meta, indent=2).encode())
 
 
 class Fleet:

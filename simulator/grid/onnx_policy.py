@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedge_common.files import atomic_writer
 from simulator.grid.env import LoadShiftEnv
 from simulator.grid.errors import MissingExtraError, PolicyError
 from simulator.grid.policies import Policy
@@ -48,9 +49,8 @@ def embed_policy_info(path: Path, info: PolicyInfo) -> None:
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    with atomic_writer(path, mode=None) as fh:
+        onnx.save(model, fh)
 
 
 def _session(path: Path) -> Any:

@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from controller.fleet.broker.base import SERVICE_USER, Broker, BrokerEndpoint, ServiceClientOptions
 from controller.fleet.ca import DeviceCA
+from fedge_common.files import atomic_write
 from fedge_protocol.topics import DEVICE_READ, DEVICE_WRITE, device_acl_pattern
 
 log = logging.getLogger("fedge.broker.mosquitto")
@@ -83,12 +84,8 @@ class MosquittoFiles:
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    """The broker's files are world-readable unless they hold a key (0600)."""
+    atomic_write(path, data, mode=mode)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
