@@ -5,24 +5,59 @@
 
 PYTHON ?= python3
 comma  := ,
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= controller,agent,grid,dev
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
+# Every install comes from the committed lock (requirements/lock.txt), installed with --no-deps: pip does
+# no resolving, so every machine gets the same versions. EXTRAS are the extras the lock is compiled for.
+EXTRAS ?= controller,agent,train,grid,monitor,dev
+LOCK      := requirements/lock.txt
+OVERRIDES := requirements/overrides.txt
+LOCK_ARGS ?=
+UV_VERSION := 0.13.9
+# The lock pins torch==2.13.0+cpu: a local version that only the CPU wheel carries (the index's torch is
+# the CUDA build, with nvidia-* and triton). These machines keep that wheel in /opt/wheels (pip's
+# find-links); elsewhere pip takes it from the PyTorch CPU page. Override with TORCH_FIND_LINKS=...
+TORCH_FIND_LINKS ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
+STAMP  := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup system demo test lint typecheck bench clean
+# Every process we start keeps to this machine: no telemetry, update checks or usage stats (flwr, Ray,
+# Evidently), and Ray on 127.0.0.1 only.
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export DO_NOT_TRACK := 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: setup system demo test lint typecheck bench clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Reinstall only when pyproject.toml (or the extras) change.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+# Reinstall only when the lock or pyproject.toml change. No `pip check`: the lock overrides typer
+# (flwr caps typer<0.21, amqtt needs >=0.24), which pip check reports and which is intended.
+$(STAMP): $(LOCK) pyproject.toml | $(PY)
+	$(PY) -m pip install -q --no-deps --find-links $(TORCH_FIND_LINKS) -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+
+# Recompile the lock after changing pyproject.toml or requirements/overrides.txt. Pins already in the lock
+# are kept where they still fit; `make lock LOCK_ARGS=--upgrade` moves every pin to the newest that fits.
+lock: | $(PY)
+	$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q --no-deps uv==$(UV_VERSION)
+	$(PY) -m uv pip compile pyproject.toml $(LOCK_ARGS) --quiet --python-version 3.11 \
+	    --python-platform x86_64-unknown-linux-gnu $(addprefix --extra ,$(subst $(comma), ,$(EXTRAS))) \
+	    --override $(OVERRIDES) --find-links $(TORCH_FIND_LINKS) --custom-compile-command 'make lock' -o $(LOCK)
+	{ printf '%s\n' '# fedge lock: every package of the extras $(EXTRAS), for Python 3.11 on x86_64 Linux.' \
+	    '# Installed by `make setup` with `pip install --no-deps -r requirements/lock.txt` (no resolver).' \
+	    '# Regenerate with `make lock` (overrides in requirements/overrides.txt); do not edit by hand.'; \
+	  grep -v '^# fedge lock:\|^# Installed by `make setup`\|^# Regenerate with `make lock`' $(LOCK); } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	! grep -i -E '^(nvidia|triton|cuda)' $(LOCK)
+	grep -q '^torch==2.13.0+cpu$$' $(LOCK)
 
 system:
 	bash scripts/setup-system.sh

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import os
+
+# Every process the tests start stays on this machine, under a bare `pytest` too (the Makefile and .ci/run
+# export the same): no flwr telemetry or update check, no Ray usage stats, Ray on 127.0.0.1, no Evidently
+# telemetry.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import subprocess
 import sys
 import threading
