@@ -5,39 +5,15 @@ these routes deploy and read the per-asset ``DatasetRecord`` / ``ModelRecord`` c
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from controller.api.deps import Admin, ChainDep
 from controller.chain.base import TxReceipt
 from controller.chain.errors import AlreadyVerified, ChainError, InvalidRecord, NotOwner, RecordNotFound
 from controller.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
+from controller.schemas.contracts import DeployRequest, ReceiptOut, VerifyRequest
 
 router = APIRouter(prefix="/v1/contracts", tags=["contracts (admin)"])
-
-_HEX32 = r"^(0x)?[0-9a-fA-F]{64}$"
-
-
-class DeployRequest(BaseModel):
-    kind: Literal["dataset", "model"]
-    args: dict[str, Any] = Field(
-        description="dataset: dataset_id, organization_id, samples_dimension, size_bytes, sha256, hash; "
-        "model: model_id, organization_id, developer_id, dataset_id, train_image_hash (32-byte hex)"
-    )
-
-
-class VerifyRequest(BaseModel):
-    result_hash: str = Field(pattern=_HEX32, description="SHA-256 of the training result, hex")
-
-
-class ReceiptOut(BaseModel):
-    address: str
-    tx_hash: str
-    block_number: int
-    gas_used: int
-    events: list[dict[str, Any]]
 
 
 def _receipt(r: TxReceipt) -> ReceiptOut:
