@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors = sum(sim.errors for sim in fleet.agents)
     lat = sorted(done.values())
     print(
-        f"deployment {dep['state']}: {len(lat)}/{n} agents active; latency p50 {percentile(lat, 50):.2f} s, "
+        f"deployment {dep.state}: {len(lat)}/{n} agents active; latency p50 {percentile(lat, 50):.2f} s, "
         f"p95 {percentile(lat, 95):.2f} s, max {lat[-1]:.2f} s (poll interval {interval:.1f} s); "
         f"controller saw the rollout end after {controller_s:.2f} s; agent errors {errors}"
     )
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "poll_interval_s": interval,
         "strategy": {"waves": waves} if waves else "all-at-once",
-        "state": dep["state"],
+        "state": dep.state,
         "converged": len(lat),
         "enroll_s": round(enroll_s, 2),
         "latency_s": {
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "agent_errors": errors,
     }
     print(json.dumps(result))
-    return 0 if dep["state"] == "succeeded" and len(lat) == n else 1
+    return 0 if dep.state == "succeeded" and len(lat) == n else 1
 
 
 if __name__ == "__main__":

@@ -4,8 +4,13 @@
     with FedgeClient("http://127.0.0.1:8400", token="fedge_...") as fc:
         ds = fc.push_dataset("digits.npz", {"organization_id": "org-1", "samples_dimension": "(1,8,8)"})
         m = fc.register_model({"model_params": {...}, "data_params": {"dataset_id": ds.dataset_id}})
+        job = fc.wait_job(fc.train(m.model_id).job_id)  # JobOut: job.status, job.metrics, ...
 
-Errors are raised as ``FedgeAPIError`` carrying the server's RFC 7807 problem.
+Every method returns the pydantic model its route declares (``controller.schemas``,
+``controller.registry.schemas``), validated on the way in; ``model.model_dump(mode="json")`` gives the
+route's JSON back. Only schema-less routes return plain JSON (``contract``: the decoded record contract,
+whose shape depends on its kind). Errors are raised as ``FedgeAPIError`` carrying the server's RFC 7807
+problem.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ from controller.registry.schemas import (
     Provenance,
     VersionOut,
 )
+from controller.schemas.commands import CommandOut, CommandPage, TelemetryPage
+from controller.schemas.deployments import DeploymentCreated, DeploymentOut
+from controller.schemas.devices import DeviceOut, EnrollmentTokenOut
+from controller.schemas.health import HealthOut, ReadinessOut
+from controller.schemas.jobs import TERMINAL_JOB_STATES, JobCreated, JobOut
+from controller.schemas.tokens import TokenCreated, TokenOut
+from controller.schemas.translation import TranslateResult
 from fedge_common.files import atomic_writer
 
 Progress = Callable[[int], None]
@@ -145,13 +157,13 @@ class FedgeClient:
         return int(value) if value else None
 
     # -------------------------------------------------------------- health
-    def health(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", "/healthz")
-        return result
+    def health(self) -> HealthOut:
+        """Liveness (no credential needed)."""
+        return HealthOut.model_validate(self._json("GET", "/healthz"))
 
-    def ready(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", "/readyz")
-        return result
+    def ready(self) -> ReadinessOut:
+        """Readiness of database, store and chain; a 503 ``FedgeAPIError`` names what is down."""
+        return ReadinessOut.model_validate(self._json("GET", "/readyz"))
 
     # ------------------------------------------------------------ datasets
     def push_dataset(
@@ -253,26 +265,23 @@ class FedgeClient:
             return ModelCreated.model_validate(self._json("POST", "/v1/models", files=parts))
 
     # ---------------------------------------------------------- training
-    def train(self, model_id: str, hyperparameters: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Queue a training job; returns {job_id, status}."""
-        result: dict[str, Any] = self._json(
-            "POST", f"/v1/models/{model_id}/train", json={"hyperparameters": hyperparameters or {}}
-        )
-        return result
+    def train(self, model_id: str, hyperparameters: dict[str, Any] | None = None) -> JobCreated:
+        """Queue a training job; returns its id and status."""
+        body = {"hyperparameters": hyperparameters or {}}
+        return JobCreated.model_validate(self._json("POST", f"/v1/models/{model_id}/train", json=body))
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobOut:
         """Job status, metrics, error, log tail."""
-        result: dict[str, Any] = self._json("GET", f"/v1/jobs/{job_id}")
-        return result
+        return JobOut.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
 
-    def jobs(self, model_id: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, model_id: str | None = None) -> list[JobOut]:
+        """Jobs, newest first (optionally of one model)."""
         params = {"model_id": model_id} if model_id else None
-        result: list[dict[str, Any]] = self._json("GET", "/v1/jobs", params=params)
-        return result
+        return [JobOut.model_validate(j) for j in self._json("GET", "/v1/jobs", params=params)]
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", f"/v1/jobs/{job_id}/cancel")
-        return result
+    def cancel_job(self, job_id: str) -> JobOut:
+        """Cancel a queued or running job; returns its state."""
+        return JobOut.model_validate(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def job_logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
         """The job's log lines (streamed; ``follow`` keeps reading until the job ends)."""
@@ -280,26 +289,25 @@ class FedgeClient:
             self._raise(resp)
             yield from resp.iter_lines()
 
-    def wait_job(self, job_id: str, timeout: float = 3600, poll: float = 0.5) -> dict[str, Any]:
-        """Poll until the job ends; returns its final state."""
-        import time
-
+    def wait_job(self, job_id: str, timeout: float = 3600, poll: float = 0.5) -> JobOut:
+        """Poll until the job ends; returns its final state (``TimeoutError`` after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job.status in TERMINAL_JOB_STATES:
                 return job
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
             time.sleep(poll)
 
     def translate(
         self, model_id: str, *, source_version: int | None = None, quantize: bool = False
-    ) -> dict[str, Any]:
+    ) -> TranslateResult:
         """Translate a trained version to ONNX (validated against the source model)."""
         body = {"source_version": source_version, "quantize": quantize}
-        result: dict[str, Any] = self._json("POST", f"/v1/models/{model_id}/translate", json=body)
-        return result
+        return TranslateResult.model_validate(
+            self._json("POST", f"/v1/models/{model_id}/translate", json=body)
+        )
 
     # ---------------------------------------------------------- provenance
     def dataset_provenance(self, dataset_id: str) -> Provenance:
@@ -311,7 +319,8 @@ class FedgeClient:
         return ModelProvenance.model_validate(self._json("GET", f"/v1/models/{model_id}/provenance"))
 
     def contract(self, address: str) -> dict[str, Any]:
-        """Decoded metadata of a record contract (admin)."""
+        """Decoded metadata of a record contract (admin): the seed's JSON shape, which depends on the
+        contract's kind, so plain JSON (the route declares no schema)."""
         result: dict[str, Any] = self._json("GET", f"/v1/contracts/{address}")
         return result
 
@@ -324,7 +333,8 @@ class FedgeClient:
         ttl_seconds: int | None = None,
         model_id: str | None = None,
         subject: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> TokenCreated:
+        """Mint a credential (admin); ``token`` is the secret, shown once."""
         body = {
             "name": name,
             "role": role,
@@ -332,12 +342,11 @@ class FedgeClient:
             "model_id": model_id,
             "subject": subject,
         }
-        result: dict[str, Any] = self._json("POST", "/v1/tokens", json=body)
-        return result
+        return TokenCreated.model_validate(self._json("POST", "/v1/tokens", json=body))
 
-    def list_tokens(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._json("GET", "/v1/tokens")
-        return result
+    def list_tokens(self) -> list[TokenOut]:
+        """Every credential (never the secret)."""
+        return [TokenOut.model_validate(t) for t in self._json("GET", "/v1/tokens")]
 
     def revoke_token(self, token_id: str) -> None:
         self._json("DELETE", f"/v1/tokens/{token_id}")
@@ -345,19 +354,16 @@ class FedgeClient:
     # ------------------------------------------------------------- fleet
     def enrollment_token(
         self, labels: dict[str, str] | None = None, ttl_seconds: int = 3600
-    ) -> dict[str, Any]:
+    ) -> EnrollmentTokenOut:
         """A one-time, expiring enrollment token (admin)."""
         body = {"labels": labels or {}, "ttl_seconds": ttl_seconds}
-        result: dict[str, Any] = self._json("POST", "/v1/enrollment-tokens", json=body)
-        return result
+        return EnrollmentTokenOut.model_validate(self._json("POST", "/v1/enrollment-tokens", json=body))
 
-    def devices(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._json("GET", "/v1/devices")
-        return result
+    def devices(self) -> list[DeviceOut]:
+        return [DeviceOut.model_validate(d) for d in self._json("GET", "/v1/devices")]
 
-    def device(self, device_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}")
-        return result
+    def device(self, device_id: str) -> DeviceOut:
+        return DeviceOut.model_validate(self._json("GET", f"/v1/devices/{device_id}"))
 
     def revoke_device(self, device_id: str) -> None:
         self._json("DELETE", f"/v1/devices/{device_id}")
@@ -372,8 +378,8 @@ class FedgeClient:
         waves: list[float] | None = None,
         max_failure_ratio: float = 0.0,
         auto_rollback: bool = True,
-    ) -> str:
-        """Start a deployment; returns its id."""
+    ) -> DeploymentCreated:
+        """Start a deployment; returns its id (``.deployment_id``)."""
         body = {
             "model_id": model_id,
             "version": version,
@@ -383,18 +389,18 @@ class FedgeClient:
             "max_failure_ratio": max_failure_ratio,
             "auto_rollback": auto_rollback,
         }
-        return str(self._json("POST", "/v1/deployments", json=body)["deployment_id"])
+        return DeploymentCreated.model_validate(self._json("POST", "/v1/deployments", json=body))
 
-    def deployment(self, deployment_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", f"/v1/deployments/{deployment_id}")
-        return result
+    def deployment(self, deployment_id: str) -> DeploymentOut:
+        """The rollout and each device's state."""
+        return DeploymentOut.model_validate(self._json("GET", f"/v1/deployments/{deployment_id}"))
 
-    def wait_deployment(self, deployment_id: str, timeout: float = 3600, poll: float = 1.0) -> dict[str, Any]:
-        """Poll until the rollout leaves ``rolling``."""
+    def wait_deployment(self, deployment_id: str, timeout: float = 3600, poll: float = 1.0) -> DeploymentOut:
+        """Poll until the rollout leaves ``rolling`` (or ``timeout`` passed); returns its last state."""
         deadline = time.monotonic() + timeout
         while True:
             dep = self.deployment(deployment_id)
-            if dep["state"] != "rolling" or time.monotonic() > deadline:
+            if dep.state != "rolling" or time.monotonic() > deadline:
                 return dep
             time.sleep(poll)
 
@@ -407,36 +413,36 @@ class FedgeClient:
         kind: str = "grid-run",
         version: int | None = None,
         days: str | list[int] = "test",
-    ) -> dict[str, Any]:
+    ) -> CommandOut:
         """Queue a command for a device (``grid-run``: the grid simulator with a registered policy)."""
         body = {"kind": kind, "model_id": model_id, "version": version, "days": days}
-        result: dict[str, Any] = self._json("POST", f"/v1/devices/{device_id}/commands", json=body)
-        return result
+        return CommandOut.model_validate(self._json("POST", f"/v1/devices/{device_id}/commands", json=body))
 
     def grid_run(
         self, device_id: str, model_id: str, version: int | None = None, days: str | list[int] = "test"
-    ) -> dict[str, Any]:
+    ) -> CommandOut:
         """Start ``fedge-agent grid run`` on a device; returns the command (``id``, ``state``...)."""
         return self.create_command(device_id, model_id, version=version, days=days)
 
-    def command(self, device_id: str, command_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}/commands/{command_id}")
-        return result
+    def command(self, device_id: str, command_id: str) -> CommandOut:
+        """One command: state, result summary, error."""
+        return CommandOut.model_validate(self._json("GET", f"/v1/devices/{device_id}/commands/{command_id}"))
 
-    def commands(self, device_id: str, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    def commands(self, device_id: str, limit: int = 50, offset: int = 0) -> CommandPage:
         """A page of the device's commands, newest first."""
         params = {"limit": limit, "offset": offset}
-        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}/commands", params=params)
-        return result
+        return CommandPage.model_validate(
+            self._json("GET", f"/v1/devices/{device_id}/commands", params=params)
+        )
 
     def wait_command(
         self, device_id: str, command_id: str, timeout: float = 3600, poll: float = 1.0
-    ) -> dict[str, Any]:
-        """Poll until the command succeeded or failed (or ``timeout`` passed)."""
+    ) -> CommandOut:
+        """Poll until the command succeeded or failed (or ``timeout`` passed); returns its last state."""
         deadline = time.monotonic() + timeout
         while True:
             cmd = self.command(device_id, command_id)
-            if cmd["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            if cmd.state.final or time.monotonic() > deadline:
                 return cmd
             time.sleep(poll)
 
@@ -448,15 +454,15 @@ class FedgeClient:
         type: str | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> dict[str, Any]:
+    ) -> TelemetryPage:
         """A page of the device's stored telemetry (outbox order), optionally of one command or type."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if command_id:
             params["command_id"] = command_id
         if type:
             params["type"] = type
-        result: dict[str, Any] = self._json("GET", f"/v1/devices/{device_id}/telemetry", params=params)
-        return result
+        raw = self._json("GET", f"/v1/devices/{device_id}/telemetry", params=params)
+        return TelemetryPage.model_validate(raw)
 
 
 __all__ = ["FedgeAPIError", "FedgeClient", "IntegrityError"]

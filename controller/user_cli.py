@@ -18,6 +18,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from controller.client import FedgeAPIError, FedgeClient
+from controller.schemas.commands import CommandOut
+from controller.schemas.jobs import TERMINAL_JOB_STATES
 
 app = typer.Typer(help="fedge: datasets, models and more on a fedge controller.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Register, list and download datasets.", no_args_is_help=True)
@@ -279,11 +281,11 @@ def models_train(
     """Start a training job (and watch it)."""
     with _api() as fc:
         job = fc.train(model_id, json.loads(hyperparameters) if hyperparameters else None)
-    err.print(f"job {job['job_id']} {job['status']}")
+    err.print(f"job {job.job_id} {job.status}")
     if watch:
-        jobs_watch(job["job_id"])
+        jobs_watch(job.job_id)
     else:
-        console.print(job["job_id"])
+        console.print(job.job_id)
 
 
 @models_app.command("translate")
@@ -298,7 +300,7 @@ def models_translate(
     """Translate a trained model to ONNX, validated against the source on held-out samples."""
     with _api() as fc:
         result = fc.translate(model_id, source_version=source_version, quantize=quantize)
-    _emit(result, as_json)
+    _emit(result.model_dump(mode="json"), as_json)
 
 
 @models_app.command("pull")
@@ -352,18 +354,18 @@ def jobs_watch(job_id: str) -> None:
             while True:
                 job = fc.job(job_id)
                 shown = {
-                    k: v for k, v in job["metrics"].items() if isinstance(v, int | float) and k != "progress"
+                    k: v for k, v in job.metrics.items() if isinstance(v, int | float) and k != "progress"
                 }
                 text = "  ".join(f"{k}={v:.4g}" for k, v in shown.items())
-                progress.update(task, completed=job["progress"] or 0.0, metrics=f"{job['status']} {text}")
-                if job["status"] in ("succeeded", "failed", "cancelled"):
+                progress.update(task, completed=job.progress or 0.0, metrics=f"{job.status} {text}")
+                if job.status in TERMINAL_JOB_STATES:
                     break
                 time.sleep(0.5)
-    if job["status"] == "succeeded":
-        err.print(f"[green]succeeded[/green]: model {job['model_id']} version {job['model_version']}")
+    if job.status == "succeeded":
+        err.print(f"[green]succeeded[/green]: model {job.model_id} version {job.model_version}")
         return
-    err.print(f"[red]{job['status']}[/red]: {job['error']}")
-    for line in job["log_tail"][-10:]:
+    err.print(f"[red]{job.status}[/red]: {job.error}")
+    for line in job.log_tail[-10:]:
         err.print(f"  {line}")
     raise typer.Exit(1)
 
@@ -375,8 +377,8 @@ def jobs_list(model_id: Annotated[str | None, typer.Option("--model")] = None) -
         rows = fc.jobs(model_id)
     table = Table("job_id", "model", "status", "progress", "version", "error")
     for j in rows:
-        table.add_row(j["job_id"], j["model_id"][:8], j["status"], f"{(j['progress'] or 0):.0%}",
-                      str(j["model_version"] or ""), (j["error"] or "")[:60])  # fmt: skip
+        table.add_row(j.job_id, j.model_id[:8], j.status, f"{(j.progress or 0):.0%}",
+                      str(j.model_version or ""), (j.error or "")[:60])  # fmt: skip
     console.print(table)
 
 
@@ -393,7 +395,7 @@ def jobs_cancel(job_id: str) -> None:
     """Cancel a queued or running job."""
     with _api() as fc:
         job = fc.cancel_job(job_id)
-    err.print(f"job {job_id}: {job['status']}")
+    err.print(f"job {job_id}: {job.status}")
 
 
 @models_app.command("push-artifact")
@@ -423,8 +425,9 @@ def tokens_create(
     """Mint a credential; prints the token once."""
     with _api() as fc:
         created = fc.create_token(name, role, ttl_seconds=ttl, model_id=model_id)
-    err.print(f"id {created['id']} role {created['role']} expires {created['expires_at']}")
-    console.print(created["token"])
+    expires = created.model_dump(mode="json")["expires_at"]  # as the route's JSON spells it
+    err.print(f"id {created.id} role {created.role} expires {expires}")
+    console.print(created.token)
 
 
 @tokens_app.command("list")
@@ -433,7 +436,7 @@ def tokens_list() -> None:
     with _api() as fc:
         rows = fc.list_tokens()
     table = Table("id", "name", "role", "subject", "expires", "revoked")
-    for r in rows:
+    for r in (row.model_dump(mode="json") for row in rows):  # timestamps as the route's JSON spells them
         table.add_row(r["id"], r["name"], r["role"], r["subject"], str(r["expires_at"]), str(r["revoked_at"]))
     console.print(table)
 
@@ -464,8 +467,8 @@ def devices_token(
     """Mint a one-time enrollment token; prints it once."""
     with _api() as fc:
         created = fc.enrollment_token(_pairs(labels, "--labels"), ttl)
-    err.print(f"expires {created['expires_at']}")
-    console.print(created["token"])
+    err.print(f"expires {created.model_dump(mode='json')['expires_at']}")
+    console.print(created.token)
 
 
 @devices_app.command("list")
@@ -474,19 +477,19 @@ def devices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     with _api() as fc:
         rows = fc.devices()
     if as_json:
-        _emit(rows, True)
+        _emit([r.model_dump(mode="json") for r in rows], True)
         return
     table = Table("id", "status", "online", "labels", "model", "version", "last error")
     for r in rows:
-        labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
+        labels = ",".join(f"{k}={v}" for k, v in r.labels.items())
         table.add_row(
-            r["id"],
-            r["status"],
-            "yes" if r["online"] else "no",
+            r.id,
+            r.status,
+            "yes" if r.online else "no",
             labels,
-            str(r["model_id"] or "-"),
-            str(r["model_version"] or "-"),
-            str(r["last_error"] or ""),
+            str(r.model_id or "-"),
+            str(r.model_version or "-"),
+            str(r.last_error or ""),
         )
     console.print(table)
 
@@ -499,13 +502,13 @@ def devices_revoke(device_id: str) -> None:
     err.print(f"revoked {device_id}")
 
 
-def _print_command(cmd: dict[str, Any]) -> None:
+def _print_command(cmd: CommandOut) -> None:
     console.print(
-        f"{cmd['id']} {cmd['kind']} model {cmd['model_id']} v{cmd['version']} "
-        f"days {cmd['params'].get('days')}: {cmd['state']}{' - ' + cmd['error'] if cmd.get('error') else ''}",
+        f"{cmd.id} {cmd.kind} model {cmd.model_id} v{cmd.version} "
+        f"days {cmd.params.get('days')}: {cmd.state}{' - ' + cmd.error if cmd.error else ''}",
         highlight=False,
     )
-    result = cmd.get("result") or {}
+    result = cmd.result or {}
     if result:
         console.print(
             f"  {result.get('days')} days, mean (SCR+SSR)/2 {result.get('mean_score_before', 0):.4f} -> "
@@ -527,14 +530,14 @@ def devices_grid_run(
     """Start the grid simulator with a registered RL policy on a device (the running agent executes it)."""
     with _api() as fc:
         cmd = fc.grid_run(device_id, model, version, days)
-        err.print(f"command {cmd['id']} {cmd['state']}")
+        err.print(f"command {cmd.id} {cmd.state}")
         if watch:
-            cmd = fc.wait_command(device_id, cmd["id"], timeout=timeout)
+            cmd = fc.wait_command(device_id, cmd.id, timeout=timeout)
     if as_json:
-        _emit(cmd, True)
+        _emit(cmd.model_dump(mode="json"), True)
     else:
         _print_command(cmd)
-    if watch and cmd["state"] != "succeeded":
+    if watch and cmd.state != "succeeded":
         raise typer.Exit(1)
 
 
@@ -546,7 +549,7 @@ def devices_command(
     with _api() as fc:
         cmd = fc.command(device_id, command_id)
     if as_json:
-        _emit(cmd, True)
+        _emit(cmd.model_dump(mode="json"), True)
     else:
         _print_command(cmd)
 
@@ -557,9 +560,9 @@ def devices_commands(device_id: str, as_json: Annotated[bool, typer.Option("--js
     with _api() as fc:
         page = fc.commands(device_id)
     if as_json:
-        _emit(page, True)
+        _emit(page.model_dump(mode="json"), True)
         return
-    for cmd in page["items"]:
+    for cmd in page.items:
         _print_command(cmd)
 
 
@@ -575,18 +578,18 @@ def devices_telemetry(
     with _api() as fc:
         page = fc.telemetry(device_id, command_id=command, type=kind, limit=limit)
     if as_json:
-        _emit(page, True)
+        _emit(page.model_dump(mode="json"), True)
         return
-    for rec in page["items"]:
-        body = rec["body"]
-        if rec["type"] == "grid.day":
+    for rec in page.items:
+        body = rec.body
+        if rec.type == "grid.day":
             console.print(
-                f"seq {rec['seq']} day {body['day']}: (SCR+SSR)/2 {body['before']['score']:.4f} -> "
+                f"seq {rec.seq} day {body['day']}: (SCR+SSR)/2 {body['before']['score']:.4f} -> "
                 f"{body['after']['score']:.4f}, {body['shifted']} shifts ({body['noops']} no-ops)",
                 highlight=False,
             )
         else:
-            console.print(f"seq {rec['seq']} {rec['type']}: {json.dumps(body)}", highlight=False)
+            console.print(f"seq {rec.seq} {rec.type}: {json.dumps(body)}", highlight=False)
 
 
 @app.command("deploy")
@@ -611,16 +614,16 @@ def deploy(
             waves=[float(w) for w in waves.split(",")] if waves else None,
             max_failure_ratio=max_failure_ratio,
             auto_rollback=auto_rollback,
-        )
+        ).deployment_id
         err.print(f"deployment {deployment_id}")
         result = fc.wait_deployment(deployment_id) if watch else fc.deployment(deployment_id)
     if as_json:
-        _emit(result, True)
+        _emit(result.model_dump(mode="json"), True)
     else:
-        console.print(f"{result['id']} {result['state']} {result.get('error') or ''}".rstrip())
-        for t in result["devices"]:
-            console.print(f"  wave {t['wave']} {t['device_id']} {t['state']}")
-    if watch and result["state"] == "failed":
+        console.print(f"{result.id} {result.state} {result.error or ''}".rstrip())
+        for t in result.devices:
+            console.print(f"  wave {t.wave} {t.device_id} {t.state}")
+    if watch and result.state == "failed":
         raise typer.Exit(1)
 
 

@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.client import FedgeAPIError, FedgeClient
+from controller.schemas.jobs import TERMINAL_JOB_STATES, JobOut
+from controller.schemas.translation import TranslateResult
 
 console = Console()
 
@@ -75,24 +77,24 @@ def example_package(tmp: Path, name: str) -> Path:
     return archive
 
 
-def train_with_progress(fc: FedgeClient, model_id: str) -> dict[str, object]:
+def train_with_progress(fc: FedgeClient, model_id: str) -> JobOut:
     """Start the training job and show its progress and metrics until it ends."""
     from rich.progress import BarColumn, Progress
 
-    job_id = fc.train(model_id)["job_id"]
+    job_id = fc.train(model_id).job_id
     with Progress(
         "training", BarColumn(), "{task.percentage:>3.0f}%", "{task.fields[info]}", console=console
     ) as bar:
         task = bar.add_task("train", total=1.0, info="queued")
         while True:
             job = fc.job(job_id)
-            m = job["metrics"]
-            info = job["status"]
+            m = job.metrics
+            info = job.status
             if "holdout_accuracy" in m:
                 info += f"  epoch {m.get('epoch')}  loss {m.get('loss', 0):.3f}"
                 info += f"  holdout acc {m['holdout_accuracy']:.3f}"
-            bar.update(task, completed=job["progress"] or 0.0, info=info)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
+            bar.update(task, completed=job.progress or 0.0, info=info)
+            if job.status in TERMINAL_JOB_STATES:
                 return job
             time.sleep(0.5)
 
@@ -152,16 +154,15 @@ def infer_accuracy(api_url: str, x: np.ndarray, y: np.ndarray, batch: int = 128)
 
 
 def deploy_to_agents(
-    fc: FedgeClient, url: str, token: str, data_dir: Path, model_id: str, translation: dict[str, object]
+    fc: FedgeClient, url: str, token: str, data_dir: Path, model_id: str, translation: TranslateResult
 ) -> None:
     """Enroll (or reuse) three agents, roll the ONNX model out in two waves, check them on held-out digits."""
     from simulator.fleet import Fleet
 
     console.rule("edge agents")
-    q = translation.get("quantized") or {}
-    assert isinstance(q, dict)
-    candidates = [(int(q["version"]), "int8")] if q.get("kept") else []
-    candidates.append((int(str(translation["version"])), "fp32"))
+    q = translation.quantized
+    candidates = [(q.version, "int8")] if q is not None and q.kept and q.version is not None else []
+    candidates.append((translation.version, "fp32"))
     x, y = held_out_digits()
     with Fleet(
         url, token, data_dir / "agents", poll_interval=0.5, serve_api=True, labels={"demo": "digits"}
@@ -186,10 +187,10 @@ def deploy_to_agents(
             raise SystemExit("no deployable ONNX version")
         console.print(f"deployment {dep_id}: {model_id} v{version} ({flavour}), waves [0.34, 1.0]")
         dep = fleet.wait_deployment(dep_id, timeout=120)
-        if dep["state"] != "succeeded":
-            raise SystemExit(f"deployment {dep['state']}: {dep['error']}")
+        if dep.state != "succeeded":
+            raise SystemExit(f"deployment {dep.state}: {dep.error}")
         fleet.wait_active(model_id, version, timeout=30)
-        waves = {t["device_id"]: (t["wave"], t["state"]) for t in dep["devices"]}
+        waves = {t.device_id: (t.wave, t.state) for t in dep.devices}
         table = Table(
             "agent", "device id", "wave", "rollout", "active after", "served", "held-out acc", "ms/call",
             title=f"edge agents: accuracy on {len(x)} held-out digits via POST /v1/infer (batches of 128)",
@@ -210,11 +211,9 @@ def deploy_to_agents(
                 f"{ms:.1f}",
             )
         console.print(table)
-        rows = {d["id"]: d for d in fc.devices()}
-        online = sum(1 for i in fleet.device_ids if rows.get(i, {}).get("online"))
-        console.print(
-            f"controller view: {online}/{len(fleet.agents)} agents online, deployment {dep['state']}"
-        )
+        rows = {d.id: d for d in fc.devices()}
+        online = sum(1 for i in fleet.device_ids if i in rows and rows[i].online)
+        console.print(f"controller view: {online}/{len(fleet.agents)} agents online, deployment {dep.state}")
 
 
 def main() -> None:
@@ -270,8 +269,8 @@ def main() -> None:
                 f"model {model.model_id} registered; training package sha256 {model.training_digest}"
             )
             job = train_with_progress(fc, model.model_id)
-            if job["status"] != "succeeded":
-                raise SystemExit(f"training failed: {job['error']}")
+            if job.status != "succeeded":
+                raise SystemExit(f"training failed: {job.error}")
             model_meta = fc.model_metadata(model.model_id)
             console.print("translating to ONNX (validated against PyTorch on 1,000 held-out samples)...")
             translation = fc.translate(model.model_id, quantize=True)
@@ -293,18 +292,18 @@ def main() -> None:
         trained = model_meta.versions[0]
         table.add_row("trained version", f"v{trained.version} {trained.filename} sha256 {trained.sha256}")
         table.add_row("on-chain res_hash", str((model_meta.chain or {}).get("res_hash")))
-        table.add_row("ONNX version", f"v{translation['version']} sha256 {translation['sha256']}")
+        table.add_row("ONNX version", f"v{translation.version} sha256 {translation.sha256}")
         table.add_row(
             "accuracy PyTorch / ONNX",
-            f"{translation['source_accuracy']:.4f} / {translation['onnx_accuracy']:.4f}",
+            f"{translation.source_accuracy:.4f} / {translation.onnx_accuracy:.4f}",
         )
         table.add_row(
-            "max |PyTorch - ONNX|", f"{translation['max_abs_diff']:.2e} on {translation['n_samples']} samples"
+            "max |PyTorch - ONNX|", f"{translation.max_abs_diff:.2e} on {translation.n_samples} samples"
         )
-        q = translation.get("quantized") or {}
+        q = translation.quantized
         table.add_row(
             "int8 variant",
-            f"{'kept as v' + str(q.get('version')) if q.get('kept') else 'dropped'}: {q.get('reason')}",
+            f"{'kept as v' + str(q.version) if q and q.kept else 'dropped'}: {q.reason if q else None}",
         )
         table.add_row("metadata DB", str(data_dir / "fedge.db"))
         table.add_row("chain journal", str(data_dir / "chain"))

@@ -86,12 +86,12 @@ def run(args: argparse.Namespace) -> int:
                 _emit(
                     event="deployment",
                     deployment_id=dep_id,
-                    state=dep["state"],
+                    state=dep.state,
                     succeeded=len(done),
                     agents=len(fleet.agents),
                     max_seconds=round(max(done), 3) if done else None,
                 )
-                status = 0 if dep["state"] == "succeeded" else 1
+                status = 0 if dep.state == "succeeded" else 1
                 if not args.duration:
                     stop.set()
             if args.duration:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.client import FedgeAPIError, FedgeClient
+from controller.schemas.deployments import DeploymentOut
 from edge_agent.api import make_server, serve_in_thread
 from edge_agent.deploy.agent import Agent
 from edge_agent.deploy.executor import Executor
@@ -211,7 +212,7 @@ class Fleet:
     def enroll_one(self, index: int, labels: dict[str, str] | None = None) -> SimAgent:
         """Mint a one-time token (admin SDK) and enroll a new device in ``root/agent-<index>``."""
         all_labels = {**self.labels, **(labels or {}), "sim-index": str(index)}
-        token = str(self.client.enrollment_token(all_labels, ttl_seconds=600)["token"])
+        token = self.client.enrollment_token(all_labels, ttl_seconds=600).token
         facts = {"simulated": True, "cpu_count": 1, "ort_providers": ["CPUExecutionProvider"]}
         identity = enroll(self.url, token, self._state_dir(index), all_labels, facts)
         sim = self._make(index, identity)
@@ -232,7 +233,7 @@ class Fleet:
             if exc.status == 404:
                 return None
             raise
-        if device.get("status") not in (None, "active"):
+        if device.status != "active":
             return None
         sim = self._make(index, identity)
         self.agents.append(sim)
@@ -289,19 +290,19 @@ class Fleet:
         """Deploy to this fleet's devices (``device_ids`` by default); returns the deployment id."""
         if "device_ids" not in kw and "selector" not in kw:
             kw["device_ids"] = self.device_ids
-        return self.client.deploy(model_id, version, **kw)
+        return self.client.deploy(model_id, version, **kw).deployment_id
 
     def wait_deployment(
         self, deployment_id: str, timeout: float = 300.0, poll: float = 0.25
-    ) -> dict[str, Any]:
+    ) -> DeploymentOut:
         """Poll the controller until the rollout leaves ``rolling``; TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         while True:
             dep = self.client.deployment(deployment_id)
-            if dep["state"] not in OPEN_DEPLOYMENT_STATES:
+            if dep.state not in OPEN_DEPLOYMENT_STATES:
                 return dep
             if time.monotonic() > deadline:
-                counts = _count(t["state"] for t in dep["devices"])
+                counts = _count(t.state for t in dep.devices)
                 raise TimeoutError(f"deployment {deployment_id} still rolling after {timeout} s: {counts}")
             time.sleep(poll)
 

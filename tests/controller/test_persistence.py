@@ -32,7 +32,7 @@ def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
     def up() -> bool:
         try:
-            return FedgeClient(url).health()["status"] == "ok"
+            return FedgeClient(url).health().status == "ok"
         except Exception:
             return False
 

@@ -105,16 +105,17 @@ def test_a_controller_command_runs_the_policy_on_the_agent_and_the_results_come_
 
     with FedgeClient(controller[0].url, ADMIN_TOKEN) as fc:
         done = fc.wait_command(device.id, created["id"], timeout=120, poll=0.3)
-        assert done["state"] == "succeeded", done
+        assert done.state == "succeeded", done
         telemetry = fc.telemetry(device.id, command_id=created["id"], type="grid.day")
 
-    result = done["result"]
+    result = done.result
+    assert result is not None
     assert result["days"] == 2 and result["sha256"] == registered.sha256
     assert result["gain"] == pytest.approx(result["mean_score_after"] / result["mean_score_before"] - 1)
-    records = telemetry["items"]
-    assert [rec["body"]["day"] for rec in records] == [int(d) for d in days.split(",")]
+    records = telemetry.items
+    assert [rec.body["day"] for rec in records] == [int(d) for d in days.split(",")]
     for rec in records:
-        body = rec["body"]
+        body = rec.body
         assert len(body["shifts"]) == TINY_ACTIONS_PER_DAY
         assert set(body["shifts"][0]) == {"load", "hour", "level", "fraction", "direction", "noop"}
         assert body["shifts"][0]["direction"] in ("later", "earlier")
@@ -122,11 +123,11 @@ def test_a_controller_command_runs_the_policy_on_the_agent_and_the_results_come_
         for side in ("before", "after"):
             assert set(body[side]) == {"scr", "ssr", "score"}
             assert body[side]["score"] == pytest.approx((body[side]["scr"] + body[side]["ssr"]) / 2)
-    assert done["started_at"] and done["finished_at"]
+    assert done.started_at and done.finished_at
 
     # delivered over MQTT (telemetry topic), from the outbox
     wait_for(lambda: len(device.outbox) == 0, 10, "outbox drained")
-    seqs = {rec["seq"] for rec in records}
+    seqs = {rec.seq for rec in records}
     assert seqs <= {seq for d, seq, kind in delivered if d == device.id and kind == "telemetry"}
     listed = http.get(f"/v1/devices/{device.id}/commands", headers=ADMIN).json()
     assert [c["id"] for c in listed["items"]][:1] == [created["id"]]

@@ -32,8 +32,8 @@ def test_fleet_enrolls_rolls_out_in_waves_and_serves(
         fleet.start()
         dep_id = fleet.deploy(model_id, version, waves=[0.4, 1.0])
         dep = fleet.wait_deployment(dep_id, timeout=60)
-        assert dep["state"] == "succeeded", dep
-        assert sorted({t["wave"] for t in dep["devices"]}) == [0, 1]
+        assert dep.state == "succeeded", dep
+        assert sorted({t.wave for t in dep.devices}) == [0, 1]
         fleet.wait_active(model_id, version, timeout=10)
         times = fleet.convergence(dep_id)
         assert all(t is not None for t in times.values())
@@ -46,8 +46,8 @@ def test_fleet_enrolls_rolls_out_in_waves_and_serves(
         )
         assert json.load(urllib.request.urlopen(req))["outputs"] == {"y": [[6.0, 7.0, 8.0, 9.0]]}
         ids = fleet.device_ids
-        rows = {d["id"]: d for d in fleet.client.devices()}
-        assert all(rows[i]["labels"]["sim"] == "t1" for i in ids)
+        rows = {d.id: d for d in fleet.client.devices()}
+        assert all(rows[i].labels["sim"] == "t1" for i in ids)
 
     # a second fleet on the same state root reuses the identities, even after the controller "moved"
     meta_path = tmp_path / "agent-0000" / "identity.json"
