@@ -9,7 +9,14 @@ its loop finished the apply and reported ``succeeded`` (download, SHA-256 check 
 health check, swap, report). The poll interval bounds the latency from below (an agent notices the new
 desired state at its next poll: on average half an interval), so it is part of the result.
 
+Then the agents stop and one of them (its model deployed) is probed alone: K sequential desired-state polls
+on one keep-alive connection with its current ETag (answered 304), then K without (200, a signed
+document). For each: client latency p50/p95 and the controller process's CPU time per poll (from
+``/proc/PID/stat``, so the client's own work is not counted). The probe only uses the HTTP API, so the same
+file measures older controllers too.
+
     .venv/bin/python bench/rollout.py [--quick] [--agents N] [--poll-interval S] [--waves 0.1,1.0]
+                                      [--probe-polls K]
 
 N = 100 by default, 20 with ``--quick``; ``--agents 1000`` works (enrollment takes a while; the default
 poll interval grows with N: max(1 s, N / 100 s)). The last line of stdout is a JSON summary.
@@ -36,6 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import httpx
 import numpy as np
 
+from edge_agent.identity import DeviceIdentity
 from simulator.fleet import Fleet
 from tests.fixtures.services import free_port
 
@@ -63,8 +71,8 @@ def small_onnx(constant: float = 1.0) -> bytes:
 
 
 @contextlib.contextmanager
-def controller(data_dir: Path, token: str) -> Iterator[str]:
-    """``fedge-controller serve`` on a free loopback port; yields its URL."""
+def controller(data_dir: Path, token: str) -> Iterator[tuple[str, int]]:
+    """``fedge-controller serve`` on a free loopback port; yields (its URL, its process id)."""
     port = free_port()
     env = {**os.environ, "FEDGE_DATA_DIR": str(data_dir), "FEDGE_ADMIN_TOKEN": token}
     log = open(data_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child process
@@ -83,7 +91,7 @@ def controller(data_dir: Path, token: str) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"controller did not start; see {data_dir / 'controller.log'}")
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -120,6 +128,42 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def probe_polls(url: str, pid: int, identity: DeviceIdentity, count: int) -> dict[str, Any]:
+    """``count`` sequential desired-state polls of one device, first with its current ETag (304 expected),
+    then without (200): client latency and controller CPU per poll, in ms."""
+    path = f"/v1/devices/{identity.device_id}/desired-state"
+    auth = {"Authorization": f"Bearer {identity.sign_jwt(300)}"}
+    out: dict[str, Any] = {"polls": count}
+    with httpx.Client(base_url=url, headers=auth, timeout=30) as http:
+        first = http.get(path)
+        first.raise_for_status()
+        etag = first.headers["etag"]
+        for name, headers, status in (("304", {"If-None-Match": etag}, 304), ("200", {}, 200)):
+            for _ in range(min(50, count)):  # warm up: connection, caches, allocator
+                http.get(path, headers=headers)
+            took: list[float] = []
+            cpu0 = cpu_seconds(pid)
+            for _ in range(count):
+                t = time.perf_counter()
+                r = http.get(path, headers=headers)
+                took.append(time.perf_counter() - t)
+                if r.status_code != status:
+                    raise SystemExit(f"probe poll got {r.status_code}, expected {status}: {r.text[:200]}")
+            cpu = cpu_seconds(pid) - cpu0
+            out[f"poll_{name}"] = {
+                "p50_ms": round(percentile(took, 50) * 1000, 3),
+                "p95_ms": round(percentile(took, 95) * 1000, 3),
+                "server_cpu_ms": round(cpu / count * 1000, 3),
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,17 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         "--waves", default=None, help="cumulative fractions, e.g. 0.1,1.0 (default all at once)"
     )
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--probe-polls", type=int, default=None, help="polls per probe (default 1000; 200 quick)"
+    )
     args = parser.parse_args(argv)
     n = args.agents or (20 if args.quick else 100)
     interval = args.poll_interval or max(1.0, n / 100)
     waves = [float(w) for w in args.waves.split(",")] if args.waves else None
+    probes = args.probe_polls or (200 if args.quick else 1000)
     token = "fedge_bench_" + secrets.token_urlsafe(24)
 
     with tempfile.TemporaryDirectory(prefix="fedge-bench-rollout-") as tmp:
         data_dir = Path(tmp) / "controller"
         data_dir.mkdir()
         started = time.perf_counter()
-        with controller(data_dir, token) as url:
+        with controller(data_dir, token) as (url, pid):
             print(f"controller up in {time.perf_counter() - started:.1f} s at {url}", flush=True)
             model_id, version = upload(url, token, small_onnx())
             with Fleet(url, token, Path(tmp) / "agents", poll_interval=interval, max_backoff=10.0) as fleet:
@@ -160,12 +208,20 @@ def main(argv: list[str] | None = None) -> int:
                 fleet.wait_active(model_id, version, timeout=30)
                 done = {k: v - posted for k, v in fleet.convergence(dep_id).items() if v is not None}
                 errors = sum(sim.errors for sim in fleet.agents)
+                fleet.stop()  # the probe polls alone
+                probe = probe_polls(url, pid, fleet.agents[0].identity, probes)
     lat = sorted(done.values())
     print(
         f"deployment {dep.state}: {len(lat)}/{n} agents active; latency p50 {percentile(lat, 50):.2f} s, "
         f"p95 {percentile(lat, 95):.2f} s, max {lat[-1]:.2f} s (poll interval {interval:.1f} s); "
         f"controller saw the rollout end after {controller_s:.2f} s; agent errors {errors}"
     )
+    for name in ("304", "200"):
+        p = probe[f"poll_{name}"]
+        print(
+            f"one device polling alone ({probe['polls']} polls): {name} p50 {p['p50_ms']:.2f} ms, "
+            f"p95 {p['p95_ms']:.2f} ms, controller CPU {p['server_cpu_ms']:.2f} ms/poll"
+        )
     result: dict[str, Any] = {
         "bench": "rollout",
         "agents": n,
@@ -182,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "deployment_done_s": round(controller_s, 3),
         "agent_errors": errors,
+        "probe": probe,
     }
     print(json.dumps(result))
     return 0 if dep.state == "succeeded" and len(lat) == n else 1
