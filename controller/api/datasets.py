@@ -8,11 +8,11 @@ from fastapi import APIRouter, Query, Request, Response
 
 from controller.api.deps import Developer, RegistryDep, SettingsDep
 from controller.api.downloads import artifact_response
+from controller.api.uploads import multipart_parts
 from controller.db.models import Dataset
-from controller.errors import Unprocessable
-from controller.registry.schemas import DatasetCreated, DatasetMetadata, DatasetOut, Page, Provenance
-from controller.registry.service import parse_json_field
-from controller.registry.upload import UploadTarget, receive_multipart
+from controller.registry.intake import DATASET_FORM
+from controller.registry.schemas import DatasetCreated, DatasetOut, Page, Provenance
+from controller.registry.upload import UploadLimits
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -25,12 +25,13 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["dataset", "metadata"],
                     "properties": {
-                        "dataset": {"type": "string", "format": "binary", "description": "the dataset file"},
                         "metadata": {
                             "type": "string",
-                            "description": "JSON: organization_id, samples_dimension, name?, description?",
+                            "description": "JSON: organization_id, samples_dimension, name?, description? "
+                            "(send it before the file)",
                             "example": '{"organization_id": "org-1", "samples_dimension": "(1,8,8)"}',
                         },
+                        "dataset": {"type": "string", "format": "binary", "description": "the dataset file"},
                     },
                 }
             }
@@ -65,24 +66,11 @@ async def register_dataset(
     request: Request, registry: RegistryDep, settings: SettingsDep, caller: Developer
 ) -> DatasetCreated:
     """Register a dataset. The file is streamed to storage and hashed (SHA-256 and MD5) on the way;
-    oversize uploads get 413 and leave nothing behind."""
-    from starlette.concurrency import run_in_threadpool
-
-    ds = await run_in_threadpool(registry.begin_dataset, caller.subject)
-    target = UploadTarget(registry.store, ds.bucket, ds.object_key, settings.max_upload_bytes)
-    try:
-        fields, stored = await receive_multipart(
-            request, file_field="dataset", target=target, max_field_bytes=settings.max_metadata_bytes
-        )
-        if stored is None:
-            raise Unprocessable("missing file part 'dataset'", field="dataset")
-        meta = parse_json_field(fields.get("metadata"), DatasetMetadata, "metadata")
-    except BaseException:
-        await run_in_threadpool(registry.discard_dataset, ds)
-        raise
-    row = await run_in_threadpool(
-        registry.complete_dataset, ds, meta, stored.digests, stored.filename, stored.content_type
-    )
+    oversize uploads get 413 and leave nothing behind. Send ``metadata`` before the file: a bad one is
+    refused before a byte of the file is stored."""
+    limits = UploadLimits(settings.max_upload_bytes, settings.max_metadata_bytes)
+    parts = multipart_parts(request, DATASET_FORM, limits)
+    row = await registry.intake.dataset(parts, limits, created_by=caller.subject)
     assert row.sha256 and row.md5 and row.size_bytes is not None
     return DatasetCreated(dataset_id=row.id, sha256=row.sha256, md5=row.md5, size_bytes=row.size_bytes)
 

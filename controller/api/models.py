@@ -9,8 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import ArtifactWriter, Developer, RegistryDep, SettingsDep
 from controller.api.downloads import artifact_response
+from controller.api.uploads import body_part, is_multipart, multipart_parts, parse_json_field
 from controller.db.models import Model, ModelVersion
-from controller.errors import Forbidden, Unprocessable
+from controller.errors import Forbidden, Unprocessable, UnsupportedMediaType
+from controller.registry.intake import ARTIFACT_FORM, MODEL_FORM
 from controller.registry.schemas import (
     ArtifactStored,
     DataParams,
@@ -23,8 +25,7 @@ from controller.registry.schemas import (
     Provenance,
     VersionOut,
 )
-from controller.registry.service import parse_json_field
-from controller.registry.upload import UploadTarget, receive_body, receive_multipart
+from controller.registry.upload import UploadLimits
 from controller.security.principal import Role
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -110,56 +111,21 @@ async def register_model(
     request: Request, registry: RegistryDep, settings: SettingsDep, caller: Developer
 ) -> ModelCreated:
     """Register a model for a dataset with how to train it. Accepts the seed's multipart form
-    (``metadata`` JSON string, optional ``train_image``) or the same metadata as a JSON body."""
-    ctype = request.headers.get("content-type", "")
-    package: tuple[str, Any] | None = None
-    if ctype.startswith("multipart/form-data"):
-        from controller.db.models import new_id
-
-        key = new_id()
-        target = UploadTarget(registry.store, registry.buckets.packages, key, settings.max_upload_bytes)
-        try:
-            fields, stored = await receive_multipart(
-                request,
-                file_field="training_package",
-                target=target,
-                max_field_bytes=settings.max_metadata_bytes,
-            )
-            if stored is not None:
-                package = (key, stored.digests)
-            meta = parse_json_field(fields.get("metadata"), ModelMetadata, "metadata")
-            image = fields.get("train_image")
-            if image:
-                if meta.training is not None:
-                    raise Unprocessable(
-                        "give either 'train_image' or metadata.training, not both", field="train_image"
-                    )
-                meta = meta.model_copy(update={"training": _container_spec(image)})
-        except BaseException:
-            await run_in_threadpool(registry.store.delete, registry.buckets.packages, key)
-            raise
-    elif ctype.startswith("application/json"):
+    (``metadata`` JSON string, optional ``train_image`` or ``training_package`` file, fields first) or
+    the same metadata as a JSON body."""
+    if is_multipart(request):
+        limits = UploadLimits(settings.max_upload_bytes, settings.max_metadata_bytes)
+        parts = multipart_parts(request, MODEL_FORM, limits)
+        model = await registry.intake.model(parts, limits, created_by=caller.subject)
+    elif request.headers.get("content-type", "").startswith("application/json"):
         body = await request.body()
         if len(body) > settings.max_metadata_bytes:
             raise Unprocessable("metadata too large", field="body")
         meta = parse_json_field(body.decode("utf-8", "replace"), ModelMetadata, "body")
+        model = await run_in_threadpool(registry.intake.register_model, meta, caller.subject)
     else:
-        from controller.errors import UnsupportedMediaType
-
         raise UnsupportedMediaType("send application/json or multipart/form-data")
-    try:
-        model = await run_in_threadpool(registry.register_model, meta, caller.subject, package)
-    except BaseException:
-        if package is not None:
-            await run_in_threadpool(registry.store.delete, registry.buckets.packages, package[0])
-        raise
     return ModelCreated(model_id=model.id, status=model.status, training_digest=model.training_digest)
-
-
-def _container_spec(image: str) -> Any:
-    from controller.registry.schemas import TrainingSpec
-
-    return TrainingSpec(kind="container", image=image.strip())
 
 
 @router.get("", response_model=Page[ModelOut])
@@ -270,29 +236,17 @@ async def store_artifact(
     credential or an admin may call it. Body: raw bytes, or multipart with an ``artifact`` file."""
     if caller.role is Role.JOB and caller.model_id != model_id:
         raise Forbidden(f"this job credential may only write model {caller.model_id}")
-    mv = await run_in_threadpool(
-        registry.begin_version, model_id, kind, caller.subject, format, source_version
-    )
-    target = UploadTarget(registry.store, mv.bucket, mv.object_key, settings.max_upload_bytes)
-    try:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            _, stored = await receive_multipart(
-                request,
-                file_field="artifact",
-                target=target,
-                max_field_bytes=settings.max_metadata_bytes,
-            )
-            if stored is None:
-                raise Unprocessable("missing file part 'artifact'", field="artifact")
-        else:
-            stored = await receive_body(request, target)
-        if stored.digests.size == 0:
-            raise Unprocessable("the artifact is empty", field="artifact")
-    except BaseException:
-        await run_in_threadpool(registry.discard_version, mv)
-        raise
-    row = await run_in_threadpool(
-        registry.complete_version, mv, stored.digests, filename or stored.filename, stored.content_type
+    limits = UploadLimits(settings.max_upload_bytes, settings.max_metadata_bytes)
+    read = multipart_parts if is_multipart(request) else body_part
+    row = await registry.intake.version(
+        model_id,
+        read(request, ARTIFACT_FORM, limits),
+        limits,
+        kind=kind,
+        created_by=caller.subject,
+        fmt=format,
+        source_version=source_version,
+        filename=filename,
     )
     assert row.sha256 and row.md5 and row.size_bytes is not None
     return ArtifactStored(

@@ -1,26 +1,23 @@
-"""Streaming uploads: request bytes go straight into the ArtifactStore through a HashingReader, in a
-worker thread, while the async handler keeps reading the socket. Nothing is spooled to disk first, the
-size limit is enforced as bytes arrive, and a failure at any point leaves no object behind."""
+"""Streaming uploads: an upload arrives as parts (small fields, one file part whose bytes come as an
+async stream); the file's bytes go straight into the ArtifactStore through a HashingReader, in a worker
+thread, while the async side keeps reading. Nothing is spooled to disk first, the size limit is enforced
+as bytes arrive, and a failure at any point leaves no object behind.
+
+Where the parts come from (an HTTP multipart body, a raw request body) is the API's business
+(:mod:`controller.api.uploads`); this module never sees a request."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import queue
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from pydantic import BaseModel
 
-from controller.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    Unprocessable,
-    UnsupportedMediaType,
-)
+from controller.errors import PayloadTooLarge, ServiceUnavailable
 from controller.registry.hashing import ChunkPipe, Digests, HashingReader, SizeLimitExceeded, UploadAborted
 from controller.storage.base import ArtifactStore, StorageError
 
@@ -35,6 +32,46 @@ class StoredUpload:
     filename: str | None
     content_type: str | None
     digests: Digests
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """How large an upload may be: its file part, and each small field."""
+
+    file_bytes: int
+    field_bytes: int
+
+
+@dataclass(frozen=True)
+class UploadForm:
+    """The parts an upload accepts: one file part named ``file`` (streamed into the store) and small
+    fields; a field named in ``json`` is JSON validated against its schema as soon as it has arrived,
+    before any later part is read."""
+
+    file: str
+    json: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FieldPart:
+    """A small field, whole: text, or the validated model of a JSON field the form names."""
+
+    name: str
+    value: str | BaseModel
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A file part: its bytes arrive through ``chunks``, which must be read to its end (or abandoned by
+    raising) before the next part is asked for."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    chunks: AsyncIterator[bytes]
+
+
+UploadPart = FieldPart | FilePart
 
 
 @dataclass(frozen=True)
@@ -106,175 +143,30 @@ class _StoreWriter:
             raise ServiceUnavailable(f"artifact store failed: {exc}", backend="storage") from exc
 
 
-def _check_declared_length(request: Request, limit: int, slack: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + slack:
-        raise PayloadTooLarge(f"upload of {declared} bytes exceeds the limit of {limit} bytes", limit=limit)
-
-
-async def receive_body(request: Request, target: UploadTarget) -> StoredUpload:
-    """Store a raw request body (``Content-Type`` kept as the artifact's type)."""
-    _check_declared_length(request, target.limit, 0)
-    content_type = request.headers.get("content-type", "application/octet-stream")
-    writer = _StoreWriter(target, content_type)
+async def store_part(part: FilePart, target: UploadTarget) -> StoredUpload:
+    """Stream a file part into ``target`` while hashing it. 413 past the limit, 503 when the store fails;
+    on any failure (including the part's stream raising) the store keeps nothing."""
+    writer = _StoreWriter(target, part.content_type or "application/octet-stream")
     try:
-        async for chunk in request.stream():
-            if chunk and not await writer.feed(chunk):
-                break
-    except ClientDisconnect:
-        await writer.abort("client disconnected")
-        raise
-    except BaseException:
-        await writer.abort("upload interrupted")
+        async for data in part.chunks:
+            if data and not await writer.feed(data):
+                await writer._wait()  # raises the worker's error (limit, storage)
+                raise PayloadTooLarge("upload stopped")
+    except BaseException as exc:
+        await writer.abort(f"upload interrupted: {type(exc).__name__}")
         raise
     digests = await writer.finish()
-    return StoredUpload(filename=None, content_type=content_type, digests=digests)
+    return StoredUpload(part.filename, part.content_type, digests)
 
 
-@dataclass
-class _Part:
-    headers: dict[str, str] = field(default_factory=dict)
-    name: str = ""
-    filename: str | None = None
-    content_type: str | None = None
-    text: bytearray = field(default_factory=bytearray)
-    writer: _StoreWriter | None = None
-
-
-class _Events:
-    """Collects python-multipart callbacks so the async side can act on them between socket reads."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, bytes]] = []
-        self._field = bytearray()
-        self._value = bytearray()
-
-    def callbacks(self) -> dict[str, object]:
-        def on_part_begin() -> None:
-            self.items.append(("begin", b""))
-
-        def on_header_field(data: bytes, start: int, end: int) -> None:
-            self._field += data[start:end]
-
-        def on_header_value(data: bytes, start: int, end: int) -> None:
-            self._value += data[start:end]
-
-        def on_header_end() -> None:
-            self.items.append(("header", bytes(self._field) + b"\x00" + bytes(self._value)))
-            self._field.clear()
-            self._value.clear()
-
-        def on_headers_finished() -> None:
-            self.items.append(("headers_done", b""))
-
-        def on_part_data(data: bytes, start: int, end: int) -> None:
-            self.items.append(("data", data[start:end]))
-
-        def on_part_end() -> None:
-            self.items.append(("end", b""))
-
-        return {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        }
-
-
-async def receive_multipart(
-    request: Request,
-    *,
-    file_field: str | None,
-    target: UploadTarget | None,
-    max_field_bytes: int,
-) -> tuple[dict[str, str], StoredUpload | None]:
-    """Parse a multipart/form-data body as it arrives. The part named ``file_field`` is streamed into
-    ``target``; other parts must be small text fields. Returns (text fields, stored file or None)."""
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data":
-        raise UnsupportedMediaType("expected multipart/form-data")
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise BadRequest("multipart body without a boundary")
-    if target is not None:
-        _check_declared_length(request, target.limit, max_field_bytes * 4 + 64 * 1024)
-
-    events = _Events()
-    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
-    fields: dict[str, str] = {}
-    stored: StoredUpload | None = None
-    part = _Part()
-    active: list[_StoreWriter] = []
-
-    async def handle(kind: str, data: bytes) -> None:
-        nonlocal part, stored
-        if kind == "begin":
-            part = _Part()
-        elif kind == "header":
-            name, _, value = data.partition(b"\x00")
-            part.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-        elif kind == "headers_done":
-            _, disp = parse_options_header(part.headers.get("content-disposition", ""))
-            part.name = disp.get(b"name", b"").decode("utf-8", "replace")
-            raw_filename = disp.get(b"filename")
-            part.filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
-            part.content_type = part.headers.get("content-type")
-            if file_field is not None and part.name == file_field:
-                if stored is not None or active:
-                    raise Unprocessable(f"more than one '{file_field}' part", field=file_field)
-                assert target is not None
-                part.writer = _StoreWriter(target, part.content_type or "application/octet-stream")
-                active.append(part.writer)
-            elif part.filename is not None:
-                raise Unprocessable(f"unexpected file part '{part.name}'", field=part.name)
-        elif kind == "data":
-            if part.writer is not None:
-                if not await part.writer.feed(data):
-                    await part.writer._wait()  # raises the worker's error (limit, storage)
-                    raise PayloadTooLarge("upload stopped")
-            else:
-                part.text += data
-                if len(part.text) > max_field_bytes:
-                    raise PayloadTooLarge(
-                        f"form field '{part.name}' exceeds {max_field_bytes} bytes", field=part.name
-                    )
-        elif kind == "end":
-            if part.writer is not None:
-                digests = await part.writer.finish()
-                active.clear()
-                stored = StoredUpload(part.filename, part.content_type, digests)
-            else:
-                try:
-                    fields[part.name] = part.text.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise Unprocessable(f"form field '{part.name}' is not UTF-8", field=part.name) from exc
-
-    try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            try:
-                parser.write(chunk)
-            except MultipartParseError as exc:
-                raise BadRequest(f"malformed multipart body: {exc}") from exc
-            items, events.items = events.items, []
-            for kind, data in items:
-                await handle(kind, data)
-        parser.finalize()
-    except BaseException as exc:
-        for writer in active:
-            await writer.abort(f"upload interrupted: {type(exc).__name__}")
-        if stored is not None and target is not None:
-            target.store.delete(target.bucket, target.key)
-        raise
-    if active:
-        for writer in active:
-            await writer.abort("multipart body ended inside the file part")
-        raise BadRequest("multipart body ended inside the file part")
-    return fields, stored
-
-
-__all__ = ["StoredUpload", "UploadAborted", "UploadTarget", "receive_body", "receive_multipart"]
+__all__ = [
+    "FieldPart",
+    "FilePart",
+    "StoredUpload",
+    "UploadAborted",
+    "UploadForm",
+    "UploadLimits",
+    "UploadPart",
+    "UploadTarget",
+    "store_part",
+]

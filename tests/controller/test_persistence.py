@@ -99,7 +99,7 @@ def test_startup_reconciles_crashed_uploads_and_orphans(make_settings: SettingsF
     settings = make_settings()
     state = build_state(settings)
     reg = state.registry
-    stuck = reg.begin_dataset("admin")  # a crash after the row, mid-stream
+    stuck = reg.intake.begin_dataset("admin")  # a crash after the row, mid-stream
     state.store.put(stuck.bucket, stuck.object_key, io.BytesIO(b"half"))
     state.store.put(reg.buckets.models, "11111111-2222-4333-8444-555555555555", io.BytesIO(b"orphan"))
     state.close()
@@ -115,7 +115,7 @@ def test_startup_reconciles_crashed_uploads_and_orphans(make_settings: SettingsF
 def test_reconciliation_spares_recent_uploads(make_settings: SettingsFactory) -> None:
     settings = make_settings(pending_grace_seconds=3600)
     state = build_state(settings)
-    in_flight = state.registry.begin_dataset("admin")  # another replica may be streaming it right now
+    in_flight = state.registry.intake.begin_dataset("admin")  # another replica may be streaming it right now
     state.store.put(in_flight.bucket, in_flight.object_key, io.BytesIO(b"streaming"))
     state.close()
     again = build_state(settings)
