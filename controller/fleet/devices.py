@@ -67,7 +67,6 @@ class Fleet:
         self.ca = ca
         self.registry = registry
         self.events = events or FleetEvents()
-        self._chain_hashes: dict[tuple[str, int], tuple[str | None, str]] = {}
 
     # ------------------------------------------------------------ enrollment
     def mint_enrollment_token(
@@ -198,14 +197,8 @@ class Fleet:
 
     # ------------------------------------------------------------- desired state
     def chain_hash(self, mv: ModelVersion) -> tuple[str | None, str]:
-        """(sha256 on chain, record) for a version; cached (chain records never change once written)."""
-        key = (mv.model_id, mv.version)
-        if key not in self._chain_hashes:
-            found = self.registry.chain_version_hash(mv)
-            if found[0] is None:
-                return found
-            self._chain_hashes[key] = found
-        return self._chain_hashes[key]
+        """(sha256 on chain, record) for a version, from the registry's one cache of chain facts."""
+        return self.registry.provenance.cached_version_hash(mv)
 
     def desired_payload(self, device_id: str) -> dict[str, Any]:
         """The desired-state document of a device (deterministic: its hash is the ETag)."""
