@@ -3,7 +3,7 @@
 # (no torch, FastAPI or web3), enrollment with the controller, and the hardened systemd unit.
 #
 #   sudo packaging/install-agent.sh --controller https://ctl.example --token fedge-enroll-... \
-#       [--label site=north]... [--source PATH|WHEEL|INDEX_URL|REQUIREMENT] [--gpu]
+#       [--label site=north]... [--source PATH|WHEEL|INDEX_URL|REQUIREMENT] [--constraint FILE] [--gpu]
 #
 # Idempotent: an existing user, venv or enrollment is kept (the package is re-installed/upgraded), the unit
 # file is rewritten only when it changed. --dry-run prints every action instead of running it.
@@ -16,6 +16,9 @@
 #                           a source directory or a .whl file -> installed from it,
 #                           an http(s)/file URL               -> used as the package index (--index-url),
 #                           anything else                     -> a pip requirement, e.g. 'fedge[agent]==0.1.0'
+#   --constraint FILE     pip constraints for the install (pip -c), e.g. a checkout's requirements/lock.txt;
+#                         default: the lock of a --source directory (so a device gets the versions CI tested),
+#                         none for the other sources; 'none' turns it off
 #   --prefix DIR          install root, venv in DIR/venv (default /opt/fedge-agent)
 #   --state-dir DIR       agent state (default /var/lib/fedge-agent)
 #   --user NAME           service user (default fedge-agent; created when running as root)
@@ -34,6 +37,7 @@ STATE_DIR=/var/lib/fedge-agent
 SERVICE_USER=fedge-agent
 UNIT_DIR=/etc/systemd/system
 SOURCE=""
+CONSTRAINT=""
 CONTROLLER=""
 TOKEN=""
 PYTHON=""
@@ -73,6 +77,8 @@ while (($#)); do
         --label=*) LABELS+=("${1#*=}"); shift ;;
         --source) need_value "$@"; SOURCE=$2; shift 2 ;;
         --source=*) SOURCE=${1#*=}; shift ;;
+        --constraint) need_value "$@"; CONSTRAINT=$2; shift 2 ;;
+        --constraint=*) CONSTRAINT=${1#*=}; shift ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
         --prefix=*) PREFIX=${1#*=}; shift ;;
         --state-dir) need_value "$@"; STATE_DIR=$2; shift 2 ;;
@@ -151,7 +157,20 @@ else
 fi
 
 # ---------------------------------------------------------------------- package
-PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PIP_ARGS[@]}")
+# The lock pins every package of every extra (torch too); as constraints it only fixes the versions of
+# what fedge[agent] pulls in, and installs nothing else. An offline install (--pip-arg=--no-index
+# --pip-arg=--find-links=DIR) then needs those versions in DIR.
+if [[ -z $CONSTRAINT && -d $SOURCE && -f $SOURCE/requirements/lock.txt ]]; then
+    CONSTRAINT=$(cd "$SOURCE" && pwd)/requirements/lock.txt
+fi
+CONSTRAINT_ARGS=()
+if [[ -n $CONSTRAINT && $CONSTRAINT != none ]]; then
+    [[ -f $CONSTRAINT ]] || die "--constraint $CONSTRAINT: no such file"
+    CONSTRAINT=$(cd "$(dirname "$CONSTRAINT")" && pwd)/$(basename "$CONSTRAINT")
+    log "pinning versions with constraints $CONSTRAINT"
+    CONSTRAINT_ARGS=(--constraint "$CONSTRAINT")
+fi
+PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${CONSTRAINT_ARGS[@]}" "${PIP_ARGS[@]}")
 STAGE=""
 cleanup() { [[ -n $STAGE ]] && rm -rf "$STAGE"; return 0; }
 trap cleanup EXIT

@@ -138,6 +138,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(tmp_path: Path) -> None
         assert subprocess.run(["id", "fedge-agent-dryrun-test"], capture_output=True).returncode != 0
     assert f"+ {prefix}/venv/bin/python -m pip install" in joined  # note: q-quoted "[agent]"
     assert "\\[agent\\]" in joined
+    assert f"--constraint {ROOT}/requirements/lock.txt" in joined  # a checkout installs at the lock's versions
     assert "pip uninstall --quiet --yes onnxruntime" in joined and "onnxruntime-gpu==1.32.0" in joined
     enroll = next(line for line in lines if " enroll " in line)
     assert "--controller http://127.0.0.1:9 --token fedge-enroll-x" in enroll
