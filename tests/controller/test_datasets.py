@@ -6,9 +6,14 @@ import base64
 import hashlib
 import json
 import os
+from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
 from sqlalchemy import func, select
 
+from controller.client import FedgeClient
 from controller.db.models import Dataset
 from tests.conftest import Api
 
@@ -167,3 +172,64 @@ def test_wrong_content_type_is_415(api: Api) -> None:
     r = api.client.post("/v1/datasets", headers=api.admin, json={"x": 1})
     assert r.status_code == 415
     assert _rows(api) == 0
+
+
+def _counting_puts(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The buckets of every ``store.put`` the controller makes from now on."""
+    store = api.state.store
+    buckets: list[str] = []
+    real_put = store.put
+
+    def counting_put(
+        bucket: str, key: str, source: Any, content_type: str = "application/octet-stream"
+    ) -> int:
+        buckets.append(bucket)
+        return real_put(bucket, key, source, content_type)
+
+    monkeypatch.setattr(store, "put", counting_put)
+    return buckets
+
+
+def test_bad_metadata_sent_first_is_422_before_the_file_is_stored(
+    any_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    puts = _counting_puts(any_api, monkeypatch)
+    boundary = "MetaFirst"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'
+        f"{json.dumps({'organization_id': 'org-1'})}\r\n--{boundary}\r\n"
+        'Content-Disposition: form-data; name="dataset"; filename="d.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+
+    def body():  # type: ignore[no-untyped-def]
+        yield head
+        for _ in range(16):
+            yield os.urandom(64 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = any_api.client.post(
+        "/v1/datasets",
+        headers={**any_api.admin, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=body(),
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "metadata.samples_dimension"
+    assert puts == []  # not one byte of the file went to the store
+    assert _rows(any_api) == 0 and _objects(any_api) == []
+
+
+def test_sdk_sends_the_metadata_before_the_file(tmp_path: Path) -> None:
+    bodies: list[bytes] = []
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.read())
+        return httpx.Response(
+            201, json={"dataset_id": "d", "sha256": "0" * 64, "md5": "0" * 32, "size_bytes": 3}
+        )
+
+    src = tmp_path / "d.npz"
+    src.write_bytes(b"abc")
+    with FedgeClient("http://controller", "t", transport=httpx.MockTransport(controller)) as fc:
+        fc.push_dataset(src, META)
+    assert bodies[0].index(b'name="metadata"') < bodies[0].index(b'name="dataset"')

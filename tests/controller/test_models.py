@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 
+import pytest
 from sqlalchemy import func, select
 
 from controller.db.models import Model, ModelVersion
@@ -177,3 +178,25 @@ def test_list_models_filters_by_dataset(api: Api) -> None:
     page = api.client.get(f"/v1/models?dataset_id={a}", headers=api.admin).json()
     assert page["total"] == 1
     assert page["items"][0]["data_params"]["dataset_id"] == a
+
+
+def test_bad_metadata_sent_first_is_422_before_the_training_package_is_stored(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.controller.test_datasets import _counting_puts
+
+    puts = _counting_puts(api, monkeypatch)
+    r = api.client.post(
+        "/v1/models",
+        headers=api.admin,
+        files=[
+            ("metadata", (None, b"{not json")),
+            ("training_package", ("t.tar.gz", os.urandom(300_000))),
+        ],
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "metadata"
+    assert puts == []
+    assert list(api.state.store.list(api.state.registry.buckets.packages)) == []
+    with api.state.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Model)) == 0
