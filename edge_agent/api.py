@@ -11,6 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from edge_agent.process import Service
 from edge_agent.runtime.hooks import BadRequest, InferenceService
 from edge_agent.runtime.session import InferenceError, ModelRuntime
 
@@ -88,3 +89,39 @@ def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, name="fedge-agent-api", daemon=True)
     thread.start()
     return thread
+
+
+class LocalApi(Service):
+    """The local inference API as a service of the agent process: ``start`` binds (an address in use
+    fails the start), ``stop`` shuts the server down and closes its socket."""
+
+    name = "local-api"
+
+    def __init__(
+        self, runtime: ModelRuntime, host: str, port: int, service: InferenceService | None = None
+    ) -> None:
+        self.runtime, self.host, self.port, self.service = runtime, host, port, service
+        self.server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` it listens on (the bound port when started with port 0)."""
+        port = self.server.server_port if self.server is not None else self.port
+        return f"http://{self.host}:{port}"
+
+    def start(self) -> None:
+        self.server = make_server(self.runtime, self.host, self.port, self.service)
+        self._thread = serve_in_thread(self.server)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

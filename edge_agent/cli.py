@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edge_agent import __version__
 from edge_agent.facts import hardware_facts
+
+if TYPE_CHECKING:
+    from edge_agent.api import LocalApi
+    from edge_agent.config import AgentSettings
+    from edge_agent.identity import DeviceIdentity
+    from edge_agent.link.client import ControllerLink
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.process import Service
 
 app = typer.Typer(help="fedge edge agent.", no_args_is_help=True)
 StateDir = Annotated[Path, typer.Option("--state-dir", envvar="FEDGE_AGENT_STATE_DIR", help="agent state")]
@@ -66,15 +72,11 @@ def run(
     poll_interval: Annotated[float | None, typer.Option(help="seconds between polls")] = None,
 ) -> None:
     """Serve the local inference API and reconcile the desired state until stopped."""
-    from edge_agent.api import make_server, serve_in_thread
     from edge_agent.config import AgentSettings
-    from edge_agent.deploy.agent import Agent
-    from edge_agent.identity import DeviceIdentity
+    from edge_agent.identity import DeviceIdentity, EnrollmentError
     from edge_agent.link.client import ControllerLink
-    from edge_agent.link.mqtt import MqttLink
     from edge_agent.link.outbox import Outbox
-    from edge_agent.runtime.hooks import InferenceService
-    from edge_agent.runtime.session import ModelRuntime
+    from edge_agent.process import AgentProcess, ServiceError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, object] = {"state_dir": state_dir}
@@ -83,15 +85,44 @@ def run(
     if poll_interval is not None:
         overrides["poll_interval"] = poll_interval
     settings = AgentSettings(**overrides)  # type: ignore[arg-type]
-    identity = DeviceIdentity.load(settings.state_dir)
+    try:
+        identity = DeviceIdentity.load(settings.state_dir)
+    except EnrollmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     link = ControllerLink(identity, timeout=settings.http_timeout, ttl=settings.token_ttl)
     outbox = Outbox.in_state_dir(settings.state_dir)
-    agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
-    service = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
-    from edge_agent.grid import CommandRunner
+    try:
+        services, api = _agent_services(settings, identity, link, outbox)
+        process = AgentProcess(services)
+        process.install_signal_handlers()
+        process.run(ready=lambda: typer.echo(f"device {identity.device_id}: local API on {api.url}"))
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        outbox.close()
+        link.close()
 
-    agent.commands = CommandRunner(settings.state_dir, link, agent.record_telemetry)
-    agent.commands.start()
+
+def _agent_services(
+    settings: AgentSettings, identity: DeviceIdentity, link: ControllerLink, outbox: Outbox
+) -> tuple[list[Service], LocalApi]:
+    """The services of ``fedge-agent run``, in start order (stopped in reverse): the deploy loop
+    (recovers, serves the current model, reconciles), the local API, the MQTT link (when the device has
+    a broker), the command worker (holds the update lock while a command runs)."""
+    from edge_agent.api import LocalApi
+    from edge_agent.deploy.agent import Agent, DeployLoop
+    from edge_agent.grid import CommandRunner
+    from edge_agent.link.mqtt import MqttLink
+    from edge_agent.runtime.hooks import InferenceService
+    from edge_agent.runtime.session import ModelRuntime
+
+    agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
+    inference = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
+    agent.commands = CommandRunner(settings.state_dir, link, agent.record_telemetry, agent.update_lock)
+    api = LocalApi(agent.runtime, settings.api_host, settings.api_port, inference)
+    services: list[Service] = [DeployLoop(agent, settings.poll_interval, settings.max_backoff), api]
     if settings.mqtt and identity.broker_url:
         agent.mqtt = MqttLink(
             identity,
@@ -101,26 +132,12 @@ def run(
             min_backoff=settings.mqtt_min_backoff,
             max_backoff=settings.mqtt_max_backoff,
             token_ttl=settings.token_ttl,
-            on_infer=service.handle,
+            on_infer=inference.handle,
             on_command=agent.receive_command,
         )
-        agent.mqtt.start()
-    agent.start()
-    server = make_server(agent.runtime, settings.api_host, settings.api_port, service)
-    serve_in_thread(server)
-    typer.echo(f"device {identity.device_id}: local API on http://{settings.api_host}:{server.server_port}")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        agent.run(stop, settings.poll_interval, settings.max_backoff)
-    finally:
-        server.shutdown()
-        agent.commands.stop()
-        if agent.mqtt is not None:
-            agent.mqtt.stop()
-        outbox.close()
-        link.close()
+        services.append(agent.mqtt)
+    services.append(agent.commands)
+    return services, api
 
 
 @app.command()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.deploy.fetch import ArtifactRefused, DigestMismatch, fetch_verified, verify_file
+from edge_agent.process import Service, UpdateLock
 from fedge_common.files import atomic_write
 from fedge_protocol import CommandAck, CommandKind, CommandState, TelemetryType
 
@@ -220,12 +221,18 @@ def run_command(payload: dict[str, Any], link: Any, state_dir: Path, record: Rec
     return summary
 
 
-class CommandRunner:
+class CommandRunner(Service):
     """Runs commands handed to the agent (HTTP poll or MQTT push) one at a time in a worker thread; each
-    command id runs once (ids are remembered in the state directory across restarts)."""
+    command id runs once (ids are remembered in the state directory across restarts). A running command
+    holds the update lock: a deployment that arrives meanwhile waits until it ends."""
 
-    def __init__(self, state_dir: Path, link: Any, record: Record) -> None:
+    name = "commands"
+
+    def __init__(
+        self, state_dir: Path, link: Any, record: Record, update_lock: UpdateLock | None = None
+    ) -> None:
         self.state_dir, self.link, self.record = state_dir, link, record
+        self.update_lock = update_lock or UpdateLock()
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._seen = self._load_seen()
@@ -287,13 +294,18 @@ class CommandRunner:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _work(self) -> None:
         marker = self.state_dir / RUNNING_FILE
         while (payload := self._queue.get()) is not None:
+            command_id = str(payload["command_id"])
             try:
-                atomic_write(marker, str(payload["command_id"]).encode())
-                run_command(payload, self.link, self.state_dir, self.record)
-                marker.unlink(missing_ok=True)
+                with self.update_lock.hold(f"{payload.get('kind')} {command_id}"):
+                    atomic_write(marker, command_id.encode())
+                    run_command(payload, self.link, self.state_dir, self.record)
+                    marker.unlink(missing_ok=True)
             finally:
                 if self._queue.empty():
                     self.idle.set()

@@ -4,7 +4,11 @@ One deployment at a time; a newer desired state is picked up by the next poll (t
 With a broker, a desired state pushed over MQTT (verified like a polled one) wakes the loop and goes
 through the same apply path; several pushes coalesce into the latest. With an outbox, state reports and
 telemetry are appended to it and delivered in order (MQTT when connected, state reports over HTTP
-otherwise) whenever the loop runs; the active model keeps serving while the links are down."""
+otherwise) whenever the loop runs; the active model keeps serving while the links are down.
+
+While the update lock is held (a grid run now, an FL round later), a desired state that needs work is
+deferred, not dropped: the active model keeps serving, and the newest deferred state is applied as soon
+as the last holder releases the lock (the release wakes the loop; no poll needed)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from edge_agent.deploy.slots import SlotStore
 from edge_agent.link.client import Backoff, ControllerLink, LinkError
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Entry, Outbox
+from edge_agent.process import Service, UpdateLock
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime
 from fedge_common.files import atomic_write
 from fedge_protocol import DeploymentStatus, Leaf, StatusReport
@@ -45,6 +50,8 @@ class Agent:
     mqtt: MqttLink | None = None
     commands: CommandRunner | None = None
     """Runs device commands (``grid-run``); when set, every loop also polls for pending ones."""
+    update_lock: UpdateLock = field(default_factory=UpdateLock)
+    """Held by work that must not see a model swap; deployments wait for it (see the module doc)."""
 
     def __post_init__(self) -> None:
         self.slots = SlotStore(self.state_dir)
@@ -52,6 +59,9 @@ class Agent:
         self._pushed: dict[str, Any] | None = None
         self._push_lock = threading.Lock()
         self._commands_route = True
+        self.deferred_revision: int | None = None
+        """The revision of a desired state waiting for the update lock (None: nothing waits)."""
+        self.update_lock.on_release(self.wake)
         if self.executor is None:
             self.executor = Executor(self.slots, self.link, self.runtime)
 
@@ -91,12 +101,15 @@ class Agent:
 
     def push_desired(self, payload: dict[str, Any]) -> None:
         """A verified desired state pushed over MQTT: keep the newest and wake the loop."""
+        self._keep_newest(payload)
+        self._wake.set()
+
+    def _keep_newest(self, payload: dict[str, Any]) -> None:
         with self._push_lock:
             if self._pushed is None or int(payload.get("revision", 0)) >= int(
                 self._pushed.get("revision", 0)
             ):
                 self._pushed = payload
-        self._wake.set()
 
     def take_pushed(self) -> dict[str, Any] | None:
         with self._push_lock:
@@ -144,15 +157,31 @@ class Agent:
             return refused
         if not steps:
             return None
-        self._report(Outcome(DeploymentStatus.APPLYING, desired.model), desired)
-        assert self.executor is not None
-        outcome = self.executor.apply(steps, desired)
+        with self.update_lock.updating() as free:
+            if not free:
+                self._defer(payload, desired)
+                return None
+            self.deferred_revision = None
+            self._report(Outcome(DeploymentStatus.APPLYING, desired.model), desired)
+            assert self.executor is not None
+            outcome = self.executor.apply(steps, desired)
         if outcome is not None:
             self.last_outcome = outcome
             if outcome.state == REJECTED and outcome.ref is not None:
                 self.slots.mark_failed(outcome.ref)
             self._report(outcome, desired)
         return outcome
+
+    def _defer(self, payload: dict[str, Any], desired: Desired) -> None:
+        """Keep a desired state that must wait for the update lock; the lock's release wakes the loop,
+        which applies the newest one kept (pushed or deferred)."""
+        self._keep_newest(payload)
+        if self.deferred_revision != desired.revision:
+            holders = ", ".join(sorted(self.update_lock.holders())) or "a holder"
+            log.info(
+                "desired state revision %s deferred: the update lock is held by %s", desired.revision, holders
+            )
+        self.deferred_revision = desired.revision
 
     def _report(self, outcome: Outcome, desired: Desired | None) -> None:
         active = self.runtime.active
@@ -236,3 +265,43 @@ class Agent:
             if left <= 0:
                 return
             self._wake.wait(min(left, 0.2))
+
+
+class DeployLoop(Service):
+    """The agent loop as a service: ``start`` recovers from a crash mid-swap and serves the current model
+    (:meth:`Agent.start`), then runs :meth:`Agent.run` in a thread until ``stop``."""
+
+    name = "deploy"
+
+    def __init__(self, agent: Agent, poll_interval: float, max_backoff: float) -> None:
+        self.agent, self.poll_interval, self.max_backoff = agent, poll_interval, max_backoff
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+
+    def start(self) -> None:
+        self.agent.start()
+        self._stop.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._loop, name="fedge-agent-deploy", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self.agent.run(self._stop, self.poll_interval, self.max_backoff)
+        except Exception as exc:
+            log.exception("the deploy loop crashed")
+            self._error = f"{type(exc).__name__}: {exc}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.agent.wake()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def failure(self) -> str | None:
+        return self._error

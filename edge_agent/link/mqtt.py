@@ -22,14 +22,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.identity import CA_FILE, CERT_FILE, KEY_FILE, DeviceIdentity
 from edge_agent.link.signed import SignatureInvalid, verify_command, verify_desired_state
+from edge_agent.process import Service
 from fedge_protocol.documents import OutboxMessage
 from fedge_protocol.topics import Leaf, device_topic, split_device_topic
 
 log = logging.getLogger("fedge.agent.mqtt")
 
 
-class MqttLink:
-    """One device's connection to the fleet broker."""
+class MqttLink(Service):
+    """One device's connection to the fleet broker (a service of the agent process: paho's network
+    thread reconnects by itself, so a broker that is down does not make it unhealthy)."""
+
+    name = "mqtt"
 
     def __init__(
         self,

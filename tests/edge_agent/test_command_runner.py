@@ -85,3 +85,26 @@ def test_other_command_poll_errors_still_reach_the_backoff(tmp_path: Path) -> No
         with pytest.raises(LinkError):
             agent.poll_commands()
     assert link.calls == 2
+
+
+def test_a_running_command_holds_the_update_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_agent.grid as grid
+    from edge_agent.process import UpdateLock
+
+    lock = UpdateLock()
+    seen: list[dict[str, int]] = []
+
+    def run(payload: dict[str, Any], *_: Any) -> None:
+        seen.append(lock.holders())
+
+    monkeypatch.setattr(grid, "run_command", run)
+    runner = CommandRunner(tmp_path, link=None, record=lambda body: 0, update_lock=lock)
+    runner.start()
+    try:
+        assert runner.submit({"command_id": "cmd-3", "kind": "grid-run", "model": {}})
+        assert runner.idle.wait(10)
+    finally:
+        runner.stop()
+
+    assert seen == [{"grid-run cmd-3": 1}]
+    assert not lock.held

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,19 @@ def test_a_holder_waits_while_an_update_is_being_applied() -> None:
     worker.join(5)
 
     assert acquired.is_set() and lock.holders() == {"grid-run": 1}
+
+
+def test_a_crash_in_the_deploy_loop_ends_the_process_with_its_reason(tmp_path: Path) -> None:
+    from edge_agent.deploy.agent import Agent, DeployLoop
+
+    class BrokenLink:
+        def poll(self) -> None:
+            raise RuntimeError("a bug, not a link error")
+
+    agent = Agent(tmp_path, BrokenLink())  # type: ignore[arg-type]
+    process = AgentProcess([DeployLoop(agent, poll_interval=60, max_backoff=60)], check_interval=0.01)
+
+    with pytest.raises(ServiceFailed) as raised:
+        process.run()
+
+    assert str(raised.value) == "service 'deploy' stopped unexpectedly: RuntimeError: a bug, not a link error"

@@ -109,3 +109,31 @@ def test_enroll_run_deploy_and_infer_with_the_real_commands(
     assert agent.returncode == 0, agent.stdout.read() if agent.stdout else ""
     status = json.loads(_run("edge_agent.cli", "status", "--state-dir", str(state_dir), url=url).stdout)
     assert status["current"]["version"] == version and status["current"]["confirmed"] is True
+
+
+def test_fedge_agent_run_exits_non_zero_with_one_line_when_a_service_cannot_start(
+    controller: Live, http: httpx.Client, tmp_path: Path
+) -> None:
+    import socket
+
+    from tests.fleet.helpers import enrolled_device
+
+    dev = enrolled_device(controller[0].url, http, tmp_path / "agent")
+    dev.link.close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        args = ["run", "--state-dir", str(dev.state_dir), "--api-port", str(port), "--poll-interval", "60"]
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: service 'local-api' did not start: OSError: [Errno 98] Address already in use"]
+    assert "Traceback" not in done.stderr
