@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
 @pytest.fixture(scope="session")
 def train_image(podman: Podman) -> str:
     """localhost/fedge-train:3.11: the base image plus numpy, scikit-learn, skops copied from this venv."""
-    podman.setup("--no-install", "--ml")
+    podman.setup("--no-install", "--ml", "--venv", sys.prefix)
     return TRAIN_IMAGE
 
 
