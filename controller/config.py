@@ -77,6 +77,14 @@ class ControllerSettings(BaseSettings):
         ge=0,
         description="Telemetry records kept per device (the newest by outbox sequence); 0 keeps all.",
     )
+    last_seen_write_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=10,
+        description="A device's last_seen_at is written at most once per this many seconds (desired-state "
+        "polls, telemetry; status reports always write it). At most 10: a device is online while last "
+        "seen within 3 poll intervals (30 s).",
+    )
 
     broker_backend: Literal["embedded", "mosquitto", "none"] = Field(
         default="embedded",

@@ -101,7 +101,12 @@ def build_state(
     from controller.training.factory import make_runner
     from controller.training.manager import JobManager
 
-    fleet = Fleet(sessions, DeviceCA.load_or_create(settings.data_dir / "fleet"), registry)
+    fleet = Fleet(
+        sessions,
+        DeviceCA.load_or_create(settings.data_dir / "fleet"),
+        registry,
+        last_seen_write_seconds=settings.last_seen_write_seconds,
+    )
     state = ControllerState(
         settings=settings,
         engine=engine,

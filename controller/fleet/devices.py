@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography import x509
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Device, EnrollmentToken, ModelVersion, new_id, utcnow
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ENROLLMENT_PREFIX = "fedge-enroll-"
 CLOCK_LEEWAY_SECONDS = 30
+LAST_SEEN_WRITE_SECONDS = 5.0
 ACTIVE, REVOKED = "active", "revoked"
 
 
@@ -62,11 +63,13 @@ class Fleet:
         ca: DeviceCA,
         registry: Registry,
         events: FleetEvents | None = None,
+        last_seen_write_seconds: float = LAST_SEEN_WRITE_SECONDS,
     ) -> None:
         self.sessions = sessions
         self.ca = ca
         self.registry = registry
         self.events = events or FleetEvents()
+        self.last_seen_write_seconds = last_seen_write_seconds
 
     # ------------------------------------------------------------ enrollment
     def mint_enrollment_token(
@@ -188,12 +191,17 @@ class Fleet:
                 device.status, device.revoked_at = REVOKED, utcnow()
         self.events.device_revoked(device_id)
 
-    def touch(self, device_id: str) -> None:
-        """Heartbeat: a poll or report from the device."""
+    def touch(self, device_id: str, last_seen_at: dt.datetime | None = None) -> None:
+        """Heartbeat (a poll or telemetry from the device): ``last_seen_at`` is written at most once per
+        ``last_seen_write_seconds`` per device (status reports always write it). ``last_seen_at``: the value
+        the caller just read, to skip the statement when it is recent enough."""
+        now = utcnow()
+        cutoff = now - dt.timedelta(seconds=self.last_seen_write_seconds)
+        if last_seen_at is not None and last_seen_at > cutoff:
+            return
+        stale = or_(Device.last_seen_at.is_(None), Device.last_seen_at <= cutoff)
         with self.sessions.begin() as s:
-            device = s.get(Device, device_id)
-            if device is not None:
-                device.last_seen_at = utcnow()
+            s.execute(update(Device).where(Device.id == device_id, stale).values(last_seen_at=now))
 
     # ------------------------------------------------------------- desired state
     def chain_hash(self, mv: ModelVersion) -> tuple[str | None, str]:
