@@ -22,6 +22,8 @@ COPY controller ./controller
 COPY edge_agent ./edge_agent
 COPY simulator ./simulator
 COPY contracts ./contracts
+COPY fedge_protocol ./fedge_protocol
+COPY fedge_common ./fedge_common
 # Install the agent extra, then swap the CPU build of ONNX Runtime for the CUDA one: both ship the
 # `onnxruntime` module, so the CPU package is removed first.
 RUN python3.11 -m venv /opt/fedge-agent/venv \

@@ -16,6 +16,8 @@ COPY controller ./controller
 COPY edge_agent ./edge_agent
 COPY simulator ./simulator
 COPY contracts ./contracts
+COPY fedge_protocol ./fedge_protocol
+COPY fedge_common ./fedge_common
 RUN python -m venv /opt/fedge-agent/venv \
  && /opt/fedge-agent/venv/bin/pip install '.[agent]' \
  && /opt/fedge-agent/venv/bin/fedge-agent version
