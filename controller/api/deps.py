@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.chain.base import ChainBackend
 from controller.config import ControllerSettings
+from controller.db.models import Device
 from controller.errors import Forbidden, Unauthorized
 from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
@@ -104,7 +105,9 @@ def get_principal(request: Request, state: StateDep) -> Principal:
     if scheme.lower() != "bearer" or not credential:
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
     if not credential.startswith(tokens.TOKEN_PREFIX) and looks_like_device_token(credential):
-        return state.fleet.authenticate(credential)
+        principal, device = state.fleet.authenticate_device(credential)
+        request.state.calling_device = device  # the row authentication read (see CallingDevice)
+        return principal
     if credential.startswith(tokens.TOKEN_PREFIX) or state.oidc is None:
         with state.sessions.begin() as s:
             return tokens.authenticate(s, credential)
@@ -112,6 +115,16 @@ def get_principal(request: Request, state: StateDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_calling_device(request: Request, _caller: PrincipalDep) -> Device | None:
+    """The calling device's row as its authentication just read it (detached; None for users), so that
+    a device route reads it once. ``async``: no I/O, no trip through the thread pool."""
+    device: Device | None = getattr(request.state, "calling_device", None)
+    return device
+
+
+CallingDevice = Annotated[Device | None, Depends(get_calling_device)]
 
 
 def require(*roles: Role) -> Callable[[Principal], Principal]:

@@ -12,6 +12,7 @@ from controller.api.deps import (
     Admin,
     AnyCaller,
     BrokerUrlDep,
+    CallingDevice,
     CommandsDep,
     Developer,
     DevicePath,
@@ -115,18 +116,19 @@ def desired_state(
     device_id: DevicePath,
     devices: DevicesDep,
     caller: AnyCaller,
+    calling: CallingDevice,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The device's desired state, signed by the device CA (``{alg, payload, signature}``); ETag/304."""
-    if caller.role is Role.DEVICE:
-        devices.touch(device_id)
-    envelope, etag = devices.signed_desired_state(device_id)
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+    """The device's desired state, signed by the device CA (``{alg, payload, signature}``); ETag/304.
+    A 304 signs nothing and, for the device itself, reuses the row its authentication read."""
+    known = [t.strip() for t in if_none_match.split(",")] if if_none_match else []
+    poll = devices.poll_desired_state(device_id, known, heartbeat=caller.role is Role.DEVICE, device=calling)
+    headers = {"ETag": poll.etag, "Cache-Control": "private, no-cache"}
+    if poll.envelope is None:
         return Response(status_code=304, headers=headers)
     import json
 
-    return Response(json.dumps(envelope), media_type="application/json", headers=headers)
+    return Response(json.dumps(poll.envelope), media_type="application/json", headers=headers)
 
 
 @router.post(paths.STATUS, status_code=204, response_class=Response)

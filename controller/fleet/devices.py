@@ -3,11 +3,13 @@ key), revocation, status reports and the signed desired-state document."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -18,10 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.db.models import Device, EnrollmentToken, ModelVersion, new_id, utcnow
 from controller.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
 from controller.fleet.ca import CsrRejected, DeviceCA
+from controller.fleet.desired import DesiredDocument, DesiredDocuments, DesiredPoll, payload_etag, source_key
 from controller.fleet.events import FleetEvents
 from controller.security.principal import Principal, Role
 from fedge_protocol import DEVICE_AUDIENCE, MAX_DEVICE_TOKEN_SECONDS, DesiredState, ModelReference, paths
-from fedge_protocol.envelope import canonical_json
 
 if TYPE_CHECKING:
     from controller.registry.service import Registry
@@ -70,6 +72,7 @@ class Fleet:
         self.registry = registry
         self.events = events or FleetEvents()
         self.last_seen_write_seconds = last_seen_write_seconds
+        self.documents = DesiredDocuments()
 
     # ------------------------------------------------------------ enrollment
     def mint_enrollment_token(
@@ -135,6 +138,11 @@ class Fleet:
     def authenticate(self, credential: str) -> Principal:
         """Verify a device-signed ES256 JWT (iss = sub = device id, aud, exp <= 5 min) with the public key
         of the device's certificate; revoked devices are refused at once."""
+        return self.authenticate_device(credential)[0]
+
+    def authenticate_device(self, credential: str) -> tuple[Principal, Device]:
+        """:meth:`authenticate`, also returning the device row it read (detached), so that a device route
+        need not read it again."""
         try:
             unverified = jwt.decode(credential, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
@@ -168,7 +176,7 @@ class Fleet:
             MAX_DEVICE_TOKEN_SECONDS + CLOCK_LEEWAY_SECONDS
         ):
             raise Unauthorized("device token lives longer than 5 minutes")
-        return Principal(subject=device_id, role=Role.DEVICE, via="device")
+        return Principal(subject=device_id, role=Role.DEVICE, via="device"), device
 
     # ----------------------------------------------------------------- devices
     def get(self, device_id: str) -> Device:
@@ -189,6 +197,7 @@ class Fleet:
                 raise NotFound(f"device {device_id} not found")
             if device.status != REVOKED:
                 device.status, device.revoked_at = REVOKED, utcnow()
+        self.documents.forget(device_id)
         self.events.device_revoked(device_id)
 
     def touch(self, device_id: str, last_seen_at: dt.datetime | None = None) -> None:
@@ -209,8 +218,10 @@ class Fleet:
         return self.registry.provenance.cached_version_hash(mv)
 
     def desired_payload(self, device_id: str) -> dict[str, Any]:
-        """The desired-state document of a device (deterministic: its hash is the ETag)."""
-        device = self.get(device_id)
+        """The desired-state document of a device (deterministic: its hash is the ETag); a copy."""
+        return copy.deepcopy(self._document(self.get(device_id)).payload)
+
+    def _build_payload(self, device: Device) -> dict[str, Any]:
         document = DesiredState(device_id=device.id, revision=device.desired_revision)
         desired = device.desired
         if desired:
@@ -240,11 +251,46 @@ class Fleet:
             ),
         )
 
+    def _document(self, device: Device) -> DesiredDocument:
+        """The device's document for the row as read: cached while its revision and ``desired`` stay."""
+        source = source_key(device.desired_revision, device.desired)
+        doc = self.documents.get(device.id, source)
+        if doc is None:
+            payload = self._build_payload(device)
+            doc = DesiredDocument(source, payload, payload_etag(payload))
+            self.documents.put(device.id, doc)
+        return doc
+
+    def poll_desired_state(
+        self,
+        device_id: str,
+        known_etags: Collection[str] = (),
+        *,
+        heartbeat: bool = False,
+        device: Device | None = None,
+    ) -> DesiredPoll:
+        """One poll: the ETag, and the signed envelope unless it is one of ``known_etags`` (a 304: nothing
+        is signed). A document is signed once per revision, then served from the cache. ``device``: the row
+        as the caller just read it (device authentication), else it is read here (one session).
+        ``heartbeat``: a poll by the device itself (``last_seen_at``, throttled, see :meth:`touch`)."""
+        if device is None or device.id != device_id:
+            device = self.get(device_id)
+        if heartbeat:
+            self.touch(device_id, device.last_seen_at)
+        doc = self._document(device)
+        if doc.etag in known_etags:
+            return DesiredPoll(doc.etag, None)
+        if doc.envelope is None:
+            doc = replace(doc, envelope=self.ca.sign_document(doc.payload))
+            self.documents.put(device_id, doc)
+        assert doc.envelope is not None
+        return DesiredPoll(doc.etag, doc.envelope)
+
     def signed_desired_state(self, device_id: str) -> tuple[dict[str, str], str]:
-        """(signed envelope, ETag)."""
-        payload = self.desired_payload(device_id)
-        etag = '"' + hashlib.sha256(canonical_json(payload)).hexdigest()[:32] + '"'
-        return self.ca.sign_document(payload), etag
+        """(signed envelope, ETag) of the device's current document (the MQTT push)."""
+        poll = self.poll_desired_state(device_id)
+        assert poll.envelope is not None
+        return poll.envelope, poll.etag
 
     def desired_model(self, device_id: str, model_id: str, version: int) -> ModelVersion:
         """The version a device may download: only the one deployed to it."""
