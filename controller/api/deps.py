@@ -1,13 +1,17 @@
 """Dependency aliases: each handler declares the services it needs (settings, store, chain, registry,
 devices, rollouts, commands, jobs) and the caller it accepts (a role, or a device acting on itself).
 
+A dependency that does no I/O is ``async``: FastAPI runs a plain ``def`` dependency in the thread pool, one
+trip per dependency and request, which on a cheap route (a 304 desired-state poll) costs more than the
+route itself. Only authentication (database, OIDC) runs in the pool.
+
 Handlers never take the whole services container; they name what they use, so each signature says
 which backends a route touches (and tests can override one dependency at a time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -29,7 +33,7 @@ from controller.storage.base import ArtifactStore
 from controller.training.manager import JobManager
 
 
-def get_state(request: Request) -> ControllerState:
+async def get_state(request: Request) -> ControllerState:
     state: ControllerState = request.app.state.fedge
     return state
 
@@ -38,47 +42,47 @@ StateDep = Annotated[ControllerState, Depends(get_state)]
 """The container itself: only for app assembly and health checks that look at every backend."""
 
 
-def get_settings(state: StateDep) -> ControllerSettings:
+async def get_settings(state: StateDep) -> ControllerSettings:
     return state.settings
 
 
-def get_engine(state: StateDep) -> Engine:
+async def get_engine(state: StateDep) -> Engine:
     return state.engine
 
 
-def get_sessions(state: StateDep) -> sessionmaker[Session]:
+async def get_sessions(state: StateDep) -> sessionmaker[Session]:
     return state.sessions
 
 
-def get_store(state: StateDep) -> ArtifactStore:
+async def get_store(state: StateDep) -> ArtifactStore:
     return state.store
 
 
-def get_chain(state: StateDep) -> ChainBackend:
+async def get_chain(state: StateDep) -> ChainBackend:
     return state.chain
 
 
-def get_registry(state: StateDep) -> Registry:
+async def get_registry(state: StateDep) -> Registry:
     return state.registry
 
 
-def get_devices(state: StateDep) -> Fleet:
+async def get_devices(state: StateDep) -> Fleet:
     return state.fleet
 
 
-def get_rollouts(state: StateDep) -> Rollouts:
+async def get_rollouts(state: StateDep) -> Rollouts:
     return state.rollouts
 
 
-def get_commands(state: StateDep) -> Commands:
+async def get_commands(state: StateDep) -> Commands:
     return state.commands
 
 
-def get_jobs(state: StateDep) -> JobManager:
+async def get_jobs(state: StateDep) -> JobManager:
     return state.jobs
 
 
-def get_broker_url(state: StateDep) -> str | None:
+async def get_broker_url(state: StateDep) -> str | None:
     return state.broker_url
 
 
@@ -127,11 +131,11 @@ async def get_calling_device(request: Request, _caller: PrincipalDep) -> Device 
 CallingDevice = Annotated[Device | None, Depends(get_calling_device)]
 
 
-def require(*roles: Role) -> Callable[[Principal], Principal]:
+def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """Dependency factory: the caller must hold one of ``roles``."""
     allowed = {r.value for r in roles}
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.role.value not in allowed:
             raise Forbidden(
                 f"role '{principal.role.value}' may not do this; needs one of: {', '.join(sorted(allowed))}"
@@ -154,12 +158,12 @@ def _self_device(device_id: str, caller: Principal) -> str:
     return device_id
 
 
-def self_or_user(device_id: str, caller: AnyCaller) -> str:
+async def self_or_user(device_id: str, caller: AnyCaller) -> str:
     """The ``{device_id}`` path parameter: a device may name only itself; users pass (role checked)."""
     return _self_device(device_id, caller)
 
 
-def self_device(device_id: str, caller: DeviceCaller) -> str:
+async def self_device(device_id: str, caller: DeviceCaller) -> str:
     """The ``{device_id}`` path parameter of a device-only route: the calling device itself."""
     return _self_device(device_id, caller)
 
