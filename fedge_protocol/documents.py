@@ -49,7 +49,8 @@ class DesiredState(BaseModel):
 
 
 class Command(BaseModel):
-    """A signed device command (``grid-run``) naming the model version it runs."""
+    """A signed device command. ``grid-run`` names the model version it runs (``model``); ``fl-join``
+    names none (its params, :class:`fedge_protocol.fl_commands.FlJoin`, say which job to join)."""
 
     type: Literal[DocumentType.COMMAND] = DocumentType.COMMAND
     device_id: str
@@ -57,7 +58,7 @@ class Command(BaseModel):
     kind: CommandKind
     params: dict[str, Any] = Field(default_factory=dict)
     created_at: str | None = None
-    model: ModelReference
+    model: ModelReference | None = Field(default=None, description="required for grid-run")
 
 
 class StatusReport(BaseModel):

@@ -50,3 +50,5 @@ class CommandKind(StrEnum):
     """What a device command asks for."""
 
     GRID_RUN = "grid-run"
+    FL_JOIN = "fl-join"
+    """Join a federated-learning job with a SuperNode (params: ``fedge_protocol.fl_commands.FlJoin``)."""

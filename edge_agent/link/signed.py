@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedge_protocol.envelope import DocumentType, MalformedEnvelope, open_envelope, signing_input
+from fedge_protocol.status import CommandKind
 
 
 class SignatureInvalid(ValueError):
@@ -64,6 +65,8 @@ def verify_desired_state(envelope: Any, ca: x509.Certificate, device_id: str) ->
 def verify_command(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[str, Any]:
     """The payload of a signed command envelope (command context, type ``fedge.command``, this device)."""
     payload = _verify_for_device(envelope, ca, device_id, DocumentType.COMMAND)
-    if not isinstance(payload.get("command_id"), str) or not isinstance(payload.get("model"), dict):
-        raise SignatureInvalid("signed command lacks command_id or model")
+    if not isinstance(payload.get("command_id"), str):
+        raise SignatureInvalid("signed command lacks command_id")
+    if payload.get("kind") != CommandKind.FL_JOIN and not isinstance(payload.get("model"), dict):
+        raise SignatureInvalid("signed command lacks model")  # every kind but fl-join names one
     return payload
