@@ -31,7 +31,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["FlData", "FlJoin", "FlPrivacyPlan", "FlTls"]
+__all__ = ["FlData", "FlJoin", "FlLeave", "FlPrivacyPlan", "FlTls"]
 
 
 class FlTls(BaseModel):
@@ -85,3 +85,14 @@ class FlJoin(BaseModel):
     data: FlData
     privacy: FlPrivacyPlan
     leave_after: str = Field(description="ISO 8601 UTC time after which the SuperNode stops anyway")
+
+
+class FlLeave(BaseModel):
+    """``params`` of an ``fl-leave`` command (kind :attr:`~fedge_protocol.status.CommandKind.FL_LEAVE`, no
+    ``model``): the device leaves the job. Its ``fl-join`` is acknowledged ``succeeded`` (``result.left``
+    says why), the SuperNode stops once the device is in no job any more. Leaving a job the device is not
+    in succeeds too (nothing to do)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(description="the FL job to leave")

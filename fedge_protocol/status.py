@@ -52,3 +52,6 @@ class CommandKind(StrEnum):
     GRID_RUN = "grid-run"
     FL_JOIN = "fl-join"
     """Join a federated-learning job with a SuperNode (params: ``fedge_protocol.fl_commands.FlJoin``)."""
+    FL_LEAVE = "fl-leave"
+    """Leave a federated-learning job (params: ``fedge_protocol.fl_commands.FlLeave``); the job's fl-join is
+    then acknowledged ``succeeded`` and the SuperNode stops once no joined job is left."""

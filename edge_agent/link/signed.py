@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fedge_protocol.envelope import DocumentType, MalformedEnvelope, open_envelope, signing_input
 from fedge_protocol.status import CommandKind
 
+MODEL_LESS = frozenset({CommandKind.FL_JOIN, CommandKind.FL_LEAVE})
+"""Command kinds that name no model version."""
+
 
 class SignatureInvalid(ValueError):
     """The document is malformed, not signed by the pinned CA, or not meant for this device."""
@@ -67,6 +70,6 @@ def verify_command(envelope: Any, ca: x509.Certificate, device_id: str) -> dict[
     payload = _verify_for_device(envelope, ca, device_id, DocumentType.COMMAND)
     if not isinstance(payload.get("command_id"), str):
         raise SignatureInvalid("signed command lacks command_id")
-    if payload.get("kind") != CommandKind.FL_JOIN and not isinstance(payload.get("model"), dict):
-        raise SignatureInvalid("signed command lacks model")  # every kind but fl-join names one
+    if payload.get("kind") not in MODEL_LESS and not isinstance(payload.get("model"), dict):
+        raise SignatureInvalid("signed command lacks model")  # every kind but fl-join/fl-leave names one
     return payload
