@@ -1,8 +1,8 @@
 """One Broker conformance suite, run against every implementation: the embedded amqtt broker (device-signed
 JWT credentials) and a real Mosquitto (mTLS, CRL, ACL), each behind a live controller with real agents.
 
-Backend-specific tests stay with their backend: ``tests/fleet/test_broker_embedded.py`` (JWT credential
-and client-id checks) and ``tests/fleet/test_broker_mosquitto.py`` (offline outbox across a broker
+Backend-specific tests stay with their backend: ``tests/e2e/test_broker_embedded.py`` (JWT credential
+and client-id checks) and ``tests/e2e/test_broker_mosquitto.py`` (offline outbox across a broker
 restart)."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from controller.fleet.broker.embedded import EmbeddedBroker
 from controller.fleet.broker.messaging import FleetMessaging
 from controller.state import ControllerState
 from tests.conftest import LiveServer
+from tests.e2e.broker_fixtures import MqttDevice, fleet_controller, mosquitto_controller, mqtt_device
+from tests.e2e.helpers import ADMIN, add_model, deploy, failing_model, upload_onnx
 from tests.fixtures.services import wait_for
-from tests.fleet.broker_fixtures import MqttDevice, fleet_controller, mosquitto_controller, mqtt_device
-from tests.fleet.helpers import ADMIN, add_model, deploy, failing_model, upload_onnx
 
 Received = list[tuple[str, bytes]]
 

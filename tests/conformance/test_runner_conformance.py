@@ -4,7 +4,7 @@
 tests/conformance/fake_kubernetes.py (whose kubelet runs the pod as a local process group) by default, and
 against a real cluster when one is given (marker ``k8s``, see tests/conformance/conftest.py);
 ``ContainerJobRunner`` (against podman's Docker API) subclasses this suite in
-tests/training/test_container_runner.py. The programs are plain Python (stdlib only) written into the job's
+tests/controller/training/test_container_runner.py. The programs are plain Python (stdlib only) written into the job's
 ``code/`` directory and started as ``[python, "{job_dir}/code/prog.py"]``.
 """
 

@@ -27,8 +27,8 @@ from edge_agent.link.client import ControllerLink
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Outbox
 from tests.conftest import ADMIN_TOKEN, LiveServer
+from tests.e2e.helpers import enrollment_token
 from tests.fixtures.services import _ServerProcess, free_port, wait_for
-from tests.fleet.helpers import enrollment_token
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 

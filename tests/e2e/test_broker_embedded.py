@@ -12,8 +12,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.state import ControllerState
 from tests.conftest import LiveServer
-from tests.fleet.broker_fixtures import MqttDevice, mqtt_device
-from tests.fleet.helpers import ADMIN
+from tests.e2e.broker_fixtures import MqttDevice, mqtt_device
+from tests.e2e.helpers import ADMIN
 
 Live = tuple[LiveServer, ControllerState]
 

@@ -13,9 +13,9 @@ import pytest
 
 from controller.state import ControllerState
 from tests.conftest import LiveServer
+from tests.e2e.broker_fixtures import MosquittoServer, mosquitto_fleet, mqtt_device
+from tests.e2e.helpers import ADMIN, add_model, deploy, upload_onnx
 from tests.fixtures.services import wait_for
-from tests.fleet.broker_fixtures import MosquittoServer, mosquitto_fleet, mqtt_device
-from tests.fleet.helpers import ADMIN, add_model, deploy, upload_onnx
 
 __all__ = ["mosquitto_fleet"]
 Fleet = tuple[LiveServer, ControllerState, MosquittoServer]

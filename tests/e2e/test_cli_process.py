@@ -16,8 +16,8 @@ import httpx
 
 from controller.state import ControllerState
 from tests.conftest import ADMIN_TOKEN, LiveServer
+from tests.e2e.helpers import add_model, upload_onnx
 from tests.fixtures.services import free_port
-from tests.fleet.helpers import add_model, upload_onnx
 
 Live = tuple[LiveServer, ControllerState]
 
@@ -116,7 +116,7 @@ def test_fedge_agent_run_exits_non_zero_with_one_line_when_a_service_cannot_star
 ) -> None:
     import socket
 
-    from tests.fleet.helpers import enrolled_device
+    from tests.e2e.helpers import enrolled_device
 
     dev = enrolled_device(controller[0].url, http, tmp_path / "agent")
     dev.link.close()

@@ -20,7 +20,7 @@ from controller.fleet.desired import DesiredDocument, DesiredDocuments
 from controller.state import ControllerState
 from edge_agent.link.signed import verify_desired_state
 from tests.conftest import LiveServer
-from tests.fleet.helpers import ADMIN, Device, add_model, deploy, enrolled_device, upload_onnx
+from tests.e2e.helpers import ADMIN, Device, add_model, deploy, enrolled_device, upload_onnx
 
 Live = tuple[LiveServer, ControllerState]
 BACKGROUND = "fedge-"  # the controller's own threads (MQTT publisher, job workers): not a request

@@ -17,7 +17,7 @@ from controller.db.models import EnrollmentToken
 from controller.state import ControllerState
 from edge_agent.identity import EnrollmentError, enroll, make_csr
 from tests.conftest import LiveServer
-from tests.fleet.helpers import ADMIN, enrolled_device, enrollment_token
+from tests.e2e.helpers import ADMIN, enrolled_device, enrollment_token
 
 Live = tuple[LiveServer, ControllerState]
 

@@ -23,9 +23,9 @@ from edge_agent.link.signed import SignatureInvalid, verify_command
 from fedge_protocol import DocumentType
 from simulator.grid.publish import RegisteredPolicy, register_policy
 from tests.conftest import ADMIN_TOKEN, LiveServer
+from tests.e2e.broker_fixtures import MqttDevice, mqtt_device
+from tests.e2e.helpers import ADMIN, add_model, enrolled_device, upload_onnx
 from tests.fixtures.services import wait_for
-from tests.fleet.broker_fixtures import MqttDevice, mqtt_device
-from tests.fleet.helpers import ADMIN, add_model, enrolled_device, upload_onnx
 from tests.simulator.grid.tiny import TINY_ACTIONS_PER_DAY, tiny_policy
 
 Live = tuple[LiveServer, ControllerState]

@@ -19,7 +19,7 @@ from edge_agent.deploy.slots import SlotStore
 from edge_agent.link.signed import SignatureInvalid, verify_desired_state
 from edge_agent.runtime.session import ModelRuntime
 from tests.conftest import LiveServer
-from tests.fleet.helpers import ADMIN, Device, add_model, deploy, enrolled_device, failing_model, upload_onnx
+from tests.e2e.helpers import ADMIN, Device, add_model, deploy, enrolled_device, failing_model, upload_onnx
 
 Live = tuple[LiveServer, ControllerState]
 

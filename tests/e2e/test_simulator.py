@@ -15,7 +15,7 @@ import httpx
 from controller.state import ControllerState
 from simulator.fleet import Fleet
 from tests.conftest import ADMIN_TOKEN, LiveServer
-from tests.fleet.helpers import add_model, upload_onnx
+from tests.e2e.helpers import add_model, upload_onnx
 
 Live = tuple[LiveServer, ControllerState]
 

@@ -12,9 +12,9 @@ import pytest
 from controller.state import ControllerState
 from edge_agent.deploy.plan import ModelRef
 from tests.conftest import LiveServer
+from tests.e2e.broker_fixtures import MqttDevice, mqtt_device
+from tests.e2e.helpers import ADMIN, add_model, deploy, upload_onnx
 from tests.fixtures.services import wait_for
-from tests.fleet.broker_fixtures import MqttDevice, mqtt_device
-from tests.fleet.helpers import ADMIN, add_model, deploy, upload_onnx
 
 Live = tuple[LiveServer, ControllerState]
 

@@ -12,7 +12,7 @@ from edge_agent.deploy.plan import ModelRef
 from edge_agent.deploy.slots import SlotStore
 from edge_agent.link.client import Backoff
 from edge_agent.runtime import HealthCheckFailed, ModelRuntime, health_check, select_providers
-from tests.fleet.helpers import add_model, failing_model
+from tests.e2e.helpers import add_model, failing_model
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

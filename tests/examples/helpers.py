@@ -81,7 +81,7 @@ def run_example(
 
 
 def trained_example(tmp_path_factory: pytest.TempPathFactory, name: str) -> Job:
-    """The example trained once per test session (shared by tests/examples and tests/translation)."""
+    """The example trained once per test session (shared by tests/examples and tests/controller/translation)."""
     base = tmp_path_factory.getbasetemp()
     dataset = base / "digits.npz"
     if not dataset.exists():

@@ -98,7 +98,7 @@ def test_a_crash_mid_write_leaves_the_old_content(tmp_path: Path) -> None:
             os._exit(9)
         """
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-c", program], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}
     )

@@ -16,7 +16,7 @@ from controller.chain import JournalError, RecordNotFound, make_chain_backend
 from controller.chain.evm import JOURNAL_FILE_NAME, InProcessChainBackend
 from controller.chain.factory import CHAIN_SUBDIR
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ORG = "org-1"
 
 

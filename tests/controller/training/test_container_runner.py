@@ -27,7 +27,7 @@ from controller.training.local import LocalJobRunner
 from examples.make_digits_npz import load_digits_arrays, write_digits_npz
 from tests.conformance.test_runner_conformance import GRACE_S, RunnerConformance
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "setup-podman.sh"
 BASE_IMAGE = "localhost/fedge-python:3.11"
 TRAIN_IMAGE = "localhost/fedge-train:3.11"

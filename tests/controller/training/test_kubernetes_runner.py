@@ -174,7 +174,7 @@ def test_job_names_are_dns_labels(tmp_path: Path, job_id: str) -> None:
 
 @pytest.mark.parametrize("name", ["namespace.yaml", "rbac.yaml", "networkpolicy.yaml", "pvc.yaml"])
 def test_packaged_manifests_are_valid(name: str) -> None:
-    path = Path(__file__).resolve().parents[2] / "packaging" / "k8s" / name
+    path = Path(__file__).resolve().parents[3] / "packaging" / "k8s" / name
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs
     for doc in docs:
@@ -182,7 +182,7 @@ def test_packaged_manifests_are_valid(name: str) -> None:
 
 
 def test_rbac_role_covers_what_the_runner_calls() -> None:
-    path = Path(__file__).resolve().parents[2] / "packaging" / "k8s" / "rbac.yaml"
+    path = Path(__file__).resolve().parents[3] / "packaging" / "k8s" / "rbac.yaml"
     role = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "Role")
     allowed = {
         (g, r, v)

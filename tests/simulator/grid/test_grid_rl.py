@@ -12,10 +12,8 @@ from simulator.grid.env import LoadShiftEnv
 from simulator.grid.errors import PolicyError
 from simulator.grid.model import GridModel
 from simulator.grid.onnx_policy import OnnxPolicy
+from simulator.grid.policy_info import ONNX_FILE, POLICY_FILE, PolicyInfo
 from simulator.grid.rl import (
-    ONNX_FILE,
-    POLICY_FILE,
-    PolicyInfo,
     SB3Backend,
     TrainConfig,
     TrainedPolicy,
