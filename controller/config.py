@@ -111,6 +111,49 @@ class ControllerSettings(BaseSettings):
         "Default <data_dir>/fleet/mosquitto.",
     )
 
+    fl_engine: Literal["flower", "none"] = Field(
+        default="flower", description="Federated-learning engine ('none': FL jobs are refused)."
+    )
+    fl_superlink_address: str | None = Field(
+        default=None,
+        description="host:port of an external Flower SuperLink (Fleet + Control on one TLS port). "
+        "Default: the controller supervises its own flower-superlink on 127.0.0.1.",
+    )
+    fl_superlink_ca: Path | None = Field(
+        default=None, description="PEM CA that verifies an external SuperLink (default: the device CA)."
+    )
+    fl_superlink_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the supervised SuperLink on 127.0.0.1 (0: free)."
+    )
+    fl_fleet_host: str = Field(
+        default="127.0.0.1", description="Bind address of the Fleet-only front that devices connect to."
+    )
+    fl_fleet_port: int = Field(
+        default=0, ge=0, le=65535, description="TLS port of the Fleet-only front (0: a free port)."
+    )
+    fl_fleet_public_host: str | None = Field(
+        default=None,
+        description="Host devices use to reach the Fleet front (in its certificate's SAN; default "
+        "fl_fleet_host, or 127.0.0.1 when that is 0.0.0.0).",
+    )
+    fl_report_url: str | None = Field(
+        default=None,
+        description="Base URL the ServerApp reports rounds to (a loopback controller route; default "
+        "http://127.0.0.1:<port>).",
+    )
+    fl_workers: int = Field(
+        default=1, ge=1, le=1, description="FL jobs run at once (one SuperLink federation: 1)."
+    )
+    fl_job_timeout_seconds: int = Field(default=6 * 3600, ge=10, description="Wall-clock limit of an FL job.")
+    fl_node_wait_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a round waits for min_clients devices to be connected before the job fails.",
+    )
+    fl_superlink_start_seconds: float = Field(
+        default=60.0, gt=0, description="How long the supervised SuperLink may take to become healthy."
+    )
+
     admin_token: SecretStr | None = Field(
         default=None, description="Initial admin token on first start (automation). Else one is generated."
     )
@@ -133,7 +176,17 @@ class ControllerSettings(BaseSettings):
             raise ValueError("broker_backend=mosquitto needs FEDGE_BROKER_PORT")
         if self.chain_backend == "jsonrpc" and not self.chain_rpc_url:
             raise ValueError("chain_backend=jsonrpc needs FEDGE_CHAIN_RPC_URL")
+        if self.fl_superlink_ca is not None and not self.fl_superlink_address:
+            raise ValueError("FEDGE_FL_SUPERLINK_CA needs an external SuperLink (FEDGE_FL_SUPERLINK_ADDRESS)")
         return self
+
+    @property
+    def fl_report_base_url(self) -> str:
+        """Where the ServerApp reaches the controller (loopback unless configured)."""
+        if self.fl_report_url:
+            return self.fl_report_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104 - compared, not bound
+        return f"http://{host}:{self.port}"
 
     @property
     def resolved_database_url(self) -> str:

@@ -264,3 +264,114 @@ class TelemetryRecord(Base):
     command_id: Mapped[str | None] = mapped_column(String(36), index=True)
     body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class FlJob(Base):
+    """A federated-learning job: queued -> running -> succeeded | failed | cancelled.
+
+    ``spec`` is the request as accepted (normalised); the result is a new version of ``model_id``."""
+
+    __tablename__ = "fl_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    engine: Mapped[str] = mapped_column(String(32))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    start_version: Mapped[int | None] = mapped_column(Integer)
+    network: Mapped[str] = mapped_column(String(300))
+    rounds: Mapped[int] = mapped_column(Integer)
+    min_clients: Mapped[int] = mapped_column(Integer)
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # strategies.py spec
+    privacy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the accepted request
+    run_id: Mapped[str | None] = mapped_column(String(32))  # the engine's run id (Flower: uint64)
+    rounds_completed: Mapped[int] = mapped_column(Integer, default=0)
+    token_id: Mapped[str | None] = mapped_column(String(36))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    result_version: Mapped[int | None] = mapped_column(Integer)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # final metrics, epsilon, timings
+    chain: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the record_fl_run record and its tx
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class FlParticipant(Base):
+    """One device of an FL job: its fl-join command, its node and what it did (from round reports)."""
+
+    __tablename__ = "fl_participants"
+    __table_args__ = (UniqueConstraint("job_id", "device_id", name="uq_fl_participants_device"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fl_jobs.id"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # selected | invited | trained | excluded | revoked
+    node_id: Mapped[str | None] = mapped_column(String(20))
+    command_id: Mapped[str | None] = mapped_column(String(36))
+    rounds_trained: Mapped[int] = mapped_column(Integer, default=0)
+    budget_refusals: Mapped[int] = mapped_column(Integer, default=0)
+    rejections: Mapped[int] = mapped_column(Integer, default=0)
+    epsilon: Mapped[float | None] = mapped_column()  # device-reported, after its last round
+    epsilon_before: Mapped[float | None] = mapped_column()  # the controller's mirror when the job started
+    budget_remaining: Mapped[float | None] = mapped_column()
+    delta: Mapped[float | None] = mapped_column()
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class FlRound(Base):
+    """One phase (train or evaluate) of one round of an FL job, as the ServerApp reported it."""
+
+    __tablename__ = "fl_rounds"
+    __table_args__ = (UniqueConstraint("job_id", "round", "kind", name="uq_fl_rounds_phase"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fl_jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # train | evaluate
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    participants: Mapped[list[str]] = mapped_column(JSON, default=list)  # device ids with a valid reply
+    stragglers: Mapped[list[str]] = mapped_column(JSON, default=list)  # asked, no valid reply in time
+    budget_refused: Mapped[list[str]] = mapped_column(JSON, default=list)
+    rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(default=0.0)
+    clients: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # per-device metrics
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class FlNode(Base):
+    """A device's node on the SuperLink: its enrolled public key registered for SuperNode authentication."""
+
+    __tablename__ = "fl_nodes"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    superlink: Mapped[str] = mapped_column(String(300))  # which SuperLink holds the registration
+    node_id: Mapped[str] = mapped_column(String(20))  # Flower node ids are uint64
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # registered | unregistered
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    unregistered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DevicePrivacy(Base):
+    """The controller's mirror of one device's privacy spend on one dataset (from round reports). The device
+    keeps the authoritative ledger; the mirror lets the controller refuse a job that cannot fit."""
+
+    __tablename__ = "device_privacy"
+    __table_args__ = (UniqueConstraint("device_id", "dataset", name="uq_device_privacy_dataset"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    dataset: Mapped[str] = mapped_column(String(200))
+    epsilon_spent: Mapped[float] = mapped_column(default=0.0)
+    budget_remaining: Mapped[float | None] = mapped_column()
+    delta: Mapped[float | None] = mapped_column()
+    rounds: Mapped[int] = mapped_column(Integer, default=0)
+    refusals: Mapped[int] = mapped_column(Integer, default=0)
+    last_job_id: Mapped[str | None] = mapped_column(String(36))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
