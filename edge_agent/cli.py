@@ -1,4 +1,5 @@
-"""``fedge-agent``: the on-device agent's command line (enroll, run, status, facts, version, grid run)."""
+"""``fedge-agent``: the on-device agent's command line (enroll, run, status, privacy, facts, version, grid
+run)."""
 
 from __future__ import annotations
 
@@ -110,7 +111,9 @@ def _agent_services(
 ) -> tuple[list[Service], LocalApi]:
     """The services of ``fedge-agent run``, in start order (stopped in reverse): the deploy loop
     (recovers, serves the current model, reconciles), the local API, the MQTT link (when the device has
-    a broker), the command worker (holds the update lock while a command runs)."""
+    a broker), the FL SuperNode (when ``FEDGE_AGENT_FL_ENABLED``: a child process while the device is in
+    a job; its rounds hold the update lock), the command worker (holds the update lock while a grid run
+    runs; routes fl-join/fl-leave to the SuperNode)."""
     from edge_agent.api import LocalApi
     from edge_agent.deploy.agent import Agent, DeployLoop
     from edge_agent.grid import CommandRunner
@@ -120,7 +123,19 @@ def _agent_services(
 
     agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
     inference = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
-    agent.commands = CommandRunner(settings.state_dir, link, agent.record_telemetry, agent.update_lock)
+    supernode = None
+    if settings.fl_enabled:
+        from edge_agent.learning.supernode import DeviceData, SupernodeService
+
+        supernode = SupernodeService(
+            settings.state_dir,
+            DeviceData.from_settings(settings),
+            record=agent.record_telemetry,
+            update_lock=agent.update_lock,
+        )
+    agent.commands = CommandRunner(
+        settings.state_dir, link, agent.record_telemetry, agent.update_lock, fl=supernode
+    )
     api = LocalApi(agent.runtime, settings.api_host, settings.api_port, inference)
     services: list[Service] = [DeployLoop(agent, settings.poll_interval, settings.max_backoff), api]
     if settings.mqtt and identity.broker_url:
@@ -136,14 +151,17 @@ def _agent_services(
             on_command=agent.receive_command,
         )
         services.append(agent.mqtt)
+    if supernode is not None:
+        services.append(supernode)
     services.append(agent.commands)
     return services, api
 
 
 @app.command()
 def status(state_dir: StateDir) -> None:
-    """Print identity, active/previous model and the last desired state (JSON)."""
+    """Print identity, active/previous model, the last desired state and the FL SuperNode (JSON)."""
     from edge_agent.deploy.slots import SlotStore
+    from edge_agent.learning.supernode import read_status
 
     meta_path = state_dir / "identity.json"
     slots = SlotStore(state_dir)
@@ -154,8 +172,22 @@ def status(state_dir: StateDir) -> None:
         "previous": slots.read("previous"),
         "failed": slots.read("failed"),
         "desired": json.loads(desired_path.read_text()) if desired_path.exists() else None,
+        "supernode": read_status(state_dir),
     }
     typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def privacy(state_dir: StateDir) -> None:
+    """Print the device's privacy ledgers (JSON): per dataset the budget, epsilon spent, reserved and
+    remaining, and per job its rounds and epsilon. The budget of the configured dataset is the device's
+    setting (FEDGE_AGENT_FL_PRIVACY_BUDGET)."""
+    from edge_agent.config import AgentSettings
+    from edge_agent.learning.join import privacy_report
+    from edge_agent.learning.supernode import DeviceData
+
+    settings = AgentSettings(state_dir=state_dir)
+    typer.echo(json.dumps(privacy_report(state_dir, DeviceData.from_settings(settings)), indent=2))
 
 
 grid_app = typer.Typer(help="Grid simulator and RL load shifting on this device (extra: grid).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,3 +34,23 @@ class AgentSettings(BaseSettings):
     mqtt: bool = Field(default=True, description="use the broker named at enrollment (if any) for push")
     mqtt_min_backoff: int = Field(default=1, ge=1, description="first reconnect delay to the broker (s)")
     mqtt_max_backoff: int = Field(default=30, ge=1, description="longest reconnect delay to the broker (s)")
+    # federated learning (fl-join commands; the SuperNode needs the train extra: fedge[agent,train])
+    fl_enabled: bool = Field(
+        default=False, description="take part in federated learning: accept fl-join commands (opt-in)"
+    )
+    fl_data_path: Path | None = Field(
+        default=None,
+        description="the device's training data (.npz: x, y, optional x_test/y_test); never sent",
+    )
+    fl_dataset: str | None = Field(
+        default=None, description="the data's name for jobs and the privacy ledger (default: the file's stem)"
+    )
+    fl_privacy_budget: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="epsilon the device may spend on its dataset, all jobs together (0: no private round)",
+    )
+    fl_privacy_delta: float = Field(default=1e-5, gt=0, lt=1, description="the delta the device accounts at")
+    fl_privacy_accountant: Literal["prv", "rdp"] = Field(default="prv", description="the device's accountant")
+    fl_require_dp: bool = Field(default=False, description="train only rounds with local DP (refuse others)")

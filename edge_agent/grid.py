@@ -24,12 +24,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.deploy.fetch import ArtifactRefused, DigestMismatch, fetch_verified, verify_file
 from edge_agent.process import Service, UpdateLock
 from fedge_common.files import atomic_write
 from fedge_protocol import CommandAck, CommandKind, CommandState, TelemetryType
+
+if TYPE_CHECKING:
+    from edge_agent.learning.supernode import SupernodeService
 
 log = logging.getLogger("fedge.agent.grid")
 
@@ -221,18 +224,30 @@ def run_command(payload: dict[str, Any], link: Any, state_dir: Path, record: Rec
     return summary
 
 
+FL_KINDS = frozenset({CommandKind.FL_JOIN, CommandKind.FL_LEAVE})
+
+
 class CommandRunner(Service):
     """Runs commands handed to the agent (HTTP poll or MQTT push) one at a time in a worker thread; each
-    command id runs once (ids are remembered in the state directory across restarts). A running command
-    holds the update lock: a deployment that arrives meanwhile waits until it ends."""
+    command id runs once (ids are remembered in the state directory across restarts). A running grid
+    run holds the update lock: a deployment that arrives meanwhile waits until it ends. ``fl-join`` and
+    ``fl-leave`` go to the SuperNode service ``fl`` (:func:`edge_agent.learning.join.run_fl_command`;
+    None: FL is off on this device and joins are refused); they do not hold the update lock (an FL round
+    does, through the round lock)."""
 
     name = "commands"
 
     def __init__(
-        self, state_dir: Path, link: Any, record: Record, update_lock: UpdateLock | None = None
+        self,
+        state_dir: Path,
+        link: Any,
+        record: Record,
+        update_lock: UpdateLock | None = None,
+        fl: SupernodeService | None = None,
     ) -> None:
         self.state_dir, self.link, self.record = state_dir, link, record
         self.update_lock = update_lock or UpdateLock()
+        self.fl = fl
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._seen = self._load_seen()
@@ -302,6 +317,13 @@ class CommandRunner(Service):
         while (payload := self._queue.get()) is not None:
             command_id = str(payload["command_id"])
             try:
+                if payload.get("kind") in FL_KINDS:
+                    from edge_agent.learning.join import run_fl_command
+
+                    atomic_write(marker, command_id.encode())
+                    run_fl_command(payload, self.fl, self.record)
+                    marker.unlink(missing_ok=True)
+                    continue
                 with self.update_lock.hold(f"{payload.get('kind')} {command_id}"):
                     atomic_write(marker, command_id.encode())
                     run_command(payload, self.link, self.state_dir, self.record)
