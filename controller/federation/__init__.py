@@ -1,0 +1,1 @@
+"""Federated learning: FL jobs (manager), engines (base, factory, flower), strategies and the ServerApp."""

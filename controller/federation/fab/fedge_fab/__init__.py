@@ -1,0 +1,1 @@
+"""The fedge Flower App: component shims (see ../pyproject.toml)."""

@@ -1,0 +1,43 @@
+"""Pick the federated-learning engine from settings (``FEDGE_FL_ENGINE``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from controller.config import ControllerSettings
+from controller.federation.base import EngineUnavailable, FederationEngine
+
+if TYPE_CHECKING:
+    from controller.fleet.ca import DeviceCA
+
+ENGINE_NAMES = ("flower",)
+"""Engines this controller can run ('nvflare' is accepted by the job API's schema and refused for now)."""
+
+
+def make_federation_engine(settings: ControllerSettings, ca: DeviceCA | None = None) -> FederationEngine:
+    """The engine ``settings.fl_engine`` names, under ``<data_dir>/federation``. ``ca``: the device CA
+    (loaded from ``<data_dir>/fleet`` when not given) that signs the federation's server certificate."""
+    if settings.fl_engine != "flower":
+        raise EngineUnavailable(f"federated learning is off (FEDGE_FL_ENGINE={settings.fl_engine})")
+    try:
+        from controller.federation.flower import FlowerEngine
+    except ImportError as exc:
+        raise EngineUnavailable(
+            f"the Flower engine needs flwr and torch: pip install 'fedge[controller,train]' ({exc})"
+        ) from exc
+    if ca is None:
+        from controller.fleet.ca import DeviceCA
+
+        ca = DeviceCA.load_or_create(settings.data_dir / "fleet")
+    superlink_ca = settings.fl_superlink_ca.read_bytes() if settings.fl_superlink_ca else None
+    return FlowerEngine(
+        settings.data_dir / "federation",
+        ca,
+        superlink_address=settings.fl_superlink_address,
+        superlink_ca=superlink_ca,
+        superlink_port=settings.fl_superlink_port,
+        fleet_host=settings.fl_fleet_host,
+        fleet_port=settings.fl_fleet_port,
+        fleet_public_host=settings.fl_fleet_public_host,
+        start_timeout=settings.fl_superlink_start_seconds,
+    )
