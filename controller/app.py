@@ -19,6 +19,7 @@ from controller.api import (
     datasets,
     deployments,
     devices,
+    fl,
     health,
     jobs,
     models,
@@ -108,4 +109,5 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(devices.router)
     app.include_router(commands.router)
     app.include_router(deployments.router)
+    app.include_router(fl.router)
     return app

@@ -18,6 +18,7 @@ from controller.storage import ArtifactStore, make_store
 
 if TYPE_CHECKING:
     from controller.chain.base import ChainBackend
+    from controller.federation.manager import FlJobManager
     from controller.fleet.broker.messaging import FleetMessaging
     from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
@@ -42,6 +43,7 @@ class ControllerState:
     rollouts: Rollouts
     commands: Commands
     jobs: JobManager
+    federation: FlJobManager
     messaging: FleetMessaging | None = None
     """MQTT push of desired states and commands; None when the controller runs without a broker."""
     oidc: OidcVerifier | None = None
@@ -58,6 +60,7 @@ class ControllerState:
             self.messaging.stop()
             self.messaging = None
         self.jobs.stop()
+        self.federation.stop()
         if self.owns_chain:
             self.chain.close()
         self.engine.dispose()
@@ -94,6 +97,7 @@ def build_state(
         if settings.oidc_issuer
         else None
     )
+    from controller.federation.manager import FlJobManager
     from controller.fleet.ca import DeviceCA
     from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
@@ -107,6 +111,7 @@ def build_state(
         registry,
         last_seen_write_seconds=settings.last_seen_write_seconds,
     )
+    commands = Commands(sessions, fleet, keep_per_device=settings.telemetry_keep_per_device)
     state = ControllerState(
         settings=settings,
         engine=engine,
@@ -116,8 +121,9 @@ def build_state(
         chain=chain,
         fleet=fleet,
         rollouts=Rollouts(sessions, fleet),
-        commands=Commands(sessions, fleet, keep_per_device=settings.telemetry_keep_per_device),
+        commands=commands,
         jobs=JobManager(settings, sessions, registry, make_runner(settings)),
+        federation=FlJobManager(settings, sessions, registry, chain, fleet, commands),
         oidc=oidc,
         generated_admin_token=generated,
         owns_chain=owns_chain,
@@ -131,4 +137,5 @@ def build_state(
         state.messaging.start()
     if start_jobs:  # without workers this process only queues jobs (another replica runs them)
         state.jobs.start()
+        state.federation.start()
     return state

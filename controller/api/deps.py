@@ -1,5 +1,6 @@
 """Dependency aliases: each handler declares the services it needs (settings, store, chain, registry,
-devices, rollouts, commands, jobs) and the caller it accepts (a role, or a device acting on itself).
+devices, rollouts, commands, jobs, federation) and the caller it accepts (a role, or a device acting on
+itself).
 
 A dependency that does no I/O is ``async``: FastAPI runs a plain ``def`` dependency in the thread pool, one
 trip per dependency and request, which on a cheap route (a 304 desired-state poll) costs more than the
@@ -22,6 +23,7 @@ from controller.chain.base import ChainBackend
 from controller.config import ControllerSettings
 from controller.db.models import Device
 from controller.errors import Forbidden, Unauthorized
+from controller.federation.manager import FlJobManager
 from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
 from controller.fleet.devices import Fleet, looks_like_device_token
@@ -82,6 +84,10 @@ async def get_jobs(state: StateDep) -> JobManager:
     return state.jobs
 
 
+async def get_federation(state: StateDep) -> FlJobManager:
+    return state.federation
+
+
 async def get_broker_url(state: StateDep) -> str | None:
     return state.broker_url
 
@@ -96,6 +102,7 @@ DevicesDep = Annotated[Fleet, Depends(get_devices)]
 RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
 CommandsDep = Annotated[Commands, Depends(get_commands)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+FederationDep = Annotated[FlJobManager, Depends(get_federation)]
 BrokerUrlDep = Annotated[str | None, Depends(get_broker_url)]
 
 
@@ -150,6 +157,8 @@ Developer = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER))]
 AnyCaller = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER, Role.DEVICE))]
 DeviceCaller = Annotated[Principal, Depends(require(Role.DEVICE))]
 ArtifactWriter = Annotated[Principal, Depends(require(Role.ADMIN, Role.JOB))]
+JobCaller = Annotated[Principal, Depends(require(Role.JOB))]
+"""A job's own scoped credential (an FL job's ServerApp reporting its rounds)."""
 
 
 def _self_device(device_id: str, caller: Principal) -> str:

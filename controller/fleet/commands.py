@@ -1,6 +1,7 @@
 """Device commands and stored device telemetry.
 
-A command (kind ``grid-run``: run the grid simulator with a registered RL policy on the device) is stored
+A command (kind ``grid-run``: run the grid simulator with a registered RL policy on the device; kinds
+``fl-join`` / ``fl-leave``: take part in / leave a federated-learning job, sent only by FL jobs) is stored
 ``queued``, pushed over MQTT (``fedge/devices/{id}/cmd``, QoS 1) and listed for HTTP polls; both carry the
 same document, signed by the device CA in the command context (so it can never pass as a desired state),
 naming the device, the command and the model version with the **SHA-256 read from the chain**. The agent
@@ -29,10 +30,12 @@ from controller.db.models import Device, DeviceCommand, ModelVersion, TelemetryR
 from controller.errors import Conflict, NotFound, Unprocessable
 from controller.fleet.devices import ACTIVE, Fleet
 from fedge_protocol import Command, CommandKind, CommandState, DocumentType, TelemetryType
+from fedge_protocol.fl_commands import FlJoin, FlLeave
 
 log = logging.getLogger("fedge.fleet.commands")
 
 KINDS = tuple(k.value for k in CommandKind)
+FL_KINDS = (CommandKind.FL_JOIN, CommandKind.FL_LEAVE)
 FINAL = (CommandState.SUCCEEDED, CommandState.FAILED)
 GRID_POLICY_KEY = "fedge.grid.policy"
 MAX_POLICY_BYTES = 256 * 1024 * 1024
@@ -157,6 +160,10 @@ class Commands:
         (stored ``running``; the agent loop does not pick it up again)."""
         if kind not in KINDS:
             raise Unprocessable(f"unknown command kind {kind!r}; known: {', '.join(KINDS)}", field="kind")
+        if kind in FL_KINDS:
+            raise Unprocessable(
+                f"{kind} commands are sent by federated-learning jobs (POST /v1/fl/jobs)", field="kind"
+            )
         device = self.fleet.get(device_id)
         if device.status != ACTIVE:
             raise Conflict(f"device {device_id} is revoked")
@@ -184,6 +191,33 @@ class Commands:
             s.add(command)
         if not start_now:
             self.fleet.events.command_created(command)
+        return command
+
+    def create_fl_join(self, device_id: str, params: FlJoin, created_by: str) -> DeviceCommand:
+        """Queue an ``fl-join`` command (an FL job inviting a device; it names no model version)."""
+        return self._create_fl(device_id, CommandKind.FL_JOIN, params, created_by)
+
+    def create_fl_leave(self, device_id: str, params: FlLeave, created_by: str) -> DeviceCommand:
+        """Queue an ``fl-leave`` command (the FL job ended; the device stops its part)."""
+        return self._create_fl(device_id, CommandKind.FL_LEAVE, params, created_by)
+
+    def _create_fl(
+        self, device_id: str, kind: CommandKind, params: FlJoin | FlLeave, created_by: str
+    ) -> DeviceCommand:
+        device = self.fleet.get(device_id)
+        if device.status != ACTIVE:
+            raise Conflict(f"device {device_id} is revoked")
+        command = DeviceCommand(
+            device_id=device_id,
+            kind=kind.value,
+            params=params.model_dump(mode="json"),
+            state=CommandState.QUEUED,
+            created_by=created_by,
+            created_at=utcnow(),
+        )
+        with self.sessions.begin() as s:
+            s.add(command)
+        self.fleet.events.command_created(command)
         return command
 
     def get(self, device_id: str, command_id: str) -> DeviceCommand:
@@ -226,17 +260,23 @@ class Commands:
         return bool(found)
 
     def document(self, command: DeviceCommand) -> dict[str, Any]:
-        """What the device gets (signed): the command and the model version with its chain SHA-256."""
-        assert command.model_id is not None and command.version is not None
-        mv = self.registry.resolve_version(command.model_id, command.version)
-        return Command(
+        """What the device gets (signed): the command and the model version it names, with its chain
+        SHA-256 (``fl-join`` names none: its params say which job to join)."""
+        model = None
+        if command.model_id is not None and command.version is not None:
+            mv = self.registry.resolve_version(command.model_id, command.version)
+            model = self.fleet.model_reference(command.device_id, mv, "cannot run it")
+        document = Command(
             device_id=command.device_id,
             command_id=command.id,
             kind=CommandKind(command.kind),
             params=command.params,
             created_at=_iso(command.created_at),
-            model=self.fleet.model_reference(command.device_id, mv, "cannot run it"),
-        ).model_dump(mode="json", exclude={"model": {"sample_input"}})
+            model=model,
+        )
+        if model is None:
+            return document.model_dump(mode="json")
+        return document.model_dump(mode="json", exclude={"model": {"sample_input"}})
 
     def signed(self, command: DeviceCommand) -> dict[str, str]:
         return self.fleet.ca.sign_document(self.document(command), DocumentType.COMMAND)
