@@ -276,6 +276,14 @@ def round_lock_mod(
     if not state_dir:
         return call_next(msg, context)
     meta = msg.metadata
-    name = f"{meta.message_type} run {meta.run_id} round {meta.group_id or '-'}"
+    name = f"{meta.message_type} run {meta.run_id} round {meta.group_id or _server_round(msg)}"
     with hold_round(str(state_dir), name):
         return call_next(msg, context)
+
+
+def _server_round(msg: Message) -> str:
+    """The round from the train/evaluate config (``server-round``, set by Flower's strategies), or ``-``."""
+    try:
+        return str(msg.content.config_records["config"]["server-round"])
+    except (AttributeError, KeyError, TypeError):
+        return "-"

@@ -5,7 +5,8 @@ its command line and environment, starts a child in its process group and a ``fl
 in its own session naming the Runtime port, prints a node id, then sleeps, crashes or is refused). The
 slow ones start a real ``flower-superlink`` with TLS (a server certificate signed by the test device CA
 that the agent pinned) and ``--enable-supernode-auth``, register the device's key through the Control
-API, and let the real ``flower-supernode`` join (or be refused).
+API, and let the real ``flower-supernode`` join (or be refused), and run one real FedAvg round whose
+ClientApp (the device's, wrapped in the round-lock mod) holds the agent's update lock.
 """
 
 from __future__ import annotations
@@ -589,3 +590,113 @@ def test_a_device_key_the_superlink_does_not_know_is_refused(superlink: Link, tm
     assert "Flower Exit Code: 305" in ack["error"] and "Failed to activate SuperNode" in ack["error"]
     assert service.memberships() == [] and service.status()["pid"] is None
     assert processes_naming(str(device.state / "fl" / "node-config.toml")) == []
+
+
+ROUND_APP = {
+    "pyproject.toml": """\
+        [build-system]
+        requires = ["hatchling"]
+        build-backend = "hatchling.build"
+
+        [project]
+        name = "roundapp"
+        version = "0.1.0"
+        description = "one FedAvg round through the agent's SuperNode"
+        license = "Apache-2.0"
+        dependencies = []
+
+        [tool.flwr.app]
+        publisher = "fedge-test"
+
+        [tool.flwr.app.components]
+        serverapp = "roundapp.server:app"
+        clientapp = "roundapp.client:app"
+        """,
+    "roundapp/__init__.py": "",
+    "roundapp/client.py": """\
+        from flwr.clientapp import ClientApp
+
+        from edge_agent.learning.clientapp import make_client_app
+        from edge_agent.learning.roundlock import round_lock_mod
+
+        base = make_client_app()  # the device's ClientApp, configured by the SuperNode's --node-config
+        app = ClientApp(mods=[round_lock_mod])
+
+
+        @app.train()
+        def train(msg, context):
+            return base(msg, context)
+        """,
+    "roundapp/server.py": """\
+        from flwr.app import ArrayRecord, ConfigRecord, Context
+        from flwr.serverapp import Grid, ServerApp
+        from flwr.serverapp.strategy import FedAvg
+
+        from edge_agent.learning.models import resolve_factory
+
+        app = ServerApp()
+
+
+        @app.main()
+        def main(grid: Grid, context: Context) -> None:
+            strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(resolve_factory("digits-mlp")(0).state_dict()),
+                num_rounds=1,
+                train_config=ConfigRecord({"job-id": "job-1", "local-epochs": 1, "batch-size": 8}),
+                timeout=300,
+            )
+            assert "train_loss" in result.train_metrics_clientapp[1]
+        """,
+}
+
+
+@pytest.mark.slow
+def test_a_real_round_runs_in_a_clientapp_that_holds_the_update_lock_and_stop_leaves_nothing(
+    superlink: Link, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    import hashlib
+
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.serde import fab_to_proto, run_from_proto, user_config_to_proto
+    from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest
+    from flwr.supercore.fab import Fab
+
+    device = _enrolled(tmp_path, superlink, "trainer")
+    superlink.register(device.state)
+    service = _service(device, connect_timeout=90.0, grace=10.0)
+    holders: set[str] = set()
+    service.start()
+    try:
+        assert service.join("c-1", _config(superlink.ca, superlink.address), _member()).connected
+        app_dir = tmp_path / "app"
+        for name, text in ROUND_APP.items():
+            (app_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (app_dir / name).write_text(textwrap.dedent(text))
+        fab = build_fab_from_disk(app_dir)
+        fab_proto = fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {}))
+        run_id = superlink.control.StartRun(
+            StartRunRequest(fab=fab_proto, override_config=user_config_to_proto({}))
+        ).run_id
+        port = service.status()["runtime_port"]
+        clientapps: set[int] = set()
+        deadline = time.monotonic() + 240
+        while True:
+            run = superlink.control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+            status = run_from_proto(run).status
+            if status.status == "finished":
+                break
+            holders |= set(service.update_lock.holders())
+            clientapps |= set(processes_naming(f"127.0.0.1:{port}"))
+            assert service.healthy() and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert (status.sub_status, status.details) == ("completed", "")
+        assert f"fl-round train run {run_id} round 1" in holders  # the round held the agent's update lock
+        assert not service.update_lock.held
+        assert len(clientapps) >= 2  # flower-superexec and the round's flwr-clientapp
+        pid = service.status()["pid"]
+    finally:
+        service.stop()
+    assert _gone([pid, *clientapps], port)
