@@ -39,6 +39,14 @@ from controller.registry.schemas import (
 from controller.schemas.commands import CommandOut, CommandPage, TelemetryPage
 from controller.schemas.deployments import DeploymentCreated, DeploymentOut
 from controller.schemas.devices import DeviceOut, EnrollmentTokenOut
+from controller.schemas.fl import (
+    TERMINAL_FL_STATES,
+    DevicePrivacyOut,
+    FlJobCreated,
+    FlJobIn,
+    FlJobOut,
+    FlJobPage,
+)
 from controller.schemas.health import HealthOut, ReadinessOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES, JobCreated, JobOut
 from controller.schemas.tokens import TokenCreated, TokenOut
@@ -463,6 +471,59 @@ class FedgeClient:
             params["type"] = type
         raw = self._json("GET", f"/v1/devices/{device_id}/telemetry", params=params)
         return TelemetryPage.model_validate(raw)
+
+    # ---------------------------------------------------------- federated learning
+    def fl_run(self, spec: FlJobIn | dict[str, Any]) -> FlJobCreated:
+        """Queue a federated-learning job (``FlJobIn`` or its JSON); returns its id and the devices chosen."""
+        body = spec.model_dump(mode="json", exclude_none=True) if isinstance(spec, FlJobIn) else spec
+        return FlJobCreated.model_validate(self._json("POST", "/v1/fl/jobs", json=body))
+
+    def fl_job(self, job_id: str) -> FlJobOut:
+        """Status, per-round metrics, participants, privacy spent, result and chain record."""
+        return FlJobOut.model_validate(self._json("GET", f"/v1/fl/jobs/{job_id}"))
+
+    def fl_jobs(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        *,
+        model_id: str | None = None,
+        status: str | None = None,
+    ) -> FlJobPage:
+        """A page of FL jobs, newest first."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if model_id:
+            params["model_id"] = model_id
+        if status:
+            params["status"] = status
+        return FlJobPage.model_validate(self._json("GET", "/v1/fl/jobs", params=params))
+
+    def cancel_fl_job(self, job_id: str) -> FlJobOut:
+        """Cancel a queued FL job or stop a running one; returns its state."""
+        return FlJobOut.model_validate(self._json("POST", f"/v1/fl/jobs/{job_id}/cancel"))
+
+    def wait_fl_job(
+        self,
+        job_id: str,
+        timeout: float = 6 * 3600,
+        poll: float = 2.0,
+        on_update: Callable[[FlJobOut], None] | None = None,
+    ) -> FlJobOut:
+        """Poll until the FL job ends (``TimeoutError`` after ``timeout``); ``on_update`` sees every poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.fl_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.status in TERMINAL_FL_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"FL job {job_id} still {job.status} after {timeout} s")
+            time.sleep(poll)
+
+    def device_privacy(self, device_id: str) -> DevicePrivacyOut:
+        """The controller's mirror of a device's privacy spends (per dataset) and its FL jobs."""
+        return DevicePrivacyOut.model_validate(self._json("GET", f"/v1/devices/{device_id}/privacy"))
 
 
 __all__ = ["FedgeAPIError", "FedgeClient", "IntegrityError"]

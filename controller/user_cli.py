@@ -1,4 +1,4 @@
-"""``fedge``: the user CLI over the REST API (datasets, models, tokens; later jobs, devices, deployments).
+"""``fedge``: the user CLI over the REST API (datasets, models, tokens, jobs, devices, deployments, fl).
 
 Connection: ``--controller URL`` / ``FEDGE_URL`` and ``--token T`` / ``FEDGE_TOKEN``.
 """
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from controller.client import FedgeAPIError, FedgeClient
 from controller.schemas.commands import CommandOut
+from controller.schemas.fl import FlJobOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES
 
 app = typer.Typer(help="fedge: datasets, models and more on a fedge controller.", no_args_is_help=True)
@@ -32,6 +33,10 @@ app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
 devices_app = typer.Typer(help="Enrollment tokens, devices and revocation (fleet).", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+fl_app = typer.Typer(
+    help="Federated learning on enrolled devices: run, watch, list, cancel.", no_args_is_help=True
+)
+app.add_typer(fl_app, name="fl")
 
 console = Console()
 err = Console(stderr=True)
@@ -625,6 +630,277 @@ def deploy(
             console.print(f"  wave {t.wave} {t.device_id} {t.state}")
     if watch and result.state == "failed":
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------- fl
+def _fl_number(value: str) -> float | int:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a number", param_hint="--param") from None
+
+
+def _fl_table(job: FlJobOut) -> Table:
+    """The live per-round table: losses, accuracy, participants, stragglers, refusals, bytes, epsilon."""
+
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    title = (
+        f"FL job {job.job_id[:8]} {job.status}: round {job.rounds_completed}/{job.rounds}, "
+        f"{job.network}, {job.strategy.get('name', 'fedavg')}, min {job.min_clients} devices"
+    )
+    table = Table(
+        "round",
+        "train loss",
+        "train acc",
+        "eval loss",
+        "eval acc",
+        "devices",
+        "stragglers",
+        "refused",
+        "bytes out/in",
+        "epsilon max",
+        "s",
+        title=title,
+    )
+    for r in job.metrics:
+        eps = max(r.epsilon.values()) if r.epsilon else None
+        table.add_row(
+            str(r.round),
+            num(r.train_loss),
+            num(r.train_accuracy),
+            num(r.eval_loss),
+            num(r.eval_accuracy),
+            str(len(r.participants)),
+            str(len(r.stragglers)),
+            str(len(r.budget_refused)),
+            f"{r.bytes_out}/{r.bytes_in}",
+            num(eps),
+            f"{r.seconds:.1f}",
+        )
+    return table
+
+
+def _fl_outcome(job: FlJobOut) -> None:
+    if job.status == "succeeded" and job.result is not None:
+        chain = f", chain tx {job.chain.tx_hash}" if job.chain else ""
+        eps = f", epsilon spent <= {job.epsilon_spent:.4g}" if job.epsilon_spent is not None else ""
+        err.print(
+            f"[green]succeeded[/green]: model {job.result.model_id} version {job.result.version} "
+            f"(sha256 {job.result.sha256}){eps}{chain}"
+        )
+    elif job.status != "succeeded":
+        err.print(f"[red]{job.status}[/red]: {job.error}")
+
+
+def _fl_watch(fc: FedgeClient, job_id: str, as_json: bool, timeout: float) -> FlJobOut:
+    if as_json:
+        return fc.wait_fl_job(job_id, timeout=timeout)
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2) as live:
+        return fc.wait_fl_job(job_id, timeout=timeout, on_update=lambda j: live.update(_fl_table(j)))
+
+
+@fl_app.command("run")
+def fl_run(
+    model: Annotated[
+        str, typer.Option("--model", help="registered model id (its next version is the result)")
+    ],
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="participant device id (repeatable)")
+    ] = None,
+    selector: Annotated[list[str] | None, typer.Option("--selector", help="label k=v (repeatable)")] = None,
+    version: Annotated[
+        int | None, typer.Option(help="start from this version (an earlier FL result)")
+    ] = None,
+    network: Annotated[str | None, typer.Option(help="network the devices train, e.g. digits-mlp")] = None,
+    rounds: Annotated[int, typer.Option(help="federated rounds")] = 3,
+    min_clients: Annotated[int | None, typer.Option(help="devices every round needs")] = None,
+    min_fraction: Annotated[
+        float | None, typer.Option(help="fraction of the devices every round needs")
+    ] = None,
+    local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = 1,
+    batch_size: Annotated[int, typer.Option(help="local batch size")] = 32,
+    lr: Annotated[float, typer.Option(help="local learning rate")] = 0.1,
+    strategy: Annotated[
+        str, typer.Option(help="fedavg, fedprox, fedtrimmedavg, krum, multikrum, fedmedian")
+    ] = "fedavg",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="strategy parameter k=v, e.g. mu=0.01")
+    ] = None,
+    dp_epsilon: Annotated[
+        float | None, typer.Option(help="local DP-SGD: epsilon per device over the job")
+    ] = None,
+    dp_delta: Annotated[float, typer.Option(help="local DP delta")] = 1e-5,
+    dp_max_grad_norm: Annotated[float, typer.Option(help="local DP clipping norm")] = 1.0,
+    dp_accountant: Annotated[str, typer.Option(help="prv | rdp")] = "prv",
+    central_dp: Annotated[
+        str | None,
+        typer.Option(help='server-side DP as JSON, e.g. {"noise_multiplier": 1, "clipping_norm": 5}'),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="device-side dataset name (ledger key)")] = None,
+    round_timeout: Annotated[float, typer.Option(help="seconds a phase waits for replies")] = 600.0,
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="the whole job as a JSON file (options override it)", exists=True, dir_okay=False),
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="follow the rounds until the job ends")] = True,
+    deploy: Annotated[
+        bool, typer.Option(help="on success: translate to ONNX and roll it out to the participants")
+    ] = False,
+    waves: Annotated[
+        str, typer.Option(help="--deploy: cumulative wave fractions (canary first)")
+    ] = "0.1,1.0",
+    max_failure_ratio: Annotated[float, typer.Option(help="--deploy: failures tolerated per wave")] = 0.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the job (and the rollout)")] = 6 * 3600,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Start a federated-learning job; with --watch (default) show a live per-round table. With --deploy
+    the result is translated to ONNX and rolled out in waves (canary first) with automatic rollback."""
+    body: dict[str, Any] = json.loads(spec.read_text()) if spec else {}
+    body["model"] = {**body.get("model", {}), "model_id": model}
+    if version is not None:
+        body["model"]["version"] = version
+    if network:
+        body["model"]["network"] = network
+    if device or selector or "participants" not in body:
+        body["participants"] = {
+            "device_ids": device or None,
+            "selector": _pairs(selector, "--selector") or None,
+        }
+    body.update({"rounds": rounds, "local_epochs": local_epochs, "batch_size": batch_size, "lr": lr,
+                 "round_timeout": round_timeout})  # fmt: skip
+    if min_clients is not None:
+        body["min_clients"] = min_clients
+    if min_fraction is not None:
+        body["min_fraction"] = min_fraction
+    params = {k: _fl_number(v) for k, v in _pairs(param, "--param").items()}
+    body["strategy"] = {"name": strategy, "params": {**body.get("strategy", {}).get("params", {}), **params}}
+    privacy = dict(body.get("privacy") or {})
+    if dp_epsilon is not None:
+        privacy["dp"] = {"epsilon": dp_epsilon, "delta": dp_delta, "max_grad_norm": dp_max_grad_norm,
+                         "accountant": dp_accountant}  # fmt: skip
+    if central_dp:
+        privacy["central_dp"] = json.loads(central_dp)
+    body["privacy"] = privacy
+    if dataset:
+        body["data"] = {**body.get("data", {}), "dataset": dataset}
+    with _api() as fc:
+        created = fc.fl_run(body)
+        err.print(f"FL job {created.job_id} {created.status}: {len(created.participants)} device(s), "
+                  f"min {created.min_clients} per round")  # fmt: skip
+        if not watch and not deploy:
+            if as_json:
+                _emit(created.model_dump(mode="json"), True)
+            else:
+                console.print(created.job_id)
+            return
+        job = _fl_watch(fc, created.job_id, as_json, timeout)
+        _fl_outcome(job)
+        rollout = None
+        if deploy and job.status == "succeeded" and job.result is not None:
+            translated = fc.translate(job.result.model_id, source_version=job.result.version)
+            err.print(
+                f"translated to ONNX v{translated.version} (max abs diff {translated.max_abs_diff:.2e})"
+            )
+            fractions = [float(w) for w in waves.split(",")]
+            targets = [p.device_id for p in job.participants if p.state not in ("revoked", "skipped")]
+            started = fc.deploy(
+                job.result.model_id,
+                translated.version,
+                device_ids=None if selector else targets,
+                selector=_pairs(selector, "--selector") or None,
+                waves=fractions,
+                max_failure_ratio=max_failure_ratio,
+                auto_rollback=True,
+            )
+            err.print(f"deployment {started.deployment_id}: waves {fractions}, automatic rollback")
+            rollout = fc.wait_deployment(started.deployment_id, timeout=timeout)
+            err.print(f"deployment {rollout.id} {rollout.state} {rollout.error or ''}".rstrip())
+    if as_json:
+        out: dict[str, Any] = job.model_dump(mode="json")
+        if rollout is not None:
+            out = {"job": out, "deployment": rollout.model_dump(mode="json")}
+        _emit(out, True)
+    if job.status != "succeeded" or (rollout is not None and rollout.state != "succeeded"):
+        raise typer.Exit(1)
+
+
+@fl_app.command("watch")
+def fl_watch(
+    job_id: str,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 6 * 3600,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the final job as JSON (no live table)")
+    ] = False,
+) -> None:
+    """Live per-round table until the FL job ends; exit 1 unless it succeeded."""
+    with _api() as fc:
+        job = _fl_watch(fc, job_id, as_json, timeout)
+    if as_json:
+        _emit(job.model_dump(mode="json"), True)
+    _fl_outcome(job)
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@fl_app.command("list")
+def fl_list(
+    status: Annotated[
+        str | None, typer.Option(help="queued | running | succeeded | failed | cancelled")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="only this model's jobs")] = None,
+    limit: int = 50,
+    offset: int = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """FL jobs, newest first."""
+    with _api() as fc:
+        page = fc.fl_jobs(limit, offset, model_id=model, status=status)
+    if as_json:
+        console.print_json(page.model_dump_json())
+        return
+    table = Table("job_id", "status", "model", "rounds", "devices", "result", "epsilon", "error",
+                  title=f"{page.total} FL jobs")  # fmt: skip
+    for j in page.items:
+        result = f"v{j.result.version}" if j.result else ""
+        eps = f"{j.epsilon_spent:.3g}" if j.epsilon_spent is not None else ""
+        table.add_row(j.job_id, j.status, j.model_id[:8], f"{j.rounds_completed}/{j.rounds}",
+                      str(len(j.participants)), result, eps, (j.error or "")[:60])  # fmt: skip
+    console.print(table)
+
+
+@fl_app.command("cancel")
+def fl_cancel(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Cancel a queued FL job or stop a running one."""
+    with _api() as fc:
+        job = fc.cancel_fl_job(job_id)
+    if as_json:
+        _emit(job.model_dump(mode="json"), True)
+    else:
+        err.print(f"FL job {job_id}: {job.status}")
+
+
+@fl_app.command("privacy")
+def fl_privacy(device_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The controller's mirror of a device's privacy spends (the device's ledger is the authority)."""
+    with _api() as fc:
+        mirror = fc.device_privacy(device_id)
+    if as_json:
+        _emit(mirror.model_dump(mode="json"), True)
+        return
+    table = Table("dataset", "epsilon spent", "remaining", "delta", "rounds", "refusals", "last job")
+    for r in mirror.datasets:
+        table.add_row(r.dataset, f"{r.epsilon_spent:.4g}",
+                      "" if r.budget_remaining is None else f"{r.budget_remaining:.4g}",
+                      "" if r.delta is None else f"{r.delta:g}", str(r.rounds), str(r.refusals),
+                      r.last_job_id or "")  # fmt: skip
+    console.print(table)
 
 
 def _mount_optional() -> None:
