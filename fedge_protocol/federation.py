@@ -1,0 +1,91 @@
+"""The federated-learning contract between the controller's ServerApp and the agent's ClientApp.
+
+Flower carries the messages; this module names what is inside them, once, for both ends:
+
+* :class:`TrainKey`: the ``ConfigRecord`` (key ``"config"``) the server sends with every train message
+  (``server-round`` and FedProx's ``proximal-mu`` are added by Flower's own strategies);
+* :class:`ReplyKey`: the ``MetricRecord`` (key ``"metrics"``) a device replies with, next to the
+  ``ArrayRecord`` (key ``"arrays"``) of its updated parameters (train) or alone (evaluate);
+* a **budget refusal**: a device whose privacy budget cannot pay for the round replies with a Flower
+  ``Error`` whose ``code`` is :data:`BUDGET_EXCEEDED_CODE` and whose ``reason`` starts with
+  :data:`BUDGET_EXCEEDED_REASON` (then ``": "`` and a human-readable explanation). No training step ran.
+  :func:`is_budget_refusal` recognises it from the code and reason alone.
+
+Stdlib only (like the rest of ``fedge_protocol``): Flower's ``Error`` is duck-typed here.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+__all__ = [
+    "ARRAYS",
+    "BUDGET_EXCEEDED_CODE",
+    "BUDGET_EXCEEDED_REASON",
+    "CONFIG",
+    "METRICS",
+    "ReplyKey",
+    "TrainKey",
+    "budget_refusal_reason",
+    "is_budget_refusal",
+]
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+#: ``Error.code`` of a train reply refused for the device's privacy budget (outside Flower's own codes 0-8).
+BUDGET_EXCEEDED_CODE = 4030
+#: first word of that error's ``reason``
+BUDGET_EXCEEDED_REASON = "fedge:privacy-budget-exceeded"
+
+
+class TrainKey:
+    """Keys of the train (and evaluate) ``ConfigRecord`` the ServerApp sends (plain strings)."""
+
+    JOB_ID: Final = "job-id"
+    SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
+    PLANNED_ROUNDS: Final = "planned-rounds"
+    MODEL: Final = "model"
+    SEED: Final = "seed"
+    LOCAL_EPOCHS: Final = "local-epochs"
+    BATCH_SIZE: Final = "batch-size"
+    LR: Final = "lr"
+    MOMENTUM: Final = "momentum"
+    PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
+    DP_TARGET_EPSILON: Final = "dp-target-epsilon"  # 0 or absent: no local DP
+    DP_DELTA: Final = "dp-delta"
+    DP_MAX_GRAD_NORM: Final = "dp-max-grad-norm"
+
+
+class ReplyKey:
+    """Keys of the ``MetricRecord`` a device replies with (plain strings)."""
+
+    NUM_EXAMPLES: Final = "num-examples"  # the weight Flower's strategies average by
+    TRAIN_LOSS: Final = "train_loss"
+    TRAIN_ACCURACY: Final = "train_accuracy"
+    EVAL_LOSS: Final = "eval_loss"
+    EVAL_ACCURACY: Final = "eval_accuracy"
+    DP_EPSILON: Final = "dp-epsilon"  # the device's epsilon on this dataset after the round (0: no DP)
+    DP_DELTA: Final = "dp-delta"
+    DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
+    DP_BUDGET_REMAINING: Final = "dp-budget-remaining"
+    STEPS: Final = "steps"
+
+
+class _ErrorLike(Protocol):
+    @property
+    def code(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+
+def budget_refusal_reason(explanation: str) -> str:
+    """The ``reason`` of a budget refusal error."""
+    return f"{BUDGET_EXCEEDED_REASON}: {explanation}"
+
+
+def is_budget_refusal(error: _ErrorLike) -> bool:
+    """True when a Flower reply ``Error`` is a device's privacy-budget refusal."""
+    return error.code == BUDGET_EXCEEDED_CODE and (error.reason or "").startswith(BUDGET_EXCEEDED_REASON)
