@@ -1,0 +1,1 @@
+"""Federated learning on the device (needs the ``train`` extra: ``pip install 'fedge[train]'``)."""
