@@ -249,21 +249,7 @@ def _join(command_id: str, payload: dict[str, Any], service: SupernodeService | 
         raise JoinRefused("this device does not take part in federated learning (FEDGE_AGENT_FL_ENABLED)")
     params: FlJoin = _params(FlJoin, payload)
     config, member, facts = check_join(params, service.data, service.state_dir, now=service.clock())
-    member.command_id = command_id
-    before = {m.job_id: m for m in service.memberships()}
-    outcome = service.join(command_id, config, member)
-    for old in outcome.replaced:
-        left = f"replaced by job {params.job_id} on {params.superlink}"
-        record(_ack(old.command_id, CommandState.SUCCEEDED, result={"job_id": old.job_id, "left": left}))
-    previous = before.get(params.job_id)
-    if previous is not None and previous.command_id != command_id:
-        record(
-            _ack(
-                previous.command_id,
-                CommandState.SUCCEEDED,
-                result={"job_id": previous.job_id, "left": f"joined again by command {command_id}"},
-            )
-        )
+    outcome = service.join(command_id, config, member)  # acknowledges the earlier joins it ends
     fl = {
         "job_id": params.job_id,
         "superlink": params.superlink,
@@ -281,12 +267,7 @@ def _leave(
 ) -> None:
     params: FlLeave = _params(FlLeave, payload)
     record(_ack(command_id, CommandState.RUNNING))
-    member = service.leave(params.job_id) if service is not None else None
-    if member is not None:
-        left = f"fl-leave {command_id}"
-        record(
-            _ack(member.command_id, CommandState.SUCCEEDED, result={"job_id": member.job_id, "left": left})
-        )
+    member = service.leave(params.job_id, f"fl-leave {command_id}") if service is not None else None
     record(
         _ack(
             command_id,

@@ -457,13 +457,13 @@ class SupernodeService(Service):
         with self._lock:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._kill_stale()
-            self.rounds.start()
             self._expire()
-            if self._jobs and self._config is not None and self._proc is None:
-                try:
+            try:
+                self.rounds.start()
+                if self._jobs and self._config is not None and self._proc is None:
                     self._spawn(self._config)
-                except SupernodeError as exc:  # FL cannot run here any more: the agent goes on without it
-                    self._give_up(str(exc))
+            except (SupernodeError, OSError) as exc:  # FL cannot run here any more: the agent goes on
+                self._give_up(f"the FL SuperNode cannot start: {exc}")
             self._write_status()
 
     def stop(self) -> None:
@@ -501,49 +501,64 @@ class SupernodeService(Service):
             tail = _log_tail(self.log_path, self._log_start)
             self._proc = None
             self._reap_group(proc.pid)
-            now = time.monotonic()
-            self._crashes.append(now)
-            while self._crashes and now - self._crashes[0] > self.policy.window:
-                self._crashes.popleft()
-            self._failure = f"{PROGRAM} exited with code {code}" + (f": {tail}" if tail else "")
-            if len(self._crashes) >= self.policy.limit:
-                self._give_up(f"{self._failure} (gave up after {len(self._crashes)} crashes)")
-                return True
-            delay = min(self.policy.delay * 2 ** (len(self._crashes) - 1), self.max_delay)
-            self.last_delay = delay
-            self._retry_at = now + delay
-            self._state = "restarting"
-            log.warning("%s; restarting it in %.3g s", self._failure, delay)
-            self._write_status()
+            self._crashed(f"{PROGRAM} exited with code {code}" + (f": {tail}" if tail else ""))
             return True
+
+    def _crashed(self, failure: str) -> None:
+        """Count a crash: schedule the restart after its backoff, or give up when the policy is used up."""
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.policy.window:
+            self._crashes.popleft()
+        self._failure = failure
+        if len(self._crashes) >= self.policy.limit:
+            self._give_up(f"{failure} (gave up after {len(self._crashes)} crashes)")
+            return
+        delay = min(self.policy.delay * 2 ** (len(self._crashes) - 1), self.max_delay)
+        self.last_delay = delay
+        self._retry_at = now + delay
+        self._state = "restarting"
+        log.warning("%s; restarting it in %.3g s", failure, delay)
+        self._write_status()
 
     def failure(self) -> str | None:
         return self._failure
 
     # ------------------------------------------------------------ joining and leaving
     def join(self, command_id: str, config: SupernodeConfig, member: Membership) -> JoinOutcome:
-        """Take part in ``member.job_id``: (re)start the SuperNode unless one with ``config`` runs, wait
-        until it joined the SuperLink (its node id in the log) or ``connect_timeout`` passed (it keeps
-        trying: ``connected`` False). Raises :class:`SupernodeError` when it ended first (refused: its
-        last log lines say why); the membership is then not kept."""
+        """Take part in ``member.job_id`` (joined by ``command_id``): (re)start the SuperNode unless one
+        with ``config`` runs, wait until it joined the SuperLink (its node id in the log) or
+        ``connect_timeout`` passed (it keeps trying: ``connected`` False). Raises :class:`SupernodeError`
+        when it ended first (refused: its last log lines say why); the membership is then not kept.
+
+        Earlier joins this one ends are acknowledged ``succeeded`` here: an earlier fl-join of the same
+        job ("joined again"), and every other job when ``config`` differs ("replaced")."""
         if self.data is None:
             raise SupernodeError("this device has no FL training data (FEDGE_AGENT_FL_DATA_PATH)")
+        member.command_id = command_id
         with self._lock:
+            previous = self._jobs.get(member.job_id)
+            if previous is not None and previous.command_id != command_id:
+                del self._jobs[member.job_id]
+                self._ended(previous, f"joined again by command {command_id}")
             replaced: list[Membership] = []
             running = self._proc is not None and self._proc.poll() is None
-            if self._config != config or not running:
+            spawned = self._config != config or not running
+            if spawned:
                 self._program()  # not installed: refuse before stopping anything
                 if self._config != config:
-                    replaced = [m for m in self._jobs.values() if m.job_id != member.job_id]
+                    replaced = list(self._jobs.values())
                     self._jobs = {}
+                    for other in replaced:
+                        self._ended(other, f"replaced by job {member.job_id} on {config.superlink}")
                 self._terminate()
                 self._crashes.clear()
                 self._retry_at = None
                 self._failure = None
-                self._spawn(config)
-                spawned = True
-            else:
-                spawned = False
+                try:
+                    self._spawn(config)
+                except OSError as exc:
+                    raise SupernodeError(f"{PROGRAM} did not start: {exc}") from exc
             self._joining = True
             proc = self._proc
         try:
@@ -551,14 +566,15 @@ class SupernodeService(Service):
                 connected = self._wait_joined(proc)
             else:
                 connected = self._node_id is not None or self._logged_node_id() is not None
-        except SupernodeError:
+        except SupernodeError as exc:
             with self._lock:
                 self._joining = False
                 if self._proc is proc:
                     self._proc = None
-                self._jobs.pop(member.job_id, None)
-                self._config = self._config if self._jobs else None
-                self._state = "failed" if not self._jobs else self._state
+                if self._jobs:  # the jobs it served before: like a crash, restarted after a backoff
+                    self._crashed(str(exc))
+                else:
+                    self._config, self._state, self._failure = None, "failed", str(exc)
                 self._save()
                 self._write_status()
             raise
@@ -577,31 +593,32 @@ class SupernodeService(Service):
                 runtime_port=self._port,
             )
 
-    def leave(self, job_id: str) -> Membership | None:
-        """Leave a job; the SuperNode stops when no job is left. The membership, or None."""
+    def leave(self, job_id: str, reason: str) -> Membership | None:
+        """Leave a job (its fl-join is acknowledged ``succeeded`` with ``result.left = reason``); the
+        SuperNode stops when no job is left. The membership, or None when the device was not in it."""
         with self._lock:
             member = self._jobs.pop(job_id, None)
-            if member is not None and not self._jobs:
-                self._terminate()
-                self._config = None
-                self._state = "idle"
+            if member is not None:
+                self._ended(member, reason)
+                if not self._jobs:
+                    self._terminate()
+                    self._retry_at = None
+                    self._config = None
+                    self._state = "idle"
             self._save()
             self._write_status()
             return member
 
     def _expire(self) -> None:
-        """Leave every job whose ``leave_after`` passed (its fl-join is acknowledged succeeded)."""
+        """Leave every job whose ``leave_after`` passed."""
         now = self.clock()
         for member in [m for m in self._jobs.values() if m.leave_after is not None and m.leave_after <= now]:
             log.info("leaving FL job %s: its leave_after passed", member.job_id)
-            self.leave(member.job_id)
-            self._emit(
-                _ack(
-                    member.command_id,
-                    CommandState.SUCCEEDED,
-                    result={"job_id": member.job_id, "left": "leave_after passed"},
-                )
-            )
+            self.leave(member.job_id, "leave_after passed")
+
+    def _ended(self, member: Membership, left: str) -> None:
+        result = {"job_id": member.job_id, "left": left}
+        self._emit(_ack(member.command_id, CommandState.SUCCEEDED, result=result))
 
     def _give_up(self, reason: str) -> None:
         log.error("FL SuperNode given up: %s", reason)

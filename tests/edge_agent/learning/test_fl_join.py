@@ -17,41 +17,54 @@ from typer.testing import CliRunner
 
 from edge_agent.grid import CommandRunner
 from edge_agent.learning.join import JoinRefused, check_join, privacy_report, run_fl_command
-from edge_agent.learning.supernode import DeviceData, JoinOutcome, Membership, SupernodeConfig
+from edge_agent.learning.supernode import (
+    DeviceData,
+    JoinOutcome,
+    Membership,
+    SupernodeConfig,
+    SupernodeService,
+)
 from edge_agent.link.signed import SignatureInvalid, verify_command
 from fedge_protocol import DocumentType, canonical_json, envelope, signing_input
 from fedge_protocol.fl_commands import FlJoin
 from tests.edge_agent.learning.devices import Ca, enroll, join_params, make_ca, write_data
 
 
-@dataclass
-class FakeSupernode:
-    """Stands in for SupernodeService: records joins and leaves, one SuperNode config at a time."""
+class _RunningProcess:
+    pid = 123
 
-    state_dir: Path
-    data: DeviceData | None
-    runner_lock: Any = None
-    clock: Any = time.time
-    config: SupernodeConfig | None = None
-    members: dict[str, Membership] = field(default_factory=dict)
-    lock_held_during_join: list[bool] = field(default_factory=list)
+    def poll(self) -> None:
+        return None
 
-    def memberships(self) -> list[Membership]:
-        return list(self.members.values())
+
+class NoProcessSupernode(SupernodeService):
+    """The real service (memberships, acknowledgements, persistence) with the process part stubbed out:
+    a SuperNode "starts" at once and joins as node 7."""
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup.state, setup.data, record=setup.record)
+        self.spawns = 0
+        self.runner_lock: Any = None
+        self.lock_held_during_join: list[bool] = []
 
     def join(self, command_id: str, config: SupernodeConfig, member: Membership) -> JoinOutcome:
         if self.runner_lock is not None:
             self.lock_held_during_join.append(self.runner_lock.held)
-        replaced: list[Membership] = []
-        if self.config is not None and self.config != config:
-            replaced = [m for m in self.members.values() if m.job_id != member.job_id]
-            self.members = {}
-        self.config = config
-        self.members[member.job_id] = member
-        return JoinOutcome(replaced=replaced, connected=True, node_id=7, pid=123, runtime_port=5000)
+        return super().join(command_id, config, member)
 
-    def leave(self, job_id: str) -> Membership | None:
-        return self.members.pop(job_id, None)
+    def _program(self) -> str:
+        return "flower-supernode"
+
+    def _spawn(self, config: SupernodeConfig) -> None:
+        self.spawns += 1
+        self._config, self._node_id, self._port = config, 7, 5000
+        self._proc = _RunningProcess()  # type: ignore[assignment]
+
+    def _wait_joined(self, proc: Any) -> bool:
+        return True
+
+    def _terminate(self) -> None:
+        self._proc, self._node_id = None, None
 
 
 @dataclass
@@ -79,8 +92,8 @@ def _command(command_id: str, kind: str, params: dict[str, Any]) -> dict[str, An
     return {"type": "fedge.command", "command_id": command_id, "kind": kind, "params": params}
 
 
-def _run(setup: Setup, fake: FakeSupernode | None, *commands: dict[str, Any]) -> list[dict[str, Any]]:
-    runner = CommandRunner(setup.state, None, setup.record, fl=fake)  # type: ignore[arg-type]
+def _run(setup: Setup, fake: NoProcessSupernode | None, *commands: dict[str, Any]) -> list[dict[str, Any]]:
+    runner = CommandRunner(setup.state, None, setup.record, fl=fake)
     if fake is not None:
         fake.runner_lock = runner.update_lock
     runner.start()
@@ -95,7 +108,7 @@ def _run(setup: Setup, fake: FakeSupernode | None, *commands: dict[str, Any]) ->
 
 # ------------------------------------------------------------------ routing and acknowledgements
 def test_fl_join_goes_to_the_supernode_service_and_is_acknowledged_running(setup: Setup) -> None:
-    fake = FakeSupernode(setup.state, setup.data)
+    fake = NoProcessSupernode(setup)
 
     [ack] = _run(setup, fake, _command("c-1", "fl-join", join_params(setup.ca.pem, node_id=7)))
 
@@ -116,13 +129,14 @@ def test_fl_join_goes_to_the_supernode_service_and_is_acknowledged_running(setup
     [member] = fake.memberships()
     assert (member.job_id, member.command_id, member.node_id) == ("job-1", "c-1", 7)
     assert member.leave_after is not None and member.leave_after > time.time()
-    assert fake.config == SupernodeConfig("127.0.0.1:9093", setup.ca.pem, node_auth=True)
+    assert fake._config == SupernodeConfig("127.0.0.1:9093", setup.ca.pem, node_auth=True)
+    assert json.loads((setup.state / "fl" / "joins.json").read_text())["jobs"][0]["command_id"] == "c-1"
     assert fake.lock_held_during_join == [False]  # joining does not hold off deployments; rounds do
     assert not (setup.state / "command-running").exists()
 
 
 def test_fl_leave_ends_the_join_then_itself(setup: Setup) -> None:
-    fake = FakeSupernode(setup.state, setup.data)
+    fake = NoProcessSupernode(setup)
 
     records = _run(
         setup,
@@ -143,7 +157,7 @@ def test_fl_leave_ends_the_join_then_itself(setup: Setup) -> None:
 
 
 def test_a_second_join_of_a_job_or_one_for_another_superlink_ends_the_earlier_joins(setup: Setup) -> None:
-    fake = FakeSupernode(setup.state, setup.data)
+    fake = NoProcessSupernode(setup)
 
     records = _run(
         setup,
@@ -160,6 +174,7 @@ def test_a_second_join_of_a_job_or_one_for_another_superlink_ends_the_earlier_jo
     ]
     assert [r["command_id"] for r in records if r["state"] == "running"] == ["c-1", "c-2", "c-3"]
     assert [m.job_id for m in fake.memberships()] == ["job-2"]
+    assert fake.spawns == 2  # the same SuperLink again reuses the running SuperNode
 
 
 def test_a_device_without_fl_refuses_to_join(setup: Setup) -> None:
@@ -180,7 +195,7 @@ def test_a_device_without_fl_refuses_to_join(setup: Setup) -> None:
 
 
 def test_malformed_params_fail_the_command(setup: Setup) -> None:
-    fake = FakeSupernode(setup.state, setup.data)
+    fake = NoProcessSupernode(setup)
     records: list[dict[str, Any]] = []
 
     run_fl_command(_command("c-1", "fl-join", {"job_id": "job-1"}), fake, records.append)  # type: ignore[arg-type]

@@ -394,9 +394,39 @@ def test_a_join_for_another_superlink_replaces_the_running_supernode(
         assert other.pid != first.pid
         assert sorted(m.job_id for m in other.replaced) == ["job-1", "job-2"]
         assert [m.job_id for m in service.memberships()] == ["job-3"]
-        assert service.leave("job-3") is not None and service.status()["pid"] is None
+        assert service.leave("job-3", "fl-leave c-4") is not None and service.status()["pid"] is None
+        assert service.leave("job-3", "fl-leave c-5") is None
     finally:
         service.stop()
+    assert [(r["command_id"], r["state"], r["result"]["left"]) for r in device.records] == [
+        ("c-1", "succeeded", "replaced by job job-3 on b.example:2"),
+        ("c-2", "succeeded", "replaced by job job-3 on b.example:2"),
+        ("c-3", "succeeded", "fl-leave c-4"),
+    ]
+
+
+def test_a_failed_join_keeps_the_jobs_already_served_and_restarts_their_supernode(
+    device: Device, ca: Ca, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = _service(device, fake, policy=RestartPolicy(limit=5, window=120, delay=0.05))
+    service.start()
+    try:
+        service.join("c-1", _config(ca), _member("job-1", "c-1"))
+        os.killpg(service.status()["pid"], signal.SIGTERM)  # it ended: the next join must start one
+        _wait(lambda: service.status()["pid"] is None, 10, "its exit")
+        monkeypatch.setenv("FAKE_MODE", "refused")
+        with pytest.raises(SupernodeError, match="Failed to activate"):
+            service.join("c-2", _config(ca), _member("job-2", "c-2"))
+        assert [m.job_id for m in service.memberships()] == ["job-1"]
+        assert service.status()["state"] == "restarting"  # job-1's SuperNode comes back after a backoff
+        monkeypatch.setenv("FAKE_MODE", "run")
+        _wait(lambda: not service.healthy(), 5, "the backoff")
+        service.stop()
+        service.start()  # what the agent process does
+        _wait(lambda: service.healthy() and service.status()["node_id"] == 4242, 20, "the restart")
+    finally:
+        service.stop()
+    assert device.records == []  # job-1's join still runs; job-2's failure is the command's own ack
 
 
 def test_without_flower_installed_a_join_says_how_to_install_it(
