@@ -361,3 +361,36 @@ def test_fedge_agent_status_shows_the_supernode(setup: Setup) -> None:
         "not running"
     )  # pid 1 is no SuperNode
     assert supernode["node_id"] == 7
+
+
+def test_fedge_agent_run_hosts_the_supernode_only_when_fl_is_on(setup: Setup) -> None:
+    pytest.importorskip("onnxruntime")
+    from edge_agent.cli import _agent_services
+    from edge_agent.config import AgentSettings
+    from edge_agent.identity import DeviceIdentity
+    from edge_agent.learning.supernode import SupernodeService
+    from edge_agent.link.client import ControllerLink
+    from edge_agent.link.outbox import Outbox
+
+    identity = DeviceIdentity.load(setup.state)
+    link = ControllerLink(identity)
+    outbox = Outbox.in_state_dir(setup.state)
+    try:
+        for enabled in (False, True):
+            settings = AgentSettings(
+                state_dir=setup.state, mqtt=False, fl_enabled=enabled, fl_data_path=setup.data.path
+            )
+            services, _api = _agent_services(settings, identity, link, outbox)
+            names = [s.name for s in services]
+            runner = services[-1]
+            if not enabled:
+                assert "fl-supernode" not in names and runner.fl is None  # type: ignore[attr-defined]
+                continue
+            assert names[-2:] == ["fl-supernode", "commands"]  # started before the worker that routes to it
+            supernode = services[-2]
+            assert isinstance(supernode, SupernodeService) and runner.fl is supernode  # type: ignore[attr-defined]
+            assert supernode.data == DeviceData(path=setup.data.path, dataset="digits")
+            assert supernode.update_lock is runner.update_lock  # type: ignore[attr-defined]
+    finally:
+        outbox.close()
+        link.close()
