@@ -1031,7 +1031,9 @@ class FlJobManager:
         sha = hashlib.sha256(program.read_bytes()).hexdigest()
         dp = (job.privacy or {}).get("dp")
         epsilons = [p.epsilon for p in participants if p.rounds_trained > 0 and p.epsilon is not None]
-        epsilon = max(epsilons) if dp and epsilons else None
+        # local DP: the largest epsilon a contributing device reported after the job (its whole history
+        # on the dataset, so an upper bound of this job's); none reported: the plan's target
+        epsilon = (max(epsilons) if epsilons else float(dp["epsilon"])) if dp else None
         delta = float(dp["delta"]) if dp else None
         strategy = str(job.strategy.get("name", "fedavg"))
         rounds = self._rounds_done(job.id) or job.rounds

@@ -359,11 +359,16 @@ def _logs(fed: Federation) -> str:
     return "\n".join(parts)
 
 
-def test_result_hash_is_the_sha256_of_the_stored_program(fed: Federation, tmp_path: Path) -> None:
+def test_the_result_is_the_stored_program_and_translates_to_onnx(fed: Federation, tmp_path: Path) -> None:
     if not FIRST_JOB:
         pytest.skip("needs the job of the previous test")
     with FedgeClient(fed.live.url, ADMIN_TOKEN) as fc:
         job = fc.fl_job(FIRST_JOB[0])
         assert job.result is not None
         sha = fc.download_model(fed.model_id, tmp_path / "model.pt2", version=job.result.version)
+        began = time.monotonic()
+        onnx = fc.translate(fed.model_id, source_version=job.result.version)
+        TIMINGS["translate_s"] = round(time.monotonic() - began, 2)
     assert sha == job.result.sha256 == hashlib.sha256((tmp_path / "model.pt2").read_bytes()).hexdigest()
+    assert onnx.framework == "pytorch" and onnx.source_version == job.result.version
+    assert onnx.max_abs_diff <= onnx.tolerance and onnx.onnx_accuracy is not None
