@@ -4,7 +4,8 @@ partition of a :class:`~simulator.fl.partition.FederatedData`.
 The apps are the deployment ones built by their factories: the ClientApp reads partition
 ``context.node_config["partition-id"]`` instead of a file, and keeps each device's privacy ledger in
 ``<state_root>/device-<k>/privacy/``; the ServerApp takes its run config and an in-memory reporter from
-the caller. Ray is kept on loopback and small (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, no dashboard).
+the caller. Ray is kept on loopback and small (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, no dashboard),
+telemetry and update checks are off, and without a ``FLWR_HOME`` one is made under ``state_root``.
 
 ``faulty={partition: kind}`` makes those devices misbehave after training honestly, through a Flower mod
 on their train replies: ``wrong-shape`` (every array reshaped to one dimension with an extra element),
@@ -66,6 +67,12 @@ def simulate(
         raise ValueError(f"unknown fault {sorted(bad)} (known: {', '.join(FAULTS)})")
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    own_home = "FLWR_HOME" not in os.environ  # never the default one (its config names an outside host)
+    if own_home:
+        home = state_root / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text('[superlink]\ndefault = "local"\n')
+        os.environ["FLWR_HOME"] = str(home)
     from flwr.app import Array, ArrayRecord, Context, Message, MessageType
     from flwr.clientapp.typing import ClientAppCallable
     from flwr.simulation import run_simulation
@@ -134,6 +141,8 @@ def simulate(
         )
     finally:
         cancel.set()
+        if own_home:
+            os.environ.pop("FLWR_HOME", None)
     return SimulationOutcome(
         reports=reporter.rounds, summary=reporter.summary, seconds=time.perf_counter() - started
     )
