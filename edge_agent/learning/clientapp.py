@@ -205,6 +205,7 @@ def private_fit(
 ) -> tuple[FitResult, float]:
     """One DP-SGD round paid from the device's ledger: the fit and the device's epsilon after it.
     Raises :class:`BudgetExceeded` before any step when the device cannot afford the round."""
+    trainer.check_params(params)  # a bad global model must not leave a reservation behind
     with ledger.lock():
         _charge_orphans(ledger)
         sample_rate, steps = dp.sample_rate_and_steps(trainer.num_examples, fit.batch_size, fit.epochs)

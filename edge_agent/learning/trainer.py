@@ -129,6 +129,10 @@ class TorchTrainer:
     def initial_params(self, seed: int = 0) -> dict[str, NDArray[Any]]:
         return _to_numpy(self.model_factory(seed))
 
+    def check_params(self, params: Params) -> None:
+        """Raise :class:`TrainerError` unless ``params`` fit the network (before anything is spent)."""
+        self._model(params)
+
     def _model(self, params: Params) -> nn.Module:
         model = self.model_factory(0)
         load_params(model, params)

@@ -28,6 +28,7 @@ from edge_agent.learning.clientapp import DevicePolicy, RoundRefused, make_clien
 from edge_agent.learning.data import LocalData
 from edge_agent.learning.ledger import PrivacyLedger
 from edge_agent.learning.models import build_model
+from edge_agent.learning.trainer import TrainerError
 from fedge_protocol.federation import BUDGET_EXCEEDED_CODE, is_budget_refusal
 from simulator.fl.partition import load_digits_arrays
 
@@ -121,6 +122,17 @@ def test_a_restarted_agent_continues_the_job_and_charges_a_crashed_round(tmp_pat
     assert after.job("job-1")["noise_multiplier"] == sigma  # fixed at the job's first round
     assert after.accountant_state == {"history": [[sigma, rate, 3 * steps]], "mechanism": "prv"}
     assert dict(reply.content["metrics"])["dp-epsilon"] == pytest.approx(after.spent)
+
+
+def test_a_global_model_that_does_not_fit_reserves_nothing(tmp_path: Path) -> None:
+    message = _message(MessageType.TRAIN, 1, **PRIVATE)
+    message.content["arrays"] = ArrayRecord({"1.weight": Array(np.zeros((3, 3), dtype=np.float32))})
+
+    with pytest.raises(TrainerError, match="missing"):
+        _app(tmp_path, budget=5.0)(message, _context())  # type: ignore[operator]
+
+    ledger = PrivacyLedger(tmp_path / "privacy" / "digits.json", budget_epsilon=5.0)
+    assert (ledger.spent, ledger.orphans()) == (0.0, [])
 
 
 def test_a_device_that_requires_dp_refuses_a_plain_round(tmp_path: Path) -> None:
