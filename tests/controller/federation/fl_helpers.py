@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi.testclient import TestClient
 
 from controller.state import ControllerState
 from edge_agent.identity import make_csr
@@ -53,7 +53,7 @@ def enroll_direct(state: ControllerState, **labels: str) -> str:
     return state.fleet.enroll(token, make_csr(key), dict(labels), {"cpu_count": 1}).device_id
 
 
-def register_digits_model(client: TestClient, **training: Any) -> tuple[str, str]:
+def register_digits_model(client: httpx.Client, **training: Any) -> tuple[str, str]:
     """A digits dataset (name ``digits``, dims (1,8,8)) and a model on it; (dataset_id, model_id)."""
     r = client.post(
         "/v1/datasets",

@@ -52,7 +52,7 @@ class Ctl:
 @pytest.fixture
 def ctl(tmp_path: Path, shared_evm: ChainBackend) -> Iterator[Ctl]:
     """A controller that only queues FL jobs (no workers, no SuperLink), two enrolled devices."""
-    settings = ControllerSettings(data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, _env_file=None)  # type: ignore[call-arg]
+    settings = ControllerSettings(data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, _env_file=None)
     state = build_state(settings, shared_evm, start_jobs=False)
     with TestClient(create_app(state)) as client:
         _, model_id = register_digits_model(client)
@@ -240,7 +240,7 @@ def test_round_reports_become_per_round_metrics_and_the_privacy_mirror(ctl: Ctl)
     a, b = ctl.devices
     url = f"/v1/fl/jobs/{job_id}/reports"
     for report in (_train(1, [(1000, 1.25), (1001, 1.5)]), _evaluate(1, [1000, 1001]),
-                   _train(2, [(1000, 2.5)], refused=[1001]), _evaluate(2, [1000, 1001])):  # fmt: skip
+                   _train(2, [(1000, 2.5)], refused=(1001,)), _evaluate(2, [1000, 1001])):  # fmt: skip
         r = ctl.client.post(url, headers=auth, json=report)
         assert r.status_code == 204, r.text
     job = ctl.client.get(f"/v1/fl/jobs/{job_id}", headers=ADMIN).json()

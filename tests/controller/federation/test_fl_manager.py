@@ -85,7 +85,7 @@ class ScriptedEngine(FederationEngine):
                       "clients": [], "budget_refused": [], "rejected": [], "failures": 0,
                       "bytes_sent": 100, "bytes_received": 0, "seconds": 0.1})  # fmt: skip
         params = {k: v.numpy() for k, v in build_model(spec.network, spec.seed).state_dict().items()}
-        np.savez(spec.output_path, **params)  # type: ignore[arg-type]
+        np.savez(spec.output_path, **params)
         summary = {"type": "finished", "final_metrics": {"eval_accuracy": 0.5}, "seconds": 1.0}
         on_round(summary)
         return FederationOutcome(JobState.SUCCEEDED, None, "1", spec.output_path, summary)
@@ -118,7 +118,7 @@ class Ctl:
 
 @pytest.fixture
 def ctl(tmp_path: Path, shared_evm: ChainBackend) -> Iterator[Ctl]:
-    settings = ControllerSettings(data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, _env_file=None)  # type: ignore[call-arg]
+    settings = ControllerSettings(data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN, _env_file=None)
     engine = ScriptedEngine()
     state = build_state(settings, shared_evm, start_jobs=False)
     state.federation._engine_factory = lambda: engine

@@ -149,7 +149,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory, shared_evm: ChainBackend) -> I
         admin_token=ADMIN_TOKEN,
         fl_node_wait_seconds=90,
         fl_job_timeout_seconds=420,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     state = build_state(settings, shared_evm)
     procs: list[subprocess.Popen[bytes]] = []
@@ -157,7 +157,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory, shared_evm: ChainBackend) -> I
         with LiveServer(state) as live:
             state.settings.fl_report_url = live.url  # the ServerApp reports to this live controller
             with httpx.Client(base_url=live.url) as http:
-                _, model_id = register_digits_model(http)  # type: ignore[arg-type]
+                _, model_id = register_digits_model(http)
             devices = [_enroll(state, tmp, n) for n in range(3)]
             yield Federation(live, state, model_id, devices, tmp, procs)
     finally:
@@ -371,4 +371,5 @@ def test_the_result_is_the_stored_program_and_translates_to_onnx(fed: Federation
         TIMINGS["translate_s"] = round(time.monotonic() - began, 2)
     assert sha == job.result.sha256 == hashlib.sha256((tmp_path / "model.pt2").read_bytes()).hexdigest()
     assert onnx.framework == "pytorch" and onnx.source_version == job.result.version
-    assert onnx.max_abs_diff <= onnx.tolerance and onnx.onnx_accuracy is not None
+    assert onnx.max_abs_diff is not None and onnx.max_abs_diff <= onnx.tolerance
+    assert onnx.onnx_accuracy is not None
