@@ -776,6 +776,9 @@ class FlJobManager:
             self._cancels[job.id] = cancel
         watcher = threading.Thread(target=self._watch_cancel, args=(job.id, cancel), daemon=True)
         watcher.start()
+        state = JobState.FAILED  # what the finally clause records unless a branch below decides
+        error_text: str | None = "internal error in the FL job; see the logs"
+        values: dict[str, Any] = {}
         try:
             engine = self._ready(job)
             spec = self._prepare(job, workdir, engine, cancel)
@@ -790,22 +793,21 @@ class FlJobManager:
                 raise JobFailed(outcome.reason or f"the federation ended {outcome.state}")
             assert outcome.output_path is not None
             values = self._publish(self.get(job.id), outcome.output_path, workdir, dict(outcome.summary))
-            self._finish(job.id, JobState.SUCCEEDED, **values)
-            log.info(
-                "FL job %s succeeded: model %s version %s", job.id, job.model_id, values["result_version"]
-            )
+            state, error_text = JobState.SUCCEEDED, None
+            log.info("FL job %s succeeded: model %s v%s", job.id, job.model_id, values["result_version"])
         except _Cancelled:
-            self._finish(job.id, JobState.CANCELLED, error="cancelled")
+            state, error_text = JobState.CANCELLED, "cancelled"
         except JobFailed as exc:
             log.warning("FL job %s failed: %s", job.id, exc)
-            self._finish(job.id, JobState.FAILED, error=str(exc))
-        finally:
+            state, error_text = JobState.FAILED, str(exc)
+        finally:  # devices dismissed before the job shows as ended
             cancel.set()
             with self._lock:
                 self._cancels.pop(job.id, None)
             self._dismiss(job.id)
             with contextlib.suppress(OSError):
                 shutil.rmtree(workdir / "input")
+            self._finish(job.id, state, error=error_text, **values)
 
     def _dismiss(self, job_id: str) -> None:
         """Tell every invited device the job is over (``fl-leave``): its SuperNode stops once it is in no
