@@ -455,30 +455,25 @@ def kill_tagged(tag: str, grace: float = 3.0) -> int:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
+    count = len(pids)
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        _reap()
         pids = [p for p in pids if _exists(p)]
         time.sleep(0.1)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    _reap()
-    return len(pids)
+    return count
 
 
 def _exists(pid: int) -> bool:
+    """Alive and not a zombie (tagged processes are not this process's children: nothing to reap here,
+    and reaping with waitpid(-1) would steal other subprocesses' exit codes)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-def _reap() -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
 
 
 # ------------------------------------------------------------------------------ the Fleet-only front
@@ -542,7 +537,7 @@ class FleetFront:
             out = {
                 k: v
                 for k, v in upstream.headers.items()
-                if k.lower() not in _HOP_HEADERS | {"content-encoding"}
+                if k.lower() not in _HOP_HEADERS | {"content-encoding", "date", "server"}
             }
             return Response(upstream.content, status_code=upstream.status_code, headers=out)
 

@@ -800,6 +800,9 @@ class FlJobManager:
         except JobFailed as exc:
             log.warning("FL job %s failed: %s", job.id, exc)
             state, error_text = JobState.FAILED, str(exc)
+        except EngineError as exc:
+            log.warning("FL job %s: the %s engine failed: %s", job.id, job.engine, exc)
+            state, error_text = JobState.FAILED, f"the {job.engine} engine failed: {exc}"
         finally:  # devices dismissed before the job shows as ended
             cancel.set()
             with self._lock:

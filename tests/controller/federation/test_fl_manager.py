@@ -63,6 +63,10 @@ class ScriptedEngine(FederationEngine):
         if self.mode == "hang":
             cancel.wait(30)
             return FederationOutcome(JobState.CANCELLED, "cancelled", "1")
+        if self.mode == "unreachable":
+            from controller.federation.base import EngineUnavailable
+
+            raise EngineUnavailable("the SuperLink at 127.0.0.1:1 did not answer (StartRun)")
         if self.mode == "fail":
             on_round({"type": "failed", "reason": "NodesUnavailable: only 1 of 2 connected"})
             return FederationOutcome(JobState.FAILED, "the Flower run failed: NodesUnavailable", "1")
@@ -168,6 +172,15 @@ def test_a_failed_run_fails_the_job_with_the_engines_reason(ctl: Ctl) -> None:
     job = ctl.run()
     assert job["status"] == "failed" and "NodesUnavailable" in job["error"]
     assert job["summary"]["server_failure"].startswith("NodesUnavailable") and job["result"] is None
+
+
+def test_an_engine_that_cannot_start_the_run_fails_the_job_with_its_reason(ctl: Ctl) -> None:
+    ctl.engine.mode = "unreachable"
+    job = ctl.run()
+    assert job["status"] == "failed"
+    assert job["error"] == "the flower engine failed: the SuperLink at 127.0.0.1:1 did not answer (StartRun)"
+    for device in ctl.devices:  # invited, then dismissed
+        assert [c.kind for c in ctl.state.commands.pending(device)] == ["fl-join", "fl-leave"]
 
 
 def test_a_job_where_every_device_refuses_for_its_budget_fails_without_a_version(ctl: Ctl) -> None:
