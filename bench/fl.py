@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                 delta=DELTA,
                 target_epsilon=per_seed[seeds[0]]["target_epsilon"],
             )
+        reached = [
+            next((k + 1 for k, a in enumerate(per_seed[s]["per_round_accuracy"]) if a >= 0.95), None)
+            for s in seeds
+        ]
+        out["rounds_to_95"] = reached  # first round at >= 95 % test accuracy, per seed (None: never)
         out["median_round_s"] = round(
             statistics.median(x for s in seeds for x in per_seed[s]["round_seconds"][1:]), 2
         )
