@@ -3,8 +3,9 @@
 The file holds ``x`` (float, ``[N, ...]``, e.g. ``[N, 1, 8, 8]`` digits) and ``y`` (integer class labels,
 ``[N]``), and optionally ``x_test``/``y_test`` for evaluating the global model on the device; without
 them evaluation runs on ``x``/``y`` (and its loss and accuracy, computed on training data, are not
-covered by local DP). Only parameters and aggregate metrics ever leave the device, never these arrays. Everything is validated on load (:class:`DataError` says what is wrong): shapes that agree,
-numeric dtypes, no NaN or infinity, labels in ``[0, num_classes)``.
+covered by local DP). Only parameters and aggregate metrics ever leave the device, never these arrays.
+Everything is validated on load (:class:`DataError` says what is wrong): shapes that agree, numeric
+dtypes, no NaN or infinity, labels in ``[0, num_classes)``.
 """
 
 from __future__ import annotations
