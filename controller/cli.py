@@ -50,7 +50,10 @@ def serve(
     typer.echo(
         f"fedge controller on http://{settings.host}:{settings.port} (data in {settings.data_dir})", err=True
     )
-    uvicorn.run(create_app(state), host=settings.host, port=settings.port, log_level=log_level)
+    try:
+        uvicorn.run(create_app(state), host=settings.host, port=settings.port, log_level=log_level)
+    finally:  # SIGTERM/SIGINT end uvicorn: stop the workers, the broker and the FL SuperLink it supervises
+        state.close()
 
 
 @app.command("admin-token")
