@@ -4,7 +4,10 @@ the final parameters are saved."""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +37,14 @@ def _flower_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+def _simulate_in_child(*args: Any, **kwargs: Any) -> Any:
+    """Flower's simulation runtime starts Ray inside the calling process: Ray installs its own SIGTERM
+    handler, exports the whole sys.path as PYTHONPATH and can keep the process alive after a crash.
+    Run it in a fresh child process so none of that leaks into the test session."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(simulate, *args, **kwargs).result(timeout=300)
+
+
 def test_a_simulated_job_learns_reports_every_round_and_rejects_a_malformed_update(tmp_path: Path) -> None:
     data = make_federated_digits(4, alpha=0.5, seed=0)
     output = tmp_path / "final.npz"
@@ -48,7 +59,7 @@ def test_a_simulated_job_learns_reports_every_round_and_rejects_a_malformed_upda
         "job-id": "job-sim",
     }
 
-    outcome = simulate(data, run_config, tmp_path / "devices", faulty={0: "wrong-shape"})
+    outcome = _simulate_in_child(data, run_config, tmp_path / "devices", faulty={0: "wrong-shape"})
 
     train = [r for r in outcome.reports if r.kind == "train"]
     evaluate = [r for r in outcome.reports if r.kind == "evaluate"]
