@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -50,10 +52,26 @@ def serve(
     typer.echo(
         f"fedge controller on http://{settings.host}:{settings.port} (data in {settings.data_dir})", err=True
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it found:
+    # this one, so the state is closed (job workers, the broker, the FL SuperLink the controller
+    # supervises, which would outlive it) before the process ends by that signal as before.
+    stopped_by: list[int] = []
+
+    def _stopped(signum: int, _frame: FrameType | None) -> None:
+        stopped_by.append(signum)
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         uvicorn.run(create_app(state), host=settings.host, port=settings.port, log_level=log_level)
-    finally:  # SIGTERM/SIGINT end uvicorn: stop the workers, the broker and the FL SuperLink it supervises
+    except SystemExit:
+        if not stopped_by:
+            raise
+    finally:  # also after SIGINT (KeyboardInterrupt) and a start that failed
         state.close()
+        signal.signal(signal.SIGTERM, previous)
+    if stopped_by:
+        signal.raise_signal(signal.SIGTERM)
 
 
 @app.command("admin-token")
