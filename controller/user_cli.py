@@ -903,6 +903,209 @@ def fl_privacy(device_id: str, as_json: Annotated[bool, typer.Option("--json")] 
     console.print(table)
 
 
+def _sim_table(rows: list[Any], title: str, dp: bool) -> Table:
+    """The per-round table of ``fl simulate`` (rows: simulator.fl.experiment.RoundRow)."""
+
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    columns = ["round", "train loss", "train acc", "eval loss", "eval acc"]
+    columns += ["epsilon max"] if dp else []
+    columns += ["devices", "failed", "rejected", "bytes out/in", "s"]
+    table = Table(*columns, title=title)
+    for r in rows:
+        cells = [
+            str(r.round),
+            num(r.train_loss),
+            num(r.train_accuracy),
+            num(r.eval_loss),
+            num(r.eval_accuracy),
+        ]
+        cells += [num(r.epsilon_max)] if dp else []
+        cells += [
+            f"{r.participants}/{r.evaluated}",
+            str(r.failures),
+            str(r.rejected),
+            f"{_size(r.bytes_sent)}/{_size(r.bytes_received)}",
+            f"{r.seconds:.1f}",
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def _size(n: int) -> str:
+    """Bytes in decimal units: 950 B, 17.2 kB, 3.4 MB."""
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1000:.1f} kB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
+
+
+def _usage_error(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)  # plain text: one line, never wrapped or read as markup
+    return typer.Exit(2)
+
+
+@fl_app.command("simulate")
+def fl_simulate(
+    devices: Annotated[int, typer.Option(help="simulated devices (virtual SuperNodes)")] = 10,
+    alpha: Annotated[
+        float | None, typer.Option(help="Dirichlet label skew (small: few classes per device) [default: 0.5]")
+    ] = None,
+    iid: Annotated[bool, typer.Option("--iid", help="deal the digits out IID instead of --alpha")] = False,
+    rounds: Annotated[int, typer.Option(help="federated rounds")] = 10,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help='a name (fedavg, fedavgm, fedprox, ...) or a JSON spec: {"name": "fedprox", "mu": 0.01}'
+        ),
+    ] = "fedavg",
+    model: Annotated[str, typer.Option(help="digits-linear, digits-mlp, digits-cnn or module:function")] = (
+        "digits-mlp"
+    ),
+    local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = 1,
+    batch_size: Annotated[int, typer.Option(help="local batch size")] = 32,
+    lr: Annotated[float, typer.Option(help="local learning rate")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="local SGD momentum")] = 0.0,
+    dp_epsilon: Annotated[
+        float | None, typer.Option(help="local DP-SGD: target epsilon per device over the run")
+    ] = None,
+    dp_delta: Annotated[float, typer.Option(help="local DP delta")] = 1e-5,
+    dp_max_grad_norm: Annotated[float, typer.Option(help="local DP clipping norm")] = 1.0,
+    min_devices: Annotated[int | None, typer.Option(help="devices every round needs [default: all]")] = None,
+    seed: Annotated[int, typer.Option(help="partition, initial parameters and shuffling seed")] = 0,
+    cpus: Annotated[
+        int | None, typer.Option(help="ClientApps running at once (Ray CPUs) [default: min(cores, devices)]")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="save the final global parameters here (.npz)", dir_okay=False)
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="keep the devices' state (privacy ledgers) here [default: a temporary directory]"),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="show Flower's own log")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the result as JSON on stdout (progress on stderr)")
+    ] = False,
+) -> None:
+    """Run the fedge ServerApp and ClientApp in Flower's simulation runtime (Ray, on this machine) over
+    scikit-learn's digits split across --devices simulated devices: no controller needed. Prints a
+    per-round table (train loss, eval accuracy, max epsilon over the devices) and a summary."""
+    import contextlib
+    import os
+    import tempfile
+
+    from simulator.fl.experiment import (
+        Experiment,
+        ExperimentError,
+        MissingDependency,
+        check_runtime,
+        quiet_flower,
+        run_experiment,
+        stdout_to_stderr,
+    )
+
+    if iid and alpha is not None:
+        raise _usage_error("--alpha and --iid exclude each other (--iid: no label skew)")
+    experiment = Experiment(
+        devices=devices,
+        alpha=None if iid else (0.5 if alpha is None else alpha),
+        rounds=rounds,
+        strategy=strategy,
+        model=model,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta,
+        dp_max_grad_norm=dp_max_grad_norm,
+        min_devices=min_devices,
+        seed=seed,
+        cpus=cpus or max(1, min(os.cpu_count() or 1, devices)),
+    )
+    problems = experiment.problems()
+    if problems:
+        raise _usage_error(problems[0])
+    try:
+        check_runtime(experiment)
+    except ExperimentError as exc:
+        raise _usage_error(str(exc)) from None
+    except MissingDependency as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    split = "IID" if experiment.alpha is None else f"Dirichlet alpha {experiment.alpha:g}"
+    dp = experiment.dp
+    title = (
+        f"fl simulate: {devices} devices ({split}), {experiment.model}, {strategy}, "
+        f"{local_epochs} local epoch(s)" + (f", local DP eps {dp_epsilon:g}" if dp else "")
+    )
+    rows: list[Any] = []
+
+    def progress(row: Any) -> None:
+        rows.append(row)
+        acc = "" if row.eval_accuracy is None else f", eval acc {row.eval_accuracy:.4f}"
+        eps = "" if row.epsilon_max is None else f", epsilon max {row.epsilon_max:.4g}"
+        loss = "" if row.train_loss is None else f": train loss {row.train_loss:.4g}"
+        typer.echo(f"round {row.round}/{rounds}{loss}{acc}{eps} ({row.seconds:.1f} s)", err=True)
+
+    with contextlib.ExitStack() as stack:
+        root = state_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedge-fl-sim-")))
+        root.mkdir(parents=True, exist_ok=True)
+        if not verbose:
+            stack.enter_context(quiet_flower())
+        if as_json:
+            stack.enter_context(stdout_to_stderr())
+            on_round = progress
+        else:
+            from rich.live import Live
+
+            live = stack.enter_context(
+                Live(_sim_table(rows, title, dp), console=console, refresh_per_second=2)
+            )
+
+            def on_round(row: Any) -> None:
+                rows.append(row)
+                live.update(_sim_table(rows, title, dp))
+
+        try:
+            result = run_experiment(experiment, root, on_round=on_round, output_path=output)
+        except ExperimentError as exc:
+            raise _usage_error(str(exc)) from None
+        except Exception as exc:  # the runtime failed: one line, not a traceback
+            typer.echo(f"error: the simulation failed: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(1) from None
+    summary = result.summary()
+    if not as_json and not console.is_terminal:
+        console.line()  # the live table ends without a newline when stdout is not a terminal
+    if as_json:
+        _emit(result.to_json(), True)
+    else:
+        if len(result.rows) != len(rows):
+            console.print(_sim_table(result.rows, title, dp))
+        acc = summary["accuracy"]
+        parts = [
+            f"eval accuracy {acc:.4f}" if acc is not None else "no evaluation",
+            f"after {summary['rounds_completed']}/{rounds} rounds",
+            f"{summary['train_examples']} training digits ({summary['examples_per_device']['min']}-"
+            f"{summary['examples_per_device']['max']} per device), {summary['test_examples']} test",
+        ]
+        if dp:
+            eps = summary["epsilon"]
+            parts.append(
+                f"max epsilon {eps:.4f} over {summary['devices_accounted']} devices' ledgers "
+                f"(delta {dp_delta:g})"
+                if eps is not None
+                else "no device accounted a private round"
+            )
+        parts.append(f"{summary['wall_s']:.1f} s (median round {summary['median_round_s']} s)")
+        console.print("summary: " + "; ".join(parts), soft_wrap=True)
+        if result.output_path:
+            console.print(f"final parameters: {result.output_path}", soft_wrap=True)
+    if len(result.rows) < rounds:
+        raise typer.Exit(1)
+
+
 def _mount_optional() -> None:
     """Subcommands from optional extras (grid) appear when their extra is installed."""
     import importlib

@@ -59,8 +59,10 @@ def simulate(
     num_cpus: int = 2,
     faulty: Mapping[int, str] | None = None,
     on_result: Callable[[Any], None] | None = None,
+    on_report: Callable[[Any], None] | None = None,
 ) -> SimulationOutcome:
-    """Run one federated job over ``data.num_clients`` virtual SuperNodes and return its reports."""
+    """Run one federated job over ``data.num_clients`` virtual SuperNodes and return its reports;
+    ``on_report`` also gets each RoundReport as its phase ends (in the ServerApp's thread)."""
     faults = dict(faulty or {})
     bad = {kind for kind in faults.values() if kind not in FAULTS}
     if bad:
@@ -117,7 +119,13 @@ def simulate(
         )
         return reply
 
-    reporter = ListReporter()
+    class Relay(ListReporter):
+        def on_round(self, report: Any) -> None:
+            super().on_round(report)
+            if on_report is not None:
+                on_report(report)
+
+    reporter = Relay()
     cancel = threading.Event()  # ends the ServerApp thread if the runtime dies before any node came
     server = make_server_app(
         reporter=reporter, run_config=dict(run_config), on_result=on_result, cancel=cancel
