@@ -5,31 +5,57 @@ Starts the controller (SQLite + local artifact store + in-process EVM under ``FE
 job, translates it to ONNX (validated, int8 variant), and prints ids, hashes and where everything is
 stored. Then it enrolls three edge agents (in-process, ``simulator.fleet``; state under
 ``FEDGE_DATA_DIR/agents/``), deploys the ONNX model to them in two waves and measures each agent's accuracy
-on the held-out digits through its local inference API. Data persists: a second run lists the first run's
-datasets and reuses the agents enrolled by the first run (they move to the new model).
+on the held-out digits through its local inference API. Then federated learning: the three agents are
+handed over to real ``fedge-agent run`` processes with FL enabled, each with its own digits partition
+(written on the device side by ``simulator.fl``, never uploaded) and a privacy budget; a 3-round FedAvg
+job with local DP-SGD runs through their ``flower-supernode`` children (node auth with the enrolled keys,
+TLS with the pinned CA) while they keep serving; the result is registered (SHA-256, chain record), the
+run is recorded on chain, and the result is translated to ONNX and rolled out in canary waves. Data
+persists: a second run lists the first run's datasets and reuses the agents enrolled by the first run
+(they move to the new model; their privacy ledgers keep counting).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from controller.client import FedgeAPIError, FedgeClient
+from controller.schemas.fl import FlJobOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES, JobOut
 from controller.schemas.translation import TranslateResult
 
 console = Console()
+
+# every process the demo starts keeps to this machine (no telemetry, update checks, usage stats)
+QUIET = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DO_NOT_TRACK": "1",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+FL_DATASET = "digits"  # the devices' name for their data (their privacy ledgers' key)
+FL_BUDGET = 50.0  # epsilon each demo device grants on it, all jobs (demo runs) together
+FL_EPSILON, FL_DELTA, FL_ROUNDS, FL_NETWORK = 8.0, 1e-5, 3, "digits-linear"
+FL_PROGRAMS = ("flower-supernode", "flwr-clientapp", "flower-superexec", "flower-superlink")
 
 
 def free_port() -> int:
@@ -99,8 +125,21 @@ def train_with_progress(fc: FedgeClient, model_id: str) -> JobOut:
             time.sleep(0.5)
 
 
-def start_controller(data_dir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FEDGE_DATA_DIR": str(data_dir), "FEDGE_ADMIN_TOKEN": token}
+def start_controller(data_dir: Path, token: str, port: int, broker_port: int) -> subprocess.Popen[bytes]:
+    """The controller on embedded defaults (its MQTT broker on ``broker_port``), with its FL engine (a
+    supervised TLS SuperLink and the Fleet-only front, both on free loopback ports, started at the first
+    FL job)."""
+    env = {
+        **os.environ,
+        **QUIET,
+        "FEDGE_DATA_DIR": str(data_dir),
+        "FEDGE_ADMIN_TOKEN": token,
+        "FEDGE_BROKER_PORT": str(broker_port),
+        "FEDGE_FL_ENGINE": "flower",
+        "FEDGE_FL_FLEET_HOST": "127.0.0.1",
+        "FEDGE_FL_NODE_WAIT_SECONDS": "120",
+        "FEDGE_FL_JOB_TIMEOUT_SECONDS": "900",
+    }
     log = open(data_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -120,6 +159,26 @@ def start_controller(data_dir: Path, token: str, port: int) -> subprocess.Popen[
             time.sleep(0.2)
     client.close()
     return proc
+
+
+def repoint_agents(root: Path, broker_port: int) -> None:
+    """Agents enrolled by an earlier run keep the broker URL of that run's controller (the embedded broker
+    takes a new port each run): point them at this run's broker (the controller URL is repointed by
+    ``simulator.fleet``). Without it their telemetry would wait in their outboxes for the old broker."""
+    from urllib.parse import urlsplit
+
+    from fedge_common.files import atomic_write
+
+    for path in sorted(root.glob("agent-*/identity.json")):
+        meta = json.loads(path.read_text())
+        old = meta.get("broker_url")
+        if not old:
+            continue
+        parts = urlsplit(old)
+        new = f"{parts.scheme}://{parts.hostname}:{broker_port}"
+        if new != old:
+            meta["broker_url"] = new
+            atomic_write(path, json.dumps(meta, indent=2).encode())
 
 
 HOLDOUT, SEED = 0.2, 0  # the training job's defaults (examples/digits_cnn/train.py: split)
@@ -155,8 +214,9 @@ def infer_accuracy(api_url: str, x: np.ndarray, y: np.ndarray, batch: int = 128)
 
 def deploy_to_agents(
     fc: FedgeClient, url: str, token: str, data_dir: Path, model_id: str, translation: TranslateResult
-) -> None:
-    """Enroll (or reuse) three agents, roll the ONNX model out in two waves, check them on held-out digits."""
+) -> list[tuple[int, str, Path]]:
+    """Enroll (or reuse) three agents, roll the ONNX model out in two waves, check them on held-out digits;
+    returns (index, device id, state dir) of each agent."""
     from simulator.fleet import Fleet
 
     console.rule("edge agents")
@@ -214,16 +274,431 @@ def deploy_to_agents(
         rows = {d.id: d for d in fc.devices()}
         online = sum(1 for i in fleet.device_ids if i in rows and rows[i].online)
         console.print(f"controller view: {online}/{len(fleet.agents)} agents online, deployment {dep.state}")
+        return [(sim.index, sim.device_id, sim.state_dir) for sim in fleet.agents]
+
+
+# ------------------------------------------------------------------ federated learning on the agents
+
+
+def fl_missing() -> str | None:
+    """Why FL cannot run in this environment (None: it can): the train extra's programs and packages."""
+    import importlib.util
+
+    here = Path(sys.executable).parent
+    programs = [p for p in FL_PROGRAMS if not (here / p).exists()]
+    packages = [m for m in ("flwr", "torch", "opacus") if importlib.util.find_spec(m) is None]
+    if not programs and not packages:
+        return None
+    return (
+        f"missing {', '.join(programs + packages)} next to {sys.executable}; "
+        "install the train extra: pip install 'fedge[agent,train]' (or run `make demo`)"
+    )
+
+
+@dataclass
+class FlAgent:
+    """One of the demo's agents handed over to a real ``fedge-agent run`` process with FL enabled."""
+
+    index: int
+    device_id: str
+    state_dir: Path
+    data: Path
+    port: int
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def ledger(self) -> dict[str, Any]:
+        """The device's own privacy ledger on FL_DATASET (``fedge-agent privacy``)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "privacy", "--state-dir", str(self.state_dir)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"fedge-agent privacy failed on agent #{self.index}: {done.stderr.strip()}")
+        entries: list[dict[str, Any]] = json.loads(done.stdout)
+        return next(e for e in entries if e["dataset"] == FL_DATASET)
+
+
+def start_fl_agents(
+    data_dir: Path, agents: list[tuple[int, str, Path]], tag: str, started: list[FlAgent]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Give each agent its own digits partition (``simulator.fl``, IID; written on the device side only,
+    never uploaded) and run it as ``fedge-agent run`` with FL enabled (appended to ``started`` at once, so
+    the caller stops them whatever happens); wait for their local APIs. Returns the FL test set (the union
+    of the agents' test parts)."""
+    from simulator.fl.partition import make_federated_digits
+
+    data = make_federated_digits(len(agents), alpha=None, seed=0)
+    folder = data_dir / "agents" / "fl-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = started
+    for (index, device_id, state_dir), (x, y), (xt, yt) in zip(agents, data.train, data.test, strict=True):
+        path = folder / f"agent-{index:04d}.npz"
+        with path.open("wb") as fh:
+            np.savez(fh, x=x, y=y, x_test=xt, y_test=yt)
+        env = {
+            **os.environ,
+            **QUIET,
+            "FEDGE_FL_TAG": tag,
+            "FEDGE_AGENT_FL_ENABLED": "true",
+            "FEDGE_AGENT_FL_DATA_PATH": str(path),
+            "FEDGE_AGENT_FL_DATASET": FL_DATASET,
+            "FEDGE_AGENT_FL_PRIVACY_BUDGET": str(FL_BUDGET),
+            "FEDGE_AGENT_FL_PRIVACY_DELTA": str(FL_DELTA),
+        }
+        log = data_dir / "agents" / f"agent-{index:04d}.log"
+        agent = FlAgent(index, device_id, state_dir, path, free_port(), env, log)
+        argv = [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "run",
+            "--state-dir",
+            str(state_dir),
+            "--api-port",
+            str(agent.port),
+            "--poll-interval",
+            "0.5",
+        ]
+        with log.open("ab") as fh:
+            agent.proc = subprocess.Popen(
+                argv, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        out.append(agent)
+    deadline = time.monotonic() + 90
+    for agent in out:
+        while True:
+            assert agent.proc is not None
+            if agent.proc.poll() is not None:
+                raise SystemExit(f"agent #{agent.index} exited with {agent.proc.returncode}:\n{agent.tail()}")
+            try:
+                if httpx.get(f"{agent.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"agent #{agent.index} did not serve its local API; see {agent.log}")
+            time.sleep(0.3)
+    table = Table(
+        "agent",
+        "device id",
+        "train / test examples",
+        "labels",
+        "local API",
+        "log",
+        title="FL agents: fedge-agent run with FEDGE_AGENT_FL_ENABLED (own data, budget "
+        f"epsilon {FL_BUDGET:g} on '{FL_DATASET}')",
+    )
+    for agent, (_, y), (_, yt) in zip(out, data.train, data.test, strict=True):
+        table.add_row(
+            f"#{agent.index}",
+            agent.device_id,
+            f"{len(y)} / {len(yt)}",
+            f"{len(set(y.tolist()))} classes",
+            agent.url,
+            str(agent.log),
+        )
+    console.print(table)
+    return data.x_test, data.y_test
+
+
+def stop_fl_agents(agents: list[FlAgent], tag: str) -> None:
+    """SIGTERM every agent (each stops its SuperNode), SIGKILL what is left; then any tagged leftover."""
+    for agent in agents:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGTERM)
+    for agent in agents:
+        if agent.proc is None:
+            continue
+        try:
+            agent.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.proc.pid, signal.SIGKILL)
+            agent.proc.wait(10)
+    try:
+        from controller.federation.flower import kill_tagged
+    except ImportError:
+        return
+    kill_tagged(tag)
+
+
+def fl_rounds_table(job: FlJobOut) -> Table:
+    def num(v: float | None, fmt: str = ".4f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    table = Table(
+        "round",
+        "train loss",
+        "train acc",
+        "eval loss",
+        "eval acc",
+        "devices",
+        "stragglers",
+        "epsilon max",
+        "s",
+        title=f"FL job {job.job_id}: {job.status}, {job.rounds_completed}/{job.rounds} rounds",
+    )
+    for r in job.metrics:
+        table.add_row(
+            str(r.round),
+            num(r.train_loss),
+            num(r.train_accuracy),
+            num(r.eval_loss),
+            num(r.eval_accuracy),
+            str(len(r.participants)),
+            str(len(r.stragglers)),
+            num(max(r.epsilon.values()) if r.epsilon else None),
+            f"{r.seconds:.1f}",
+        )
+    return table
+
+
+def _fl_join_failure(fc: FedgeClient, agents: list[FlAgent], job_id: str) -> str | None:
+    """An agent that refused (or failed) the job's fl-join, or whose process ended: why."""
+    for agent in agents:
+        if agent.proc is not None and agent.proc.poll() is not None:
+            return f"agent #{agent.index} exited with {agent.proc.returncode}:\n{agent.tail()}"
+        for cmd in fc.commands(agent.device_id, limit=10).items:
+            if cmd.kind == "fl-join" and cmd.params.get("job_id") == job_id and cmd.state == "failed":
+                return f"agent #{agent.index} did not join: {cmd.error} (log: {agent.log})"
+    return None
+
+
+def federated_learning(
+    fc: FedgeClient, data_dir: Path, dataset_id: str, agents: list[tuple[int, str, Path]]
+) -> None:
+    """A 3-agent FL job with local DP on the demo's agents (real SuperNodes), its result registered and on
+    chain, translated and rolled out in canary waves; inference keeps answering while they train."""
+    console.rule("federated learning on the agents (Flower, local DP)")
+    missing = fl_missing()
+    if missing is not None:
+        raise SystemExit(f"federated learning cannot start: {missing}")
+    started = time.monotonic()
+    tag = uuid.uuid4().hex
+    fl_agents: list[FlAgent] = []
+    try:
+        x_test, y_test = start_fl_agents(data_dir, agents, tag, fl_agents)
+        ids = [a.device_id for a in fl_agents]
+        x_hold, y_hold = held_out_digits()
+        model = fc.register_model(
+            {
+                "name": "digits-fl",
+                "model_params": {"developer_id": "dev-demo", "organization_id": "org-demo"},
+                "data_params": {"dataset_id": dataset_id},
+            }
+        )
+        body = {
+            "model": {"model_id": model.model_id, "network": FL_NETWORK},
+            "participants": {"device_ids": ids},
+            "min_clients": len(ids),
+            "rounds": FL_ROUNDS,
+            "lr": 0.5,
+            "round_timeout": 180,
+            "data": {"dataset": FL_DATASET},
+            "privacy": {"dp": {"epsilon": FL_EPSILON, "delta": FL_DELTA, "max_grad_norm": 1.0}},
+        }
+        try:
+            created = fc.fl_run(body)
+        except FedgeAPIError as exc:
+            hint = ""
+            if exc.status == 422 and "epsilon" in str(exc):
+                hint = (
+                    f"\nthe agents' privacy budget on '{FL_DATASET}' may be spent by earlier runs (their "
+                    f"ledgers: {data_dir / 'agents'}/agent-*/privacy/); use a fresh FEDGE_DATA_DIR"
+                )
+            raise SystemExit(f"the FL job was refused: {exc}{hint}") from None
+        console.print(
+            f"FL job {created.job_id}: model {model.model_id} ({FL_NETWORK}), {FL_ROUNDS} rounds, FedAvg, "
+            f"local DP-SGD epsilon {FL_EPSILON:g} delta {FL_DELTA:g} per device, min {created.min_clients} "
+            "devices per round; the agents get a signed fl-join and start their flower-supernode"
+        )
+        answers = {"calls": 0, "during_rounds": 0, "errors": 0}
+        served_during: list[str] = []
+        last_check = [0.0]
+
+        def during(job: FlJobOut) -> None:
+            live.update(fl_rounds_table(job))
+            # the model served before the job keeps answering on agent #0 while it trains
+            holding = bool(_supernode_status(fl_agents[0]).get("rounds_in_progress"))
+            try:
+                _, _, model_served = infer_accuracy(fl_agents[0].url, x_hold[:64], y_hold[:64])
+                served_during.append(model_served)
+                answers["calls"] += 1
+            except httpx.HTTPError:
+                answers["errors"] += 1
+            answers["during_rounds"] += int(holding)
+            if time.monotonic() - last_check[0] > 3:
+                last_check[0] = time.monotonic()
+                failure = _fl_join_failure(fc, fl_agents, created.job_id)
+                if failure is not None:
+                    fc.cancel_fl_job(created.job_id)
+                    raise SystemExit(f"federated learning failed: {failure}")
+
+        from rich.live import Live
+
+        began = time.monotonic()
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
+            job = fc.wait_fl_job(created.job_id, timeout=900, poll=1.0, on_update=during)
+        job_s = time.monotonic() - began
+        if job.status != "succeeded" or job.result is None:
+            raise SystemExit(f"FL job {job.status}: {job.error}")
+        console.print(
+            f"job {job.status} in {job_s:.0f} s; agent #{fl_agents[0].index} answered {answers['calls']} "
+            f"inference calls during the job ({answers['during_rounds']} while an FL round held its update "
+            "lock), "
+            f"served by {', '.join(sorted(set(served_during))) or '-'} (the model it served before the job), "
+            f"{answers['errors']} failed"
+        )
+        fl_privacy_table(fc, fl_agents, job)
+        result = job.result
+        provenance = fc.model_provenance(model.model_id)
+        console.rule("FL run on chain (record_fl_run, decoded)")
+        if job.chain is not None:
+            console.print_json(data=job.chain.model_dump(mode="json"))
+        same = job.chain is not None and job.chain.final_model_hash == result.sha256
+        console.print(
+            f"result: model {result.model_id} v{result.version} ({result.kind}, {result.format}) sha256 "
+            f"{result.sha256}; chain final_model_hash {'= the version' if same else 'MISMATCH'}; provenance "
+            f"[bold]{'verified' if provenance.verified else 'NOT verified'}[/bold]"
+        )
+        onnx = fc.translate(model.model_id, source_version=result.version)
+        console.print(
+            f"translated v{result.version} to ONNX v{onnx.version} (max |PyTorch - ONNX| "
+            f"{onnx.max_abs_diff:.2e})"
+        )
+        waves = [0.1, 1.0]
+        dep_started = time.time()
+        dep_id = fc.deploy(
+            model.model_id, onnx.version, device_ids=ids, waves=waves, auto_rollback=True
+        ).deployment_id
+        dep = fc.wait_deployment(dep_id, timeout=180, poll=0.5)
+        if dep.state != "succeeded":
+            states = ", ".join(f"{t.device_id[:8]}.. {t.state}" for t in dep.devices)
+            raise SystemExit(
+                f"deployment {dep_id} of the FL model {dep.state} ({states}): {dep.error or ''} "
+                f"(agent logs: {data_dir / 'agents'}/agent-*.log)"
+            )
+        x, y = x_test, y_test
+        for agent in fl_agents:
+            wait_serving(agent, model.model_id, onnx.version)
+        table = Table(
+            "agent",
+            "device id",
+            "wave",
+            "rollout",
+            "served",
+            "test acc",
+            "ms/call",
+            title=f"FL model on the agents: deployment {dep_id} (waves {waves}, canary first, "
+            f"automatic rollback), accuracy on the {len(x)} FL test digits via POST /v1/infer",
+        )
+        by_device = {t.device_id: t for t in dep.devices}
+        for agent in fl_agents:
+            target = by_device[agent.device_id]
+            acc, ms, served = infer_accuracy(agent.url, x, y)
+            table.add_row(
+                f"#{agent.index}",
+                agent.device_id,
+                str(target.wave + 1),
+                target.state,
+                served,
+                f"{acc:.4f}",
+                f"{ms:.1f}",
+            )
+        console.print(table)
+        console.print(
+            f"federated learning: {time.monotonic() - started:.0f} s in all (job {job_s:.0f} s, deployment "
+            f"{time.time() - dep_started:.0f} s)"
+        )
+    finally:
+        stop_fl_agents(fl_agents, tag)
+
+
+def wait_serving(agent: FlAgent, model_id: str, version: int, timeout: float = 30) -> None:
+    """Until the agent's local API serves ``model_id`` v``version``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(f"{agent.url}/v1/model", timeout=2)
+            if r.status_code == 200 and (r.json()["model_id"], r.json()["version"]) == (model_id, version):
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"agent #{agent.index} does not serve {model_id} v{version}; see {agent.log}")
+        time.sleep(0.2)
+
+
+def _supernode_status(agent: FlAgent) -> dict[str, Any]:
+    try:
+        status: dict[str, Any] = json.loads((agent.state_dir / "fl" / "supernode.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return status
+
+
+def fl_privacy_table(fc: FedgeClient, agents: list[FlAgent], job: FlJobOut) -> None:
+    """Epsilon per device: the job's report, the device's own ledger and the controller's mirror."""
+    console.print(fl_rounds_table(job))
+    parts = {p.device_id: p for p in job.participants}
+    table = Table(
+        "agent",
+        "device id",
+        "rounds",
+        "epsilon added by this job (ledger)",
+        "job target",
+        f"spent on '{FL_DATASET}' (ledger, all jobs)",
+        "remaining / budget",
+        "controller mirror",
+        title=f"privacy: epsilon spent per device (delta {FL_DELTA:g}; the device's ledger is the authority)",
+    )
+    for agent in agents:
+        ledger = agent.ledger()
+        mine = ledger["jobs"].get(job.job_id, {})
+        mirror = next(
+            (d for d in fc.device_privacy(agent.device_id).datasets if d.dataset == FL_DATASET), None
+        )
+        part = parts[agent.device_id]
+        table.add_row(
+            f"#{agent.index}",
+            agent.device_id[:8] + "..",
+            str(part.rounds_trained),
+            f"{mine.get('epsilon', 0):.4f}",
+            f"{FL_EPSILON:g}",
+            f"{ledger['spent_epsilon']:.4f}",
+            f"{ledger['remaining_epsilon']:.4f} / {ledger['budget_epsilon']:g}",
+            f"{mirror.epsilon_spent:.4f}" if mirror else "-",
+        )
+    console.print(table)
+    console.print(
+        f"epsilon the chain records for the run (max over devices, all their jobs on '{FL_DATASET}'): "
+        f"{job.epsilon_spent:.4f}"
+    )
 
 
 def main() -> None:
+    began = time.monotonic()
     data_dir = Path(os.environ.get("FEDGE_DATA_DIR", ".fedge")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     token = admin_token(data_dir)
     port = free_port()
     console.rule("[bold]fedge demo[/bold] (embedded defaults)")
     console.print(f"data directory: {data_dir}")
-    proc = start_controller(data_dir, token, port)
+    broker_port = free_port()
+    repoint_agents(data_dir / "agents", broker_port)
+    proc = start_controller(data_dir, token, port, broker_port)
     url = f"http://127.0.0.1:{port}"
     console.print(f"controller: {url}  (OpenAPI: {url}/docs)")
     try:
@@ -315,10 +790,12 @@ def main() -> None:
             f"[bold]{'verified' if ds_prov.verified else 'MISMATCH'}[/bold]"
         )
         with FedgeClient(url, token) as fc:
-            deploy_to_agents(fc, url, token, data_dir, model.model_id, translation)
+            agents = deploy_to_agents(fc, url, token, data_dir, model.model_id, translation)
+            federated_learning(fc, data_dir, ds.dataset_id, agents)
         console.print(
-            f"[green]done[/green]: {earlier.total + 1} datasets now registered; run `make demo` again to see "
-            "this run's dataset listed from the persisted store (and the same agents move to the new model)."
+            f"[green]done[/green] in {time.monotonic() - began:.0f} s: {earlier.total + 1} datasets now "
+            "registered; run `make demo` again to see this run's dataset listed from the persisted store "
+            "(and the same agents move to the new model and train again, their privacy ledgers counting on)."
         )
     finally:
         proc.terminate()
