@@ -19,16 +19,37 @@ SGD epoch of the same network (``digits-mlp``, batch 32, the 1,437 training digi
 interleaved round by round; the median of each is used. Per-round wall time is what the ServerApp measured
 per phase (train + evaluate, ClientApp start-up included), so round 1 carries the actors' start.
 
-    python bench/fl.py [--quick] [--seeds 0,1,2] [--rounds R]
+Deployment mode (``deployment``, skipped with ``--no-deployment`` or without flwr): the controller's Flower
+engine (``controller.federation.flower.FlowerEngine``: a supervised ``flower-superlink`` with TLS from a
+fresh device CA and SuperNode authentication, behind the Fleet-only front) and 3 real ``flower-supernode``
+processes on loopback, each with its own registered EC key and one of 3 Dirichlet(0.5) digits partitions
+(``simulator.fl.loopback``), run a FedAvg job: ``digits-mlp``, 1 local epoch, batch 32, lr 0.1, 3 rounds (5
+without ``--quick``). Side by side:
 
-``--quick``: 10 rounds, no eps-8 run. The last line of stdout is a JSON summary (per seed and mean).
+- ``round_s``: the median round (train + evaluate phase as the ServerApp timed them, rounds after the first)
+  vs ``local_train_s``: the same local epoch on the same partitions in this process (the slowest device's
+  median fit: the devices train in parallel); ``engine_overhead`` = round_s / local_train_s;
+- ``bytes_ratio``: parameter bytes per client per round (train down + up, evaluate down, from the round
+  reports) over the model's float32 size (3.0 would be three bare copies); ``deployment.wire_bytes_ratio``:
+  all HTTP body bytes through the Fleet front per client per round (polls, heartbeats, objects) over the same;
+- where a phase goes: the SuperNodes' logs (stamped line by line) and a ``/proc`` scan of every
+  ``flwr-clientapp`` process (one per message) give the SuperExec pickup, the ClientApp process start-up and
+  its life, and what is left of the phase: Flower's pull polling (``deployment.timeline``); the imports of a
+  ClientApp process are timed apart in fresh interpreters (``deployment.clientapp_imports_s``).
+
+    python bench/fl.py [--quick] [--seeds 0,1,2] [--rounds R] [--deployment-rounds R] [--no-deployment]
+
+``--quick``: 10 rounds, no eps-8 run, 3 deployment rounds. The last line of stdout is a JSON summary (per
+seed and mean; the deployment keys are null when that section was skipped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -127,6 +148,196 @@ def epoch_ratio(rounds: int) -> dict[str, float]:
     return {"plain_s": medians["plain"], "dp_s": medians["dp"], "ratio": medians["dp"] / medians["plain"]}
 
 
+DEPLOY_DEVICES = 3
+DEPLOY = {"network": "digits-mlp", "local_epochs": 1, "batch_size": 32, "lr": 0.1}
+
+
+def local_training(data: Any, reps: int) -> dict[str, Any]:
+    """The deployment job's local work in this process, per device: median seconds of one fit (the same
+    epochs, batch, lr and partition) and of one evaluation, the trainer built as the ClientApp does."""
+    fit = FitConfig(epochs=DEPLOY["local_epochs"], batch_size=DEPLOY["batch_size"], lr=DEPLOY["lr"])
+    factory = resolve_factory(str(DEPLOY["network"]))
+    fits, evals = [], []
+    for (x, y), (xt, yt) in zip(data.train, data.test, strict=True):
+        trainer = TorchTrainer(factory, LocalData(x, y, xt, yt))
+        params = trainer.initial_params()
+        trainer.fit(params, fit)  # warm-up
+        fit_s, eval_s = [], []
+        for _ in range(reps):
+            started = time.perf_counter()
+            TorchTrainer(factory, LocalData(x, y, xt, yt)).fit(params, fit)
+            fit_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            trainer.evaluate(params)
+            eval_s.append(time.perf_counter() - started)
+        fits.append(statistics.median(fit_s))
+        evals.append(statistics.median(eval_s))
+    return {"fit_s": fits, "eval_s": evals, "examples": [len(y) for _, y in data.train]}
+
+
+def clientapp_imports(reps: int) -> dict[str, float]:
+    """Median wall seconds of a fresh interpreter doing nothing, and importing what a ClientApp process
+    imports (flwr's ClientApp runtime, then the agent's ClientApp: torch, the trainer, the ledger)."""
+    runs: dict[str, list[float]] = {"interpreter_s": [], "imports_s": []}
+    code = {
+        "interpreter_s": "pass",
+        "imports_s": "import flwr.supernode.runtime.run_clientapp, edge_agent.learning.clientapp",
+    }
+    for _ in range(reps):
+        for key, source in code.items():
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-c", source], check=True, cwd=Path(__file__).resolve().parents[1]
+            )
+            runs[key].append(time.perf_counter() - started)
+    return {key: round(statistics.median(values), 3) for key, values in runs.items()}
+
+
+def deployment(rounds: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """The deployment-mode section (see the module docstring); ``{"skipped": why}`` without flwr."""
+    try:
+        import flwr  # noqa: F401
+
+        from simulator.fl.loopback import LoopbackJob, run_loopback, timeline
+    except ImportError as exc:
+        return {"skipped": f"flwr is not installed ({exc}): pip install 'fedge[agent,train,controller]'"}
+    if not (Path(sys.executable).parent / "flower-supernode").exists() and not shutil.which(
+        "flower-supernode"
+    ):
+        return {"skipped": "flower-supernode is not installed beside this Python"}
+    data = make_federated_digits(DEPLOY_DEVICES, alpha=ALPHA, seed=seed)
+    job = LoopbackJob(
+        rounds=rounds,
+        seed=seed,
+        network=str(DEPLOY["network"]),
+        local_epochs=int(DEPLOY["local_epochs"]),
+        batch_size=int(DEPLOY["batch_size"]),
+        lr=float(DEPLOY["lr"]),
+    )
+
+    def progress(report: Any) -> None:
+        print(f"  deployment round {report['round']} {report['kind']}: {report['seconds']:.1f} s", flush=True)
+
+    outcome = run_loopback(data, job, workdir / "deployment", on_round=progress)
+    if outcome.state != "succeeded":
+        tails = "\n".join(f"device {k}: {tail}" for k, tail in outcome.logs.items())
+        return {"failed": f"the deployment job {outcome.state}: {outcome.reason}", "logs": tails}
+    local = local_training(data, reps=5)
+    imports = clientapp_imports(reps=3)
+    train = {r["round"]: r for r in outcome.reports if r["kind"] == "train"}
+    evaluate = {r["round"]: r for r in outcome.reports if r["kind"] == "evaluate"}
+    per_round = []
+    for k in sorted(train):
+        t, e = train[k], evaluate.get(k)
+        clients = max(int(t["participants"]), 1)
+        down = t["bytes_sent"] / clients
+        up = t["bytes_received"] / clients
+        eval_down = (e["bytes_sent"] / max(int(e["participants"]), 1)) if e else 0.0
+        per_round.append(
+            {
+                "round": k,
+                "train_s": round(t["seconds"], 3),
+                "evaluate_s": round(e["seconds"], 3) if e else None,
+                "round_s": round(t["seconds"] + (e["seconds"] if e else 0.0), 3),
+                "participants": t["participants"],
+                "bytes_per_client": {
+                    "train_down": down,
+                    "train_up": up,
+                    "evaluate_down": eval_down,
+                    "total": down + up + eval_down,
+                },
+                "eval_accuracy": e["metrics"].get("eval_accuracy") if e else None,
+            }
+        )
+    later = per_round[1:] or per_round
+    round_s = statistics.median(r["round_s"] for r in later)
+    train_s = statistics.median(r["train_s"] for r in later)
+    local_train_s = max(local["fit_s"])
+    per_client = statistics.median(r["bytes_per_client"]["total"] for r in per_round)
+    wire = (outcome.wire["bytes_in"] + outcome.wire["bytes_out"]) / DEPLOY_DEVICES / len(per_round)
+    tl = timeline(outcome)
+    return {
+        "devices": DEPLOY_DEVICES,
+        "rounds": len(per_round),
+        **DEPLOY,
+        "superlink": "FlowerEngine: flower-superlink (TLS, node auth) behind the Fleet-only front",
+        "supernodes": "flower-supernode --isolation subprocess (one flwr-clientapp process per message)",
+        "round_s": round(round_s, 3),
+        "first_round_s": per_round[0]["round_s"],
+        "train_phase_s": round(train_s, 3),
+        "local_train_s": round(local_train_s, 5),
+        "local_train_s_per_device": [round(v, 5) for v in local["fit_s"]],
+        "local_eval_s": round(max(local["eval_s"]), 5),
+        "examples_per_device": local["examples"],
+        "engine_overhead": round(round_s / local_train_s, 1),
+        "train_phase_overhead": round(train_s / local_train_s, 1),
+        "model_bytes": outcome.model_bytes,
+        "bytes_per_client_round": round(per_client, 1),
+        "bytes_ratio": round(per_client / outcome.model_bytes, 4),
+        "bytes_ratio_per_transfer": round(per_client / 3 / outcome.model_bytes, 4),
+        "wire_bytes_per_client_round": round(wire, 1),
+        "wire_bytes_ratio": round(wire / outcome.model_bytes, 4),
+        "wire_requests_per_client_round": round(
+            outcome.wire["requests"] / DEPLOY_DEVICES / len(per_round), 1
+        ),
+        "superlink_start_s": round(outcome.superlink_start_s, 2),
+        "job_s": round(outcome.seconds, 1),
+        "clientapp_imports_s": imports,
+        "timeline": tl,
+        "per_round": per_round,
+        "final_accuracy": per_round[-1]["eval_accuracy"],
+    }
+
+
+def _print_deployment(dep: dict[str, Any]) -> None:
+    if "skipped" in dep or "failed" in dep:
+        print(f"deployment mode: skipped: {dep.get('skipped') or dep.get('failed')}")
+        if dep.get("logs"):
+            print(dep["logs"])
+        return
+    print(
+        f"deployment mode: {dep['devices']} flower-supernode processes (TLS, node auth, loopback) against "
+        f"the engine's SuperLink; {dep['network']}, {dep['local_epochs']} local epoch, batch "
+        f"{dep['batch_size']}, {dep['rounds']} rounds (SuperLink healthy in {dep['superlink_start_s']:.1f} s)"
+    )
+    header = f"{'round':>5} {'train s':>8} {'eval s':>8} {'round s':>8} {'bytes/client':>13} {'eval acc':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in dep["per_round"]:
+        print(
+            f"{r['round']:>5} {r['train_s']:>8.2f} {r['evaluate_s'] or 0:>8.2f} {r['round_s']:>8.2f} "
+            f"{r['bytes_per_client']['total']:>13,.0f} {r['eval_accuracy'] or 0:>9.4f}"
+        )
+    local_ms = dep["local_train_s"] * 1000
+    print(
+        f"median round (after round 1) {dep['round_s']:.2f} s vs local training {local_ms:.1f} ms (the same "
+        f"epoch in-process, slowest device): engine overhead {dep['engine_overhead']:.0f}x (train phase "
+        f"alone {dep['train_phase_s']:.2f} s: {dep['train_phase_overhead']:.0f}x)"
+    )
+    print(
+        f"bytes per client per round {dep['bytes_per_client_round']:,.0f} (train down + up, evaluate down) "
+        f"vs the float32 model {dep['model_bytes']:,}: {dep['bytes_ratio']:.3f}x "
+        f"({dep['bytes_ratio_per_transfer']:.4f}x per copy); every HTTP body through the Fleet front "
+        f"{dep['wire_bytes_per_client_round']:,.0f}: {dep['wire_bytes_ratio']:.2f}x "
+        f"({dep['wire_requests_per_client_round']:.0f} requests per client per round)"
+    )
+    med = dep["timeline"]["median"]
+    for kind in ("train", "evaluate"):
+        cell = {key: "?" if v[kind] is None else f"{v[kind]:.2f}" for key, v in med.items()}
+        print(
+            f"  {kind} phase {cell['phase_s']} s = SuperNode {cell['node_s']} s (SuperExec pickup "
+            f"{cell['pickup_s']}, ClientApp process start to its first log line {cell['startup_s']}, "
+            f"then to the reply {cell['app_s']}) + polling {cell['polling_s']} s; ClientApp process life "
+            f"{cell['clientapp_s']} s"
+        )
+    imports = dep["clientapp_imports_s"]
+    print(
+        f"  fresh interpreter {imports['interpreter_s']:.2f} s; importing flwr's ClientApp runtime and the "
+        f"agent's ClientApp {imports['imports_s']:.2f} s; {dep['timeline']['clientapp_processes']} ClientApp "
+        f"processes for {dep['rounds']} rounds x {dep['devices']} devices x 2 messages"
+    )
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -135,11 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="10 rounds, no eps-8 run")
+    parser.add_argument("--quick", action="store_true", help="10 rounds, no eps-8 run, 3 deployment rounds")
     parser.add_argument("--seeds", default="0", help="comma-separated partition/initialisation seeds")
     parser.add_argument(
         "--rounds", type=int, default=None, help="rounds per run (default 20; 10 with --quick)"
     )
+    parser.add_argument(
+        "--deployment-rounds",
+        type=int,
+        default=None,
+        help="deployment-mode rounds (default 5; 3 with --quick)",
+    )
+    parser.add_argument("--no-deployment", action="store_true", help="skip the deployment-mode section")
     args = parser.parse_args(argv)
     rounds = args.rounds or (10 if args.quick else 20)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -162,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"seed {seed} {name:8s}: accuracy {res['accuracy']:.4f}{eps}, {res['wall_s']:.0f} s",
                     flush=True,
                 )
-    ratio = epoch_ratio(rounds=5 if args.quick else 15)
+        ratio = epoch_ratio(rounds=5 if args.quick else 15)
+        if args.no_deployment:
+            dep: dict[str, Any] = {"skipped": "--no-deployment"}
+        else:
+            dep = deployment(args.deployment_rounds or (3 if args.quick else 5), seeds[0], Path(tmp))
 
     print()
     names = list(runs)
@@ -197,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         f"DP-SGD epoch / plain epoch (digits-mlp, batch 32, 1,437 examples): {ratio['dp_s'] * 1000:.1f} ms / "
         f"{ratio['plain_s'] * 1000:.1f} ms = {ratio['ratio']:.2f}x"
     )
+    print()
+    _print_deployment(dep)
 
     def summary(name: str) -> dict[str, Any]:
         per_seed = results[name]
@@ -236,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "dp_eps8" in runs:
         result["dp_eps8"] = summary("dp_eps8")
+    ran = "round_s" in dep
+    for key in ("engine_overhead", "round_s", "local_train_s", "bytes_ratio"):
+        result[key] = dep[key] if ran else None
+    result["deployment"] = dep
     print(json.dumps(result))
-    return 0
+    return 0 if ran or "skipped" in dep else 1
 
 
 if __name__ == "__main__":
