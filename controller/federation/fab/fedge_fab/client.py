@@ -1,11 +1,7 @@
-"""ClientApp component: the agent's ClientApp (configured by the SuperNode's --node-config) behind the
-round-lock mod, so every train/evaluate message holds the agent's update lock (a model swap never lands
-mid-round; edge_agent/learning/roundlock.py). Without ``fedge-state-dir`` or an agent listening, the mod
-lets the message through unlocked."""
+"""ClientApp component: the agent's deployment ClientApp (configured by the SuperNode's --node-config),
+which runs behind ``round_lock_mod``: every train/evaluate message holds the agent's update lock, so a
+model swap never lands mid-round (edge_agent/learning/roundlock.py)."""
 
-from edge_agent.learning.clientapp import make_client_app
-from edge_agent.learning.roundlock import round_lock_mod
-
-app = make_client_app(mods=[round_lock_mod])
+from edge_agent.learning.clientapp import app
 
 __all__ = ["app"]
