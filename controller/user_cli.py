@@ -949,7 +949,7 @@ def _usage_error(message: str) -> typer.Exit:
 def fl_simulate(
     devices: Annotated[int, typer.Option(help="simulated devices (virtual SuperNodes)")] = 10,
     alpha: Annotated[
-        float | None, typer.Option(help="Dirichlet label skew (small: few classes per device) [default: 0.5]")
+        float | None, typer.Option(help="Dirichlet label skew (small: few classes per device; default 0.5)")
     ] = None,
     iid: Annotated[bool, typer.Option("--iid", help="deal the digits out IID instead of --alpha")] = False,
     rounds: Annotated[int, typer.Option(help="federated rounds")] = 10,
@@ -971,17 +971,26 @@ def fl_simulate(
     ] = None,
     dp_delta: Annotated[float, typer.Option(help="local DP delta")] = 1e-5,
     dp_max_grad_norm: Annotated[float, typer.Option(help="local DP clipping norm")] = 1.0,
-    min_devices: Annotated[int | None, typer.Option(help="devices every round needs [default: all]")] = None,
+    min_devices: Annotated[
+        int | None,
+        typer.Option(
+            help="devices every round needs (default: all; lower it with a fraction_train in --strategy)"
+        ),
+    ] = None,
+    min_examples: Annotated[
+        int,
+        typer.Option(help="training digits each device gets at least (Dirichlet; lower it for many devices)"),
+    ] = 10,
     seed: Annotated[int, typer.Option(help="partition, initial parameters and shuffling seed")] = 0,
     cpus: Annotated[
-        int | None, typer.Option(help="ClientApps running at once (Ray CPUs) [default: min(cores, devices)]")
+        int | None, typer.Option(help="ClientApps running at once (Ray CPUs; default: min(cores, devices))")
     ] = None,
     output: Annotated[
         Path | None, typer.Option(help="save the final global parameters here (.npz)", dir_okay=False)
     ] = None,
     state_dir: Annotated[
         Path | None,
-        typer.Option(help="keep the devices' state (privacy ledgers) here [default: a temporary directory]"),
+        typer.Option(help="keep the devices' state (privacy ledgers) here (default: a temporary directory)"),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="show Flower's own log")] = False,
     as_json: Annotated[
@@ -1021,6 +1030,7 @@ def fl_simulate(
         dp_delta=dp_delta,
         dp_max_grad_norm=dp_max_grad_norm,
         min_devices=min_devices,
+        min_examples=min_examples,
         seed=seed,
         cpus=cpus or max(1, min(os.cpu_count() or 1, devices)),
     )
@@ -1029,6 +1039,7 @@ def fl_simulate(
         raise _usage_error(problems[0])
     try:
         check_runtime(experiment)
+        data = experiment.data()
     except ExperimentError as exc:
         raise _usage_error(str(exc)) from None
     except MissingDependency as exc:
@@ -1036,8 +1047,11 @@ def fl_simulate(
         raise typer.Exit(1) from None
     split = "IID" if experiment.alpha is None else f"Dirichlet alpha {experiment.alpha:g}"
     dp = experiment.dp
+    name = strategy.strip()
+    if name.startswith("{"):  # a JSON spec (check_runtime parsed it): its name in the title
+        name = str(json.loads(name).get("name", "?")) + " (spec)"
     title = (
-        f"fl simulate: {devices} devices ({split}), {experiment.model}, {strategy}, "
+        f"fl simulate: {devices} devices ({split}), {experiment.model}, {name}, "
         f"{local_epochs} local epoch(s)" + (f", local DP eps {dp_epsilon:g}" if dp else "")
     )
     rows: list[Any] = []
@@ -1069,7 +1083,7 @@ def fl_simulate(
                 live.update(_sim_table(rows, title, dp))
 
         try:
-            result = run_experiment(experiment, root, on_round=on_round, output_path=output)
+            result = run_experiment(experiment, root, on_round=on_round, output_path=output, data=data)
         except ExperimentError as exc:
             raise _usage_error(str(exc)) from None
         except Exception as exc:  # the runtime failed: one line, not a traceback

@@ -27,7 +27,10 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simulator.fl.partition import FederatedData
 
 __all__ = [
     "INSTALL_HINT",
@@ -45,7 +48,7 @@ __all__ = [
 
 INSTALL_HINT = "pip install 'fedge[agent,train,controller]'"
 DIGITS_TRAIN, DIGITS_TEST = 1438, 359  # scikit-learn's 1,797 digits, 20 % of each class held out
-MIN_EXAMPLES = 10  # per device (Dirichlet draws are repeated until every device has this many)
+MIN_EXAMPLES = 10  # default per device (Dirichlet draws are repeated until every device has this many)
 
 
 class ExperimentError(ValueError):
@@ -71,6 +74,7 @@ class Experiment:
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
     min_devices: int | None = None  # devices every round needs (None: all)
+    min_examples: int = MIN_EXAMPLES  # training digits every device gets at least (Dirichlet)
     seed: int = 0
     cpus: int = 2  # Ray's CPUs: ClientApps running at once
 
@@ -87,22 +91,22 @@ class Experiment:
                 out.append(message)
 
         need(self.devices >= 1, f"--devices must be at least 1, got {self.devices}")
-        if self.alpha is None:
-            limit = min(DIGITS_TRAIN, DIGITS_TEST)
-            need(
-                self.devices <= limit,
-                f"--devices: digits split IID over at most {limit} devices, got {self.devices}",
-            )
-        else:
+        need(  # every device holds at least one test digit
+            self.devices <= DIGITS_TEST,
+            f"--devices: the digits serve at most {DIGITS_TEST} devices (one test digit each), "
+            f"got {self.devices}",
+        )
+        if self.alpha is not None:
             need(
                 math.isfinite(self.alpha) and self.alpha > 0,
                 f"--alpha must be a number > 0, got {self.alpha}",
             )
-            limit = DIGITS_TRAIN // MIN_EXAMPLES
+            need(self.min_examples >= 1, f"--min-examples must be at least 1, got {self.min_examples}")
+            limit = DIGITS_TRAIN // max(self.min_examples, 1)
             need(
                 self.devices <= limit,
-                f"--devices: a Dirichlet split gives at most {limit} devices "
-                f"({MIN_EXAMPLES} training digits each), got {self.devices}",
+                f"--devices: a Dirichlet split gives at most {limit} devices {self.min_examples} training "
+                f"digits each (--min-examples), got {self.devices}",
             )
         need(self.rounds >= 1, f"--rounds must be at least 1, got {self.rounds}")
         need(self.local_epochs >= 1, f"--local-epochs must be at least 1, got {self.local_epochs}")
@@ -131,6 +135,19 @@ class Experiment:
         need(bool(self.strategy.strip()), "--strategy must not be empty")
         need(bool(self.model.strip()), "--model must not be empty")
         return out
+
+    def data(self) -> FederatedData:
+        """The digits split over the devices (:class:`ExperimentError` when the split cannot be drawn)."""
+        from simulator.fl.partition import make_federated_digits
+
+        try:
+            return make_federated_digits(
+                self.devices, alpha=self.alpha, seed=self.seed, min_size=self.min_examples
+            )
+        except ValueError as exc:
+            raise ExperimentError(
+                f"--devices/--alpha: {exc} (try a larger --alpha, fewer --devices or a lower --min-examples)"
+            ) from exc
 
     def run_config(self, job_id: str = "simulation") -> dict[str, Any]:
         """The ServerApp's run config (``controller.federation.serverapp.RUN_CONFIG_DEFAULTS`` keys)."""
@@ -163,6 +180,7 @@ class Experiment:
             "lr": self.lr,
             "momentum": self.momentum,
             "min_devices": self.min_devices or self.devices,
+            "min_examples": self.min_examples if self.alpha is not None else None,
             "seed": self.seed,
             "dp": {
                 "target_epsilon": self.dp_epsilon,
@@ -371,22 +389,18 @@ def run_experiment(
     on_round: Callable[[RoundRow], None] | None = None,
     output_path: Path | None = None,
     job_id: str = "simulation",
+    data: FederatedData | None = None,
 ) -> ExperimentResult:
     """Run it (checked with :meth:`Experiment.problems` and :func:`check_runtime` first); ``on_round``
-    gets each round's row as its evaluate phase ends (from the ServerApp's thread)."""
+    gets each round's row as its evaluate phase ends (from the ServerApp's thread); ``data``: the
+    partition already made by :meth:`Experiment.data`."""
     problems = experiment.problems()
     if problems:
         raise ExperimentError(problems[0])
     from edge_agent.learning.ledger import PrivacyLedger
     from simulator.fl.flower import simulate
-    from simulator.fl.partition import make_federated_digits
 
-    try:
-        data = make_federated_digits(
-            experiment.devices, alpha=experiment.alpha, seed=experiment.seed, min_size=MIN_EXAMPLES
-        )
-    except ValueError as exc:
-        raise ExperimentError(f"--devices/--alpha: {exc}") from exc
+    data = data or experiment.data()
     seen: list[Any] = []
 
     def relay(report: Any) -> None:

@@ -81,6 +81,10 @@ def test_a_three_device_two_round_private_simulation_prints_every_round_as_json(
         (("--alpha", "0"), "error: --alpha must be a number > 0, got 0.0"),
         (("--iid", "--alpha", "1"), "error: --alpha and --iid exclude each other (--iid: no label skew)"),
         (
+            ("--devices", "400", "--iid"),
+            "error: --devices: the digits serve at most 359 devices (one test digit each), got 400",
+        ),
+        (
             ("--devices", "3", "--min-devices", "4"),
             "error: --min-devices must be in [1, --devices = 3], got 4",
         ),
@@ -91,6 +95,15 @@ def test_a_bad_option_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ..
     run = _fedge(tmp_path, *args, prelude=prelude)
     assert run.returncode == 2, run.stderr
     assert run.stderr.splitlines() == [message] and run.stdout == ""
+
+
+def test_a_split_that_cannot_be_drawn_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    run = _fedge(tmp_path, "--devices", "100", "--alpha", "0.3")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines() == [
+        "error: --devices/--alpha: no Dir(0.3) split gave every client 10 examples in 1000 tries (try a larger "
+        "--alpha, fewer --devices or a lower --min-examples)"
+    ]
 
 
 def test_an_unknown_strategy_is_one_line_and_exit_2(tmp_path: Path) -> None:
