@@ -14,7 +14,9 @@ cannot be started), kills everything left in the pod when its main process ends,
 What it fakes: volumes are "mounted" by rewriting paths -- a ``command``, env value or ``workingDir`` that
 starts with a ``mountPath`` is pointed at the volume's host directory (``hostPath``: its path;
 ``persistentVolumeClaim``: the directory given for the claim, plus ``subPath``; ``emptyDir``: a fresh
-temporary directory). The "image" is this machine (``PATH`` from the constructor). The security context is
+temporary directory). The "image" is this machine (``PATH`` from the constructor); a path below an
+``emptyDir`` mount that exists on this machine is taken as part of the image and left alone (so a checkout
+or venv under ``/tmp`` still runs while the pod's ``/tmp`` is an emptyDir). The security context is
 accepted, not enforced, and there is no per-file size limit (there is none on a Kubernetes volume either).
 """
 
@@ -383,10 +385,10 @@ class FakeKubernetes:
 
     def _mounts(
         self, pod: _Pod, pod_spec: dict[str, Any], container: dict[str, Any]
-    ) -> list[tuple[str, str]]:
-        """(mountPath, host directory), longest mount path first."""
+    ) -> list[tuple[str, str, bool]]:
+        """(mountPath, host directory, is a scratch emptyDir), longest mount path first."""
         volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
-        mounts: list[tuple[str, str]] = []
+        mounts: list[tuple[str, str, bool]] = []
         for mount in container.get("volumeMounts", []):
             volume = volumes[mount["name"]]
             if "hostPath" in volume:
@@ -400,7 +402,7 @@ class FakeKubernetes:
                 raise AssertionError(f"the fake kubelet cannot mount {volume}")
             if mount.get("subPath"):
                 host = host / mount["subPath"]
-            mounts.append((mount["mountPath"].rstrip("/") or "/", str(host)))
+            mounts.append((mount["mountPath"].rstrip("/") or "/", str(host), "emptyDir" in volume))
         return sorted(mounts, key=lambda m: len(m[0]), reverse=True)
 
     @staticmethod
@@ -452,10 +454,13 @@ class _LogStream:
             self.pod.cond.notify_all()
 
 
-def _rewrite(value: str, mounts: list[tuple[str, str]]) -> str:
-    """A path inside the pod -> the host directory of the volume mounted there."""
-    for mount_path, host in mounts:
+def _rewrite(value: str, mounts: list[tuple[str, str, bool]]) -> str:
+    """A path inside the pod -> the host directory of the volume mounted there (below a scratch
+    emptyDir, a path that exists on this machine belongs to the "image" and stays as it is)."""
+    for mount_path, host, scratch in mounts:
         if value == mount_path or value.startswith(mount_path + "/"):
+            if scratch and value != mount_path and os.path.exists(value):
+                return value
             return host + value[len(mount_path) :]
     return value
 
