@@ -956,7 +956,7 @@ def fl_simulate(
     strategy: Annotated[
         str,
         typer.Option(
-            help='a name (fedavg, fedavgm, fedprox, ...) or a JSON spec: {"name": "fedprox", "mu": 0.01}'
+            help='fedavg, fedavgm, fedprox, ... or a JSON spec: {"name": "fedprox", "proximal_mu": 0.01}'
         ),
     ] = "fedavg",
     model: Annotated[str, typer.Option(help="digits-linear, digits-mlp, digits-cnn or module:function")] = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import math
 import os
@@ -149,11 +150,23 @@ class Experiment:
                 f"--devices/--alpha: {exc} (try a larger --alpha, fewer --devices or a lower --min-examples)"
             ) from exc
 
+    def strategy_spec(self) -> str:
+        """The strategy spec as JSON, waiting for every device before the first round unless it says
+        otherwise (``min_available_nodes``; all virtual SuperNodes exist, they only take a moment to start,
+        and a fraction sampled before they all did would be a fraction of fewer)."""
+        text = self.strategy.strip()
+        spec = json.loads(text) if text.startswith("{") else {"name": text}
+        if isinstance(spec, dict) and not any(
+            str(key).replace("-", "_") == "min_available_nodes" for key in spec
+        ):
+            spec["min_available_nodes"] = self.devices
+        return json.dumps(spec)
+
     def run_config(self, job_id: str = "simulation") -> dict[str, Any]:
         """The ServerApp's run config (``controller.federation.serverapp.RUN_CONFIG_DEFAULTS`` keys)."""
         return {
             "num-server-rounds": self.rounds,
-            "strategy": self.strategy,
+            "strategy": self.strategy_spec(),
             "min-nodes": self.min_devices or self.devices,
             "model": self.model,
             "seed": self.seed,
