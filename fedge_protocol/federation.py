@@ -24,6 +24,7 @@ __all__ = [
     "BUDGET_EXCEEDED_REASON",
     "CONFIG",
     "METRICS",
+    "NodeKey",
     "ReplyKey",
     "TrainKey",
     "budget_refusal_reason",
@@ -71,6 +72,19 @@ class ReplyKey:
     DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
     DP_BUDGET_REMAINING: Final = "dp-budget-remaining"
     STEPS: Final = "steps"
+
+
+class NodeKey:
+    """Keys of a SuperNode's ``--node-config`` that the device's ClientApp reads (written by the agent's
+    SuperNode service; plain strings)."""
+
+    DATA_PATH: Final = "fedge-data-path"  # the device's local .npz (never sent anywhere)
+    STATE_DIR: Final = "fedge-state-dir"  # the agent's state dir: privacy ledgers, the round-lock socket
+    DATASET_ID: Final = "fedge-dataset-id"  # the ledger's key (default: the data file's stem)
+    PRIVACY_BUDGET: Final = "fedge-privacy-budget"  # epsilon the device grants on that dataset, all jobs
+    PRIVACY_DELTA: Final = "fedge-privacy-delta"
+    PRIVACY_ACCOUNTANT: Final = "fedge-privacy-accountant"  # prv | rdp
+    REQUIRE_DP: Final = "fedge-require-dp"  # refuse rounds without local DP
 
 
 class _ErrorLike(Protocol):

@@ -41,17 +41,12 @@ from controller.client import FedgeAPIError, FedgeClient
 from controller.schemas.fl import FlJobOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES, JobOut
 from controller.schemas.translation import TranslateResult
+from fedge_common.quiet import QUIET_ENV
 
 console = Console()
 
 # every process the demo starts keeps to this machine (no telemetry, update checks, usage stats)
-QUIET = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
+QUIET = QUIET_ENV
 FL_DATASET = "digits"  # the devices' name for their data (their privacy ledgers' key)
 FL_BUDGET = 50.0  # epsilon each demo device grants on it, all jobs (demo runs) together
 FL_EPSILON, FL_DELTA, FL_ROUNDS, FL_NETWORK = 8.0, 1e-5, 3, "digits-linear"

@@ -82,6 +82,7 @@ from controller.federation.base import (
 )
 from controller.training.base import JobState
 from fedge_common.files import atomic_write
+from fedge_common.quiet import QUIET_ENV
 
 log = logging.getLogger("fedge.federation.flower")
 
@@ -102,13 +103,6 @@ __all__ = [
 FLWR_SERIES = "1.42."
 """The flwr release series whose internals (ControlHttpClient, FAB build, serde) this module uses."""
 FAB_DIR = Path(__file__).parent / "fab"
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}
 TAG_ENV = "FEDGE_FL_TAG"
 FLEET_PREFIX = "/v1/fleet/"
 MAX_FLEET_BODY = 64 * 1024 * 1024  # Flower pushes arrays in chunks of at most 5 MiB

@@ -65,6 +65,7 @@ from fedge_protocol.federation import (
     BUDGET_EXCEEDED_CODE,
     CONFIG,
     METRICS,
+    NodeKey,
     ReplyKey,
     TrainKey,
     budget_refusal_reason,
@@ -86,13 +87,13 @@ __all__ = [
 
 log = logging.getLogger("fedge.agent.learning")
 
-NODE_DATA_PATH = "fedge-data-path"
-NODE_STATE_DIR = "fedge-state-dir"
-NODE_DATASET_ID = "fedge-dataset-id"
-NODE_PRIVACY_BUDGET = "fedge-privacy-budget"
-NODE_PRIVACY_DELTA = "fedge-privacy-delta"
-NODE_PRIVACY_ACCOUNTANT = "fedge-privacy-accountant"
-NODE_REQUIRE_DP = "fedge-require-dp"
+NODE_DATA_PATH = NodeKey.DATA_PATH
+NODE_STATE_DIR = NodeKey.STATE_DIR
+NODE_DATASET_ID = NodeKey.DATASET_ID
+NODE_PRIVACY_BUDGET = NodeKey.PRIVACY_BUDGET
+NODE_PRIVACY_DELTA = NodeKey.PRIVACY_DELTA
+NODE_PRIVACY_ACCOUNTANT = NodeKey.PRIVACY_ACCOUNTANT
+NODE_REQUIRE_DP = NodeKey.REQUIRE_DP
 DEFAULT_MODEL = "digits-mlp"
 
 

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedge_protocol.federation import NodeKey
+
 if TYPE_CHECKING:
     from flwr.app import Context, Message
 
@@ -50,8 +52,8 @@ log = logging.getLogger("fedge.agent.learning.roundlock")
 
 FL_DIR = "fl"
 SOCKET_NAME = "round.sock"
-NODE_STATE_DIR = "fedge-state-dir"
-"""The ClientApp's ``--node-config`` key naming the agent's state directory (as in ``clientapp.py``)."""
+NODE_STATE_DIR = NodeKey.STATE_DIR
+"""The ClientApp's ``--node-config`` key naming the agent's state directory."""
 HOLDER_PREFIX = "fl-round "
 HELD = b"held\n"
 _MAX_LINE = 512

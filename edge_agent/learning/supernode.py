@@ -60,7 +60,9 @@ from edge_agent.identity import KEY_FILE
 from edge_agent.learning.roundlock import RoundLockServer
 from edge_agent.process import RestartPolicy, Service, UpdateLock
 from fedge_common.files import atomic_write
+from fedge_common.quiet import QUIET_ENV
 from fedge_protocol import CommandAck, CommandState
+from fedge_protocol.federation import NodeKey
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentSettings
@@ -93,15 +95,14 @@ PROGRAM = "flower-supernode"
 INSTALL_HINT = "pip install 'fedge[agent,train]'"
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
-# The ClientApp's --node-config keys (edge_agent/learning/clientapp.py; a test keeps them equal). Spelled
-# here again because importing the ClientApp would import torch and flwr.
-NODE_DATA_PATH = "fedge-data-path"
-NODE_STATE_DIR = "fedge-state-dir"
-NODE_DATASET_ID = "fedge-dataset-id"
-NODE_PRIVACY_BUDGET = "fedge-privacy-budget"
-NODE_PRIVACY_DELTA = "fedge-privacy-delta"
-NODE_PRIVACY_ACCOUNTANT = "fedge-privacy-accountant"
-NODE_REQUIRE_DP = "fedge-require-dp"
+# The ClientApp's --node-config keys (the protocol's, as in edge_agent/learning/clientapp.py).
+NODE_DATA_PATH = NodeKey.DATA_PATH
+NODE_STATE_DIR = NodeKey.STATE_DIR
+NODE_DATASET_ID = NodeKey.DATASET_ID
+NODE_PRIVACY_BUDGET = NodeKey.PRIVACY_BUDGET
+NODE_PRIVACY_DELTA = NodeKey.PRIVACY_DELTA
+NODE_PRIVACY_ACCOUNTANT = NodeKey.PRIVACY_ACCOUNTANT
+NODE_REQUIRE_DP = NodeKey.REQUIRE_DP
 
 _NODE_ID = re.compile(rb"SuperNode ID: (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -655,14 +656,7 @@ class SupernodeService(Service):
 
     def _environment(self, home: Path) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(
-            FLWR_HOME=str(home),
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            DO_NOT_TRACK="1",
-            RAY_USAGE_STATS_ENABLED="0",
-            PYTHONUNBUFFERED="1",
-        )
+        env.update(QUIET_ENV, FLWR_HOME=str(home), PYTHONUNBUFFERED="1")
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
         return env
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fedge_common.quiet import QUIET_ENV as QUIET
 from simulator.fl.partition import FederatedData
 
 __all__ = ["FAULTS", "QUIET_ENV", "SimulationOutcome", "simulate"]
@@ -33,11 +34,7 @@ FAULTS = ("wrong-shape", "nan", "scaled")
 
 #: set before Flower or Ray start: no telemetry, no update check, Ray on 127.0.0.1
 QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    **QUIET,
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # else ray.init warns (FutureWarning) on every start
 }
 

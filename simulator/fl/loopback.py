@@ -43,6 +43,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
+from fedge_common.quiet import QUIET_ENV as QUIET
+from fedge_protocol.federation import NodeKey
 from simulator.fl.partition import FederatedData
 
 __all__ = [
@@ -55,14 +57,7 @@ __all__ = [
     "timeline",
 ]
 
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "PYTHONUNBUFFERED": "1",
-}
+QUIET_ENV = {**QUIET, "PYTHONUNBUFFERED": "1"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ROUND = re.compile(r"\[RUN (\d+), ROUND (\d+)\]")
 _RECEIVING = re.compile(r"Receiving: (\w+) message")
@@ -517,11 +512,15 @@ def run_loopback(
             for k, path in enumerate(paths):
                 device_dir = workdir / f"device-{k}"
                 node_config = device_dir / "node-config.toml"
+                keys: dict[str, str | float] = {
+                    NodeKey.DATA_PATH: str(path),
+                    NodeKey.STATE_DIR: str(device_dir),
+                    NodeKey.DATASET_ID: "digits",
+                    NodeKey.PRIVACY_BUDGET: float(job.dp_epsilon),
+                    NodeKey.PRIVACY_DELTA: float(job.dp_delta),
+                }
                 node_config.write_text(
-                    f'"fedge-data-path" = {json.dumps(str(path))}\n'
-                    f'"fedge-state-dir" = {json.dumps(str(device_dir))}\n'
-                    f'"fedge-dataset-id" = "digits"\n"fedge-privacy-budget" = {float(job.dp_epsilon)}\n'
-                    f'"fedge-privacy-delta" = {job.dp_delta}\n'
+                    "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in keys.items())
                 )
                 argv = [
                     str(bin_dir / "flower-supernode"), "--superlink", endpoint.address,
