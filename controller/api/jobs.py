@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from controller.api.deps import Developer, JobsDep
 from controller.db.models import Job
 from controller.schemas.jobs import JobCreated, JobOut, TrainRequest
-from controller.training.manager import TERMINAL, JobManager
+from controller.training.base import TERMINAL
+from controller.training.manager import JobManager
 
 router = APIRouter(tags=["jobs"])
 

@@ -69,7 +69,7 @@ from controller.registry.hashing import IntegrityError
 from controller.schemas.fl import FlJobIn
 from controller.security import tokens
 from controller.security.principal import Principal, Role
-from controller.training.base import JobState
+from controller.training.base import JobState, request_cancel
 from fedge_protocol.federation import ReplyKey
 from fedge_protocol.fl_commands import FlData, FlJoin, FlLeave, FlPrivacyPlan, FlTls
 
@@ -84,7 +84,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedge.federation")
 
-TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
 REGISTERED, UNREGISTERED = "registered", "unregistered"
 SELECTED, INVITED, TRAINED, EXCLUDED, REVOKED, SKIPPED = (
     "selected",
@@ -490,22 +489,7 @@ class FlJobManager:
 
     # ---------------------------------------------------------------- cancel
     def cancel(self, job_id: str) -> FlJob:
-        with self.sessions.begin() as s:
-            job = s.get(FlJob, job_id)
-            if job is None:
-                raise NotFound(f"FL job {job_id} not found")
-            if job.state in TERMINAL:
-                raise Conflict(f"FL job {job_id} already ended ({job.state})", job_status=job.state)
-            if job.state == JobState.QUEUED.value:
-                job.state = JobState.CANCELLED.value
-                job.error = "cancelled before it started"
-                job.finished_at = utcnow()
-            else:
-                job.cancel_requested = True
-        with self._lock:
-            ev = self._cancels.get(job_id)
-        if ev is not None:
-            ev.set()
+        request_cancel(self.sessions, FlJob, job_id, "FL job", self._cancels, self._lock)
         return self.get(job_id)
 
     # ---------------------------------------------------------------- reports

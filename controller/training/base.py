@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 TRAINING_CONTRACT = """\
 A training program reads and writes only these (all paths absolute inside the job):
@@ -43,6 +49,10 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value})
+"""Job states that never change again."""
 
 
 @dataclass(frozen=True)
@@ -88,3 +98,35 @@ class JobRunner(ABC):
 
 class RunnerUnavailable(Exception):
     """The runner's backend (Docker API, cluster) cannot be used."""
+
+
+def request_cancel(
+    sessions: sessionmaker[Session],
+    model: type[Any],
+    job_id: str,
+    what: str,
+    cancels: Mapping[str, threading.Event],
+    lock: AbstractContextManager[Any],
+) -> None:
+    """Cancel a queued job row at once, or flag a running one for the replica running it (and wake its
+    cancel event when it runs in this process). Shared by training and FL jobs, whose rows have the same
+    ``state``/``error``/``finished_at``/``cancel_requested`` columns."""
+    from controller.db.models import utcnow
+    from controller.errors import Conflict, NotFound
+
+    with sessions.begin() as s:
+        job = s.get(model, job_id)
+        if job is None:
+            raise NotFound(f"{what} {job_id} not found")
+        if job.state in TERMINAL:
+            raise Conflict(f"{what} {job_id} already ended ({job.state})", job_status=job.state)
+        if job.state == JobState.QUEUED.value:
+            job.state = JobState.CANCELLED.value
+            job.error = "cancelled before it started"
+            job.finished_at = utcnow()
+        else:
+            job.cancel_requested = True
+    with lock:
+        event = cancels.get(job_id)
+    if event is not None:
+        event.set()

@@ -32,12 +32,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.config import ControllerSettings
 from controller.db.models import ApiToken, Job, Model, utcnow
-from controller.errors import Conflict, NotFound, ProblemError, Unprocessable
+from controller.errors import NotFound, ProblemError, Unprocessable
 from controller.registry.hashing import IntegrityError
 from controller.registry.service import Registry
 from controller.security import tokens
 from controller.security.principal import Role
-from controller.training.base import JobOutcome, JobRunner, JobSpec, JobState
+from controller.training.base import JobOutcome, JobRunner, JobSpec, JobState, request_cancel
 
 log = logging.getLogger("fedge.jobs")
 
@@ -50,7 +50,6 @@ _FRAMEWORK_BY_NAME = {
     "model.joblib": "sklearn",
     "model.onnx": "onnx",
 }
-TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
 
 
 class JobFailed(Exception):
@@ -153,22 +152,7 @@ class JobManager:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job now, or ask the replica running it to kill it."""
-        with self.sessions.begin() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"job {job_id} not found")
-            if job.state in TERMINAL:
-                raise Conflict(f"job {job_id} already ended ({job.state})", job_status=job.state)
-            if job.state == JobState.QUEUED.value:
-                job.state = JobState.CANCELLED.value
-                job.error = "cancelled before it started"
-                job.finished_at = utcnow()
-            else:
-                job.cancel_requested = True
-        with self._lock:
-            ev = self._cancels.get(job_id)
-        if ev is not None:
-            ev.set()
+        request_cancel(self.sessions, Job, job_id, "job", self._cancels, self._lock)
         return self.get(job_id)
 
     def workdir(self, job_id: str) -> Path:
