@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Every install comes from the committed lock (requirements/lock.txt), installed with --no-deps: pip does
 # no resolving, so every machine gets the same versions. EXTRAS are the extras the lock is compiled for.
-EXTRAS ?= controller,agent,train,grid,monitor,dev
+EXTRAS ?= controller,agent,train,grid,monitor,flare,dev
 LOCK      := requirements/lock.txt
 OVERRIDES := requirements/overrides.txt
 LOCK_ARGS ?=
