@@ -1,4 +1,5 @@
-"""FastAPI assembly: routers, RFC 7807 error rendering, OpenAPI at /docs and /openapi.json."""
+"""FastAPI assembly: routers, RFC 7807 error rendering, OpenAPI at /openapi.json (viewers at /docs and
+/redoc, offline: :mod:`controller.api.openapi`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from controller.api import (
     translation,
 )
 from controller.api import tokens as tokens_api
+from controller.api.openapi import install_openapi, mount_docs
 from controller.errors import ProblemError
 from controller.state import ControllerState
 
@@ -59,8 +61,12 @@ def create_app(state: ControllerState) -> FastAPI:
         description="Registry, provenance, training, federation and fleet management for fedge. "
         "Every error is RFC 7807 problem+json. Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.fedge = state
+    install_openapi(app)
+    mount_docs(app)
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:

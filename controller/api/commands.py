@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from controller.api.deps import AnyCaller, CommandsDep, DevicePath, DevicesDep, OwnDevicePath
+from controller.api.deps import AnyCaller, CommandsDep, DevicePath, DevicesDep, Offset, OwnDevicePath
 from controller.db.models import DeviceCommand, TelemetryRecord
 from controller.schemas.commands import CommandIn, CommandOut, CommandPage, TelemetryOut, TelemetryPage
 from controller.security.principal import Role
@@ -64,7 +64,7 @@ def list_commands(
     device_id: DevicePath,
     commands: CommandsDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> CommandPage:
     """A device's commands, newest first."""
     rows, total = commands.for_device(device_id, limit, offset)
@@ -107,7 +107,7 @@ def list_telemetry(
     command_id: str | None = None,
     type: Annotated[str | None, Query(max_length=64, description="e.g. grid.day, command")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TelemetryPage:
     """Stored telemetry of a device in outbox order, optionally of one command or one type."""
     rows, total = commands.telemetry(device_id, command_id=command_id, kind=type, limit=limit, offset=offset)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from controller.api.deps import Developer, RegistryDep, SettingsDep
+from controller.api.deps import Developer, Offset, RegistryDep, SettingsDep
 from controller.api.downloads import artifact_response
 from controller.api.uploads import multipart_parts
 from controller.db.models import Dataset
@@ -80,7 +80,7 @@ def list_datasets(
     registry: RegistryDep,
     _caller: Developer,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     organization_id: str | None = None,
 ) -> Page[DatasetOut]:
     """Registered datasets, newest first."""

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from controller.api.openapi import BEARER
 from controller.chain.base import ChainBackend
 from controller.config import ControllerSettings
 from controller.db.models import Device
@@ -106,8 +108,15 @@ FederationDep = Annotated[FlJobManager, Depends(get_federation)]
 BrokerUrlDep = Annotated[str | None, Depends(get_broker_url)]
 
 
-def get_principal(request: Request, state: StateDep) -> Principal:
-    """Authenticate the ``Authorization: Bearer`` credential (API token, device-signed JWT or OIDC JWT)."""
+def get_principal(
+    request: Request,
+    state: StateDep,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> Principal:
+    """Authenticate the ``Authorization: Bearer`` credential (API token, device-signed JWT or OIDC JWT).
+
+    ``_declared`` only declares the bearer scheme in the OpenAPI document; the header is parsed here, so a
+    missing or malformed one gets fedge's own 401 problem."""
     header = request.headers.get("authorization")
     if not header:
         raise Unauthorized("missing credential: send 'Authorization: Bearer <token>'")
@@ -126,6 +135,10 @@ def get_principal(request: Request, state: StateDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+MAX_OFFSET = 2**63 - 1
+"""The largest ``offset`` a list route accepts: SQL's signed 64-bit OFFSET (beyond it: a 422, not a 500)."""
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip")]
 
 
 async def get_calling_device(request: Request, _caller: PrincipalDep) -> Device | None:

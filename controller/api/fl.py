@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from controller.api.deps import Developer, DevicePath, FederationDep, JobCaller
+from controller.api.deps import Developer, DevicePath, FederationDep, JobCaller, Offset
 from controller.db.models import FlJob, FlParticipant, FlRound
 from controller.federation.base import EngineUnavailable
 from controller.federation.manager import FlJobManager, engine_unavailable
@@ -153,7 +153,7 @@ def list_fl_jobs(
         str | None, Query(description="queued | running | succeeded | failed | cancelled")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> FlJobPage:
     """FL jobs, newest first."""
     rows, total = manager.list_jobs(limit, offset, model_id=model_id, state=status)

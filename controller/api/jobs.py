@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from controller.api.deps import Developer, JobsDep
+from controller.api.deps import Developer, JobsDep, Offset
 from controller.db.models import Job
 from controller.schemas.jobs import JobCreated, JobOut, TrainRequest
 from controller.training.base import TERMINAL
@@ -53,7 +53,7 @@ def list_jobs(
     _caller: Developer,
     model_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[JobOut]:
     """Jobs, newest first."""
     return [job_out(manager, j, tail=0) for j in manager.list_jobs(model_id, limit, offset)]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import ArtifactWriter, Developer, RegistryDep, SettingsDep
+from controller.api.deps import ArtifactWriter, Developer, Offset, RegistryDep, SettingsDep
 from controller.api.downloads import artifact_response
 from controller.api.uploads import body_part, is_multipart, multipart_parts, parse_json_field
 from controller.db.models import Model, ModelVersion
@@ -133,7 +133,7 @@ def list_models(
     registry: RegistryDep,
     _caller: Developer,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     dataset_id: str | None = None,
 ) -> Page[ModelOut]:
     """Registered models, newest first."""
