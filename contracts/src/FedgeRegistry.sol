@@ -3,7 +3,7 @@ pragma solidity 0.8.37;
 
 /// @title FedgeRegistry
 /// @notice Append-only provenance registry of one fedge controller: datasets, models (verified once),
-/// derived model artifacts and federated-learning runs, each record keyed by its id.
+/// derived model artifacts, federated-learning runs and their rounds, each record keyed by its id.
 /// @dev Only the deploying controller account writes. Records are never changed after they are written,
 /// except a model's single verification. Ids are stored as keccak256 keys; the id strings themselves are
 /// carried in the events. Timestamps are block timestamps in seconds.
@@ -53,6 +53,16 @@ contract FedgeRegistry {
         uint64 recordedBlock;
     }
 
+    /// @notice One aggregated round of a federated-learning run: the Merkle root of the accepted updates'
+    /// digests, the aggregate's digest and how many updates went in (see docs/fl-audit.md for the tree).
+    struct FLRound {
+        bytes32 updatesRoot;
+        bytes32 aggregateHash;
+        uint32 updateCount;
+        uint64 recordedAt;
+        uint64 recordedBlock;
+    }
+
     /// @notice The input of {recordFLRun}; see there for the fields.
     struct FLRunInput {
         string runId;
@@ -71,6 +81,7 @@ contract FedgeRegistry {
     mapping(bytes32 modelKey => Model) private _models;
     mapping(bytes32 artifactKey => Artifact) private _artifacts;
     mapping(bytes32 runKey => FLRun) private _runs;
+    mapping(bytes32 roundKey => FLRound) private _rounds;
 
     /// @notice Emitted when a dataset is registered.
     /// @param datasetKey keccak256 of `datasetId`.
@@ -123,6 +134,22 @@ contract FedgeRegistry {
     /// @param finalModelHash SHA-256 of the final aggregated model.
     event FLRunRecorded(bytes32 indexed runKey, string runId, bytes32[] participantHashes, bytes32 finalModelHash);
 
+    /// @notice Emitted when a round of a federated-learning run is recorded (once per run and round).
+    /// @param runKey keccak256 of `runId`.
+    /// @param runId The run id.
+    /// @param round The round number (from 1).
+    /// @param updatesRoot Merkle root of the accepted updates' digests.
+    /// @param aggregateHash Digest of the round's aggregate.
+    /// @param updateCount Number of updates (leaves) in the tree.
+    event FLRoundRecorded(
+        bytes32 indexed runKey,
+        string runId,
+        uint32 indexed round,
+        bytes32 updatesRoot,
+        bytes32 aggregateHash,
+        uint32 updateCount
+    );
+
     /// @notice The caller is not the controller account that owns this registry.
     /// @param caller The rejected caller.
     error FedgeRegistryUnauthorized(address caller);
@@ -165,6 +192,17 @@ contract FedgeRegistry {
     /// @notice No federated-learning run with this id is recorded.
     /// @param runId The unknown id.
     error FedgeRegistryUnknownRun(string runId);
+
+    /// @notice This round of the run is already recorded; a round record is written once.
+    /// @param runId The run id.
+    /// @param round The round number.
+    /// @param updatesRoot The root stored by the first write.
+    error FedgeRegistryRoundExists(string runId, uint32 round, bytes32 updatesRoot);
+
+    /// @notice No record of this round of the run.
+    /// @param runId The run id.
+    /// @param round The round number.
+    error FedgeRegistryUnknownRound(string runId, uint32 round);
 
     /// @notice A field is empty, zero or out of range.
     /// @param field The name of the rejected field.
@@ -357,6 +395,50 @@ contract FedgeRegistry {
         FLRun storage r = _runs[keccak256(bytes(runId))];
         if (r.recordedAt == 0) revert FedgeRegistryUnknownRun(runId);
         return r;
+    }
+
+    /// @notice Records one aggregated round of a federated-learning run, once per (run, round). The run
+    /// itself is recorded by {recordFLRun} when it ends, so rounds come first.
+    /// @param runId The run id (non-empty).
+    /// @param round The round number (at least 1).
+    /// @param updatesRoot Merkle root of the accepted updates' digests (non-zero).
+    /// @param aggregateHash Digest of the round's aggregate (non-zero).
+    /// @param updateCount Number of updates in the tree (at least 1).
+    function recordFLRound(
+        string calldata runId,
+        uint32 round,
+        bytes32 updatesRoot,
+        bytes32 aggregateHash,
+        uint32 updateCount
+    ) external onlyOwner {
+        if (bytes(runId).length == 0) revert FedgeRegistryInvalidField("runId");
+        if (round == 0) revert FedgeRegistryInvalidField("round");
+        if (updatesRoot == bytes32(0)) revert FedgeRegistryInvalidField("updatesRoot");
+        if (aggregateHash == bytes32(0)) revert FedgeRegistryInvalidField("aggregateHash");
+        if (updateCount == 0) revert FedgeRegistryInvalidField("updateCount");
+        bytes32 runKey = keccak256(bytes(runId));
+        FLRound storage r = _rounds[_roundKey(runKey, round)];
+        if (r.recordedAt != 0) revert FedgeRegistryRoundExists(runId, round, r.updatesRoot);
+        r.updatesRoot = updatesRoot;
+        r.aggregateHash = aggregateHash;
+        r.updateCount = updateCount;
+        r.recordedAt = uint64(block.timestamp);
+        r.recordedBlock = uint64(block.number);
+        emit FLRoundRecorded(runKey, runId, round, updatesRoot, aggregateHash, updateCount);
+    }
+
+    /// @notice Returns the record of one round of a federated-learning run.
+    /// @param runId The run id.
+    /// @param round The round number.
+    /// @return The round record.
+    function getFLRound(string calldata runId, uint32 round) external view returns (FLRound memory) {
+        FLRound storage r = _rounds[_roundKey(keccak256(bytes(runId)), round)];
+        if (r.recordedAt == 0) revert FedgeRegistryUnknownRound(runId, round);
+        return r;
+    }
+
+    function _roundKey(bytes32 runKey, uint32 round) private pure returns (bytes32) {
+        return keccak256(abi.encode(runKey, round));
     }
 
     function _artifactKey(bytes32 modelKey, uint32 version) private pure returns (bytes32) {

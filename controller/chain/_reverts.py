@@ -43,6 +43,14 @@ ERRORS: dict[str, tuple[type[ChainError], str]] = {
     ),
     "FedgeRegistryRunExists": (RecordExists, "federated-learning run {runId!r} is already recorded"),
     "FedgeRegistryUnknownRun": (RecordNotFound, "federated-learning run {runId!r} is not recorded"),
+    "FedgeRegistryRoundExists": (
+        RecordExists,
+        "round {round} of federated-learning run {runId!r} is already recorded (updates root {updatesRoot})",
+    ),
+    "FedgeRegistryUnknownRound": (
+        RecordNotFound,
+        "round {round} of federated-learning run {runId!r} is not recorded",
+    ),
     "FedgeRegistryInvalidField": (InvalidRecord, "invalid {field}"),
     "DatasetRecordInvalidField": (InvalidRecord, "invalid {field}"),
     "ModelRecordUnauthorized": (NotOwner, "account {caller} is not the model record's owner"),

@@ -20,6 +20,7 @@ from controller.chain.base import (
     ChainBackend,
     ChainEvent,
     DatasetOnChain,
+    FLRoundOnChain,
     FLRunOnChain,
     ModelOnChain,
     TxReceipt,
@@ -399,6 +400,37 @@ class Web3ChainBackend(ChainBackend):
             model_id=model_id or None,
             contract_address=self.registry_address,
             recorded_at=int(recorded_at),
+        )
+
+    def record_fl_round(
+        self, run_id: str, round: int, updates_root: bytes, aggregate_hash: bytes, update_count: int
+    ) -> TxReceipt:
+        _require_id("run_id", run_id)
+        _require_int("round", round, 1, UINT32_MAX)
+        _require_digest("updates_root", updates_root, 32)
+        _require_digest("aggregate_hash", aggregate_hash, 32)
+        _require_int("update_count", update_count, 1, UINT32_MAX)
+        with self._boundary():
+            return self._registry_tx(
+                "recordFLRound", run_id, round, updates_root, aggregate_hash, update_count
+            )
+
+    def get_fl_round(self, run_id: str, round: int) -> FLRoundOnChain:
+        _require_str("run_id", run_id)
+        _require_int("round", round, 0, UINT32_MAX)
+        with self._boundary():
+            root, aggregate, count, recorded_at, recorded_block = self._registry_call(
+                "getFLRound", run_id, round
+            )
+        return FLRoundOnChain(
+            run_id=run_id,
+            round=round,
+            updates_root=bytes(root),
+            aggregate_hash=bytes(aggregate),
+            update_count=int(count),
+            contract_address=self.registry_address,
+            recorded_at=int(recorded_at),
+            recorded_block=int(recorded_block),
         )
 
     def _participant_hashes(self, run_id: str, block: int) -> tuple[bytes, ...]:

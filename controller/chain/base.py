@@ -97,6 +97,20 @@ class FLRunOnChain:
     recorded_at: int
 
 
+@dataclass(frozen=True)
+class FLRoundOnChain:
+    """One aggregated round of an FL run (docs/fl-audit.md): the Merkle root of its accepted updates."""
+
+    run_id: str
+    round: int
+    updates_root: bytes
+    aggregate_hash: bytes
+    update_count: int
+    contract_address: str
+    recorded_at: int
+    recorded_block: int
+
+
 class ChainBackend(ABC):
     """Provenance records on an EVM chain, written by the controller's account.
 
@@ -179,6 +193,17 @@ class ChainBackend(ABC):
 
     @abstractmethod
     def get_fl_run(self, run_id: str) -> FLRunOnChain:
+        """RecordNotFound if absent."""
+
+    @abstractmethod
+    def record_fl_round(
+        self, run_id: str, round: int, updates_root: bytes, aggregate_hash: bytes, update_count: int
+    ) -> TxReceipt:
+        """Record one aggregated round of an FL run (one transaction; the run itself may come later).
+        Write-once per (run, round): RecordExists on a second write."""
+
+    @abstractmethod
+    def get_fl_round(self, run_id: str, round: int) -> FLRoundOnChain:
         """RecordNotFound if absent."""
 
     # -- per-asset contracts (the seed's admin routes) ----------------------------------------------

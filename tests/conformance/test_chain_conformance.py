@@ -274,6 +274,60 @@ class ChainConformance:
         with pytest.raises(RecordNotFound):
             backend.get_fl_run("no-such-run")
 
+    # -- federated-learning rounds (the audit trail) ------------------------------------------------
+
+    def test_fl_round_round_trip_and_event(self, backend: ChainBackend) -> None:
+        run_id = new_id("run")
+        receipt = backend.record_fl_round(run_id, 1, sha("root-1"), sha("aggregate-1"), 3)
+        assert only_event(receipt.events, "FLRoundRecorded").args == {
+            "runKey": keccak(text=run_id),
+            "runId": run_id,
+            "round": 1,
+            "updatesRoot": sha("root-1"),
+            "aggregateHash": sha("aggregate-1"),
+            "updateCount": 3,
+        }
+        backend.record_fl_round(run_id, 2, sha("root-2"), sha("aggregate-2"), 1)
+        first, second = backend.get_fl_round(run_id, 1), backend.get_fl_round(run_id, 2)
+        assert (first.updates_root, first.aggregate_hash, first.update_count) == (
+            sha("root-1"), sha("aggregate-1"), 3,
+        )  # fmt: skip
+        assert (second.updates_root, second.update_count, second.round) == (sha("root-2"), 1, 2)
+        assert first.recorded_block == receipt.block_number and first.recorded_at > 0
+        assert first.contract_address == backend.registry_address
+
+    def test_fl_round_is_write_once(self, backend: ChainBackend) -> None:
+        run_id = new_id("run")
+        backend.record_fl_round(run_id, 1, sha("root"), sha("aggregate"), 2)
+        with pytest.raises(
+            RecordExists, match=r"round 1 of federated-learning run .* already recorded"
+        ) as info:
+            backend.record_fl_round(run_id, 1, sha("other root"), sha("other aggregate"), 2)
+        assert info.value.contract_error == "FedgeRegistryRoundExists"
+        assert info.value.contract_args["updatesRoot"] == sha("root")
+        assert backend.get_fl_round(run_id, 1).updates_root == sha("root")  # the first write stands
+
+    def test_unknown_fl_round_raises_record_not_found(self, backend: ChainBackend) -> None:
+        run_id = new_id("run")
+        backend.record_fl_round(run_id, 1, sha("root"), sha("aggregate"), 2)
+        with pytest.raises(RecordNotFound, match="round 2"):
+            backend.get_fl_round(run_id, 2)
+
+    @pytest.mark.parametrize(
+        ("round_", "root", "aggregate", "count"),
+        [(0, sha("r"), sha("a"), 1), (1, bytes(32), sha("a"), 1), (1, sha("r"), bytes(32), 1),
+         (1, sha("r"), sha("a"), 0), (1, b"short", sha("a"), 1), (2**32, sha("r"), sha("a"), 1)],
+    )  # fmt: skip
+    def test_invalid_fl_round_is_refused_before_sending(
+        self, backend: ChainBackend, round_: int, root: bytes, aggregate: bytes, count: int
+    ) -> None:
+        with pytest.raises(InvalidRecord):
+            backend.record_fl_round(new_id("run"), round_, root, aggregate, count)
+
+    def test_only_the_owner_records_fl_rounds(self, backend: ChainBackend, other: ChainBackend) -> None:
+        with pytest.raises(NotOwner):
+            other.record_fl_round(new_id("run"), 1, sha("root"), sha("aggregate"), 1)
+
     # -- per-asset contracts (seed admin routes) ----------------------------------------------------
 
     def deploy_model_contract(self, backend: ChainBackend) -> str:
