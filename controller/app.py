@@ -27,6 +27,7 @@ from controller.api import (
     translation,
 )
 from controller.api import tokens as tokens_api
+from controller.api.input_guard import InputGuard
 from controller.api.openapi import install_openapi, mount_docs
 from controller.errors import ProblemError
 from controller.state import ControllerState
@@ -67,6 +68,7 @@ def create_app(state: ControllerState) -> FastAPI:
     app.state.fedge = state
     install_openapi(app)
     mount_docs(app)
+    app.add_middleware(InputGuard)
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:

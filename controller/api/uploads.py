@@ -4,6 +4,7 @@ decoded, JSON fields validated the moment they are whole), or a raw body as one 
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -13,6 +14,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from controller.api.input_guard import forbidden_text
 from controller.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from controller.registry.upload import FieldPart, FilePart, UploadForm, UploadLimits, UploadPart
 
@@ -26,6 +28,13 @@ def parse_json_field(raw: str | None, schema: type[M], field: str) -> M:
     """Validate a JSON form field; 422 names the field (and the nested path) that is wrong."""
     if raw is None:
         raise Unprocessable(f"missing form field '{field}'", field=field)
+    try:
+        found = forbidden_text(json.loads(raw), field)
+    except (ValueError, RecursionError):
+        found = None  # not JSON: pydantic names the parse error below
+    if found:
+        path, what = found
+        raise Unprocessable(f"{path} contains {what}", field=path, errors=[{"field": path, "message": what}])
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
