@@ -49,7 +49,7 @@ from controller.schemas.fl import (
 )
 from controller.schemas.health import HealthOut, ReadinessOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES, JobCreated, JobOut
-from controller.schemas.tokens import TokenCreated, TokenOut
+from controller.schemas.tokens import TokenCreated, TokenOut, TokenPage
 from controller.schemas.translation import TranslateResult
 from fedge_common.files import atomic_writer
 
@@ -352,9 +352,21 @@ class FedgeClient:
         }
         return TokenCreated.model_validate(self._json("POST", "/v1/tokens", json=body))
 
-    def list_tokens(self) -> list[TokenOut]:
-        """Every credential (never the secret)."""
-        return [TokenOut.model_validate(t) for t in self._json("GET", "/v1/tokens")]
+    def list_tokens(self, role: str | None = None, active: bool | None = None) -> list[TokenOut]:
+        """Every credential (never the secret), following the pages."""
+        out: list[TokenOut] = []
+        params: dict[str, str | int] = {"limit": 500}
+        if role is not None:
+            params["role"] = role
+        if active is not None:
+            params["active"] = "true" if active else "false"
+        while True:
+            page = TokenPage.model_validate(
+                self._json("GET", "/v1/tokens", params={**params, "offset": len(out)})
+            )
+            out.extend(page.items)
+            if not page.items or len(out) >= page.total:
+                return out
 
     def revoke_token(self, token_id: str) -> None:
         self._json("DELETE", f"/v1/tokens/{token_id}")

@@ -440,9 +440,17 @@ def tokens_list() -> None:
     """List credentials (never their secrets)."""
     with _api() as fc:
         rows = fc.list_tokens()
-    table = Table("id", "name", "role", "subject", "expires", "revoked")
+    table = Table("id", "name", "role", "subject", "active", "expires", "revoked")
     for r in (row.model_dump(mode="json") for row in rows):  # timestamps as the route's JSON spells them
-        table.add_row(r["id"], r["name"], r["role"], r["subject"], str(r["expires_at"]), str(r["revoked_at"]))
+        table.add_row(
+            r["id"],
+            r["name"],
+            r["role"],
+            r["subject"],
+            "yes" if r["active"] else "no",
+            str(r["expires_at"]),
+            str(r["revoked_at"]),
+        )
     console.print(table)
 
 

@@ -1,4 +1,4 @@
-"""API credentials: ``POST /v1/tokens``, ``GET /v1/tokens``."""
+"""API credentials: ``POST /v1/tokens``, ``GET /v1/tokens`` (a page of ``TokenOut``)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ class TokenOut(BaseModel):
     expires_at: dt.datetime | None
     revoked_at: dt.datetime | None
     last_used_at: dt.datetime | None
+    active: bool = Field(description="neither revoked nor expired")
+
+
+class TokenPage(BaseModel):
+    items: list[TokenOut]
+    total: int
+    limit: int
+    offset: int

@@ -27,7 +27,7 @@ from controller.client import FedgeClient
 from controller.schemas.devices import EnrollmentTokenOut
 from controller.schemas.health import HealthOut, ReadinessOut
 from controller.schemas.jobs import JobOut
-from controller.schemas.tokens import TokenCreated, TokenOut
+from controller.schemas.tokens import TokenCreated, TokenOut, TokenPage
 from tests.conftest import ADMIN_TOKEN, LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_the_sdk_models_give_back_the_routes_json_byte_for_byte(live: LiveServer
         answers: list[tuple[Any, Any]] = [
             (HealthOut, fc.http.get("/healthz").json()),
             (ReadinessOut, fc.http.get("/readyz").json()),
-            (list[TokenOut], fc.http.get("/v1/tokens").json()),
+            (TokenPage, fc.http.get("/v1/tokens").json()),
             (list[JobOut], fc.http.get("/v1/jobs").json()),
             (
                 TokenCreated,
