@@ -28,6 +28,7 @@ from controller.errors import NotFound, ServiceUnavailable, Unprocessable
 from controller.registry.catalog import PENDING, READY, REGISTERED, TRAINED, Buckets, Catalog
 from controller.registry.chain_problems import map_chain_errors
 from controller.registry.hashing import Digests, HashingReader
+from controller.registry.packages import check_package
 from controller.registry.provenance import Provenance
 from controller.registry.schemas import DatasetMetadata, ModelMetadata, TrainingSpec
 from controller.registry.upload import (
@@ -128,6 +129,8 @@ class Intake:
             got = await self._receive(parts, MODEL_FORM, target, before_file=_check_before_package)
             meta = _model_form(got)
             package = (key, got.stored.digests) if got.stored is not None else None
+            if package is not None:
+                await to_thread.run_sync(self._check_package, key)
             return await to_thread.run_sync(self.register_model, meta, created_by, package)
         except BaseException:
             await to_thread.run_sync(self._delete_object, self.buckets.packages, key)
@@ -237,6 +240,11 @@ class Intake:
             raise
 
     # -------------------------------------------------------------- models
+    def _check_package(self, key: str) -> None:
+        """Refuse (422) an uploaded training package that is not a safe archive, before any row or chain
+        record exists."""
+        check_package(self.store.open(self.buckets.packages, key))
+
     def register_model(
         self, meta: ModelMetadata, created_by: str, package: tuple[str, Digests] | None = None
     ) -> Model:
