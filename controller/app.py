@@ -10,8 +10,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from controller import __version__
 from controller.api import (
@@ -21,9 +22,11 @@ from controller.api import (
     deployments,
     devices,
     fl,
+    fl_audit,
     health,
     jobs,
     models,
+    monitoring,
     translation,
 )
 from controller.api import tokens as tokens_api
@@ -100,6 +103,13 @@ def create_app(state: ControllerState) -> FastAPI:
             exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), request
         )
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, _exc: ClientDisconnect) -> Response:
+        # Not a server error: the client hung up (mid-upload, typically). Whatever it sent was rolled back
+        # by the route (an upload's object is deleted); nobody is left to read a response.
+        log.info("client disconnected during %s %s; request abandoned", request.method, request.url.path)
+        return Response(status_code=499)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -117,5 +127,7 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(devices.router)
     app.include_router(commands.router)
     app.include_router(deployments.router)
+    app.include_router(monitoring.router)
     app.include_router(fl.router)
+    app.include_router(fl_audit.router)
     return app
