@@ -7,7 +7,9 @@ runs a job to its end (:meth:`FederationEngine.run`). Every round report reaches
 ``on_round`` as the ServerApp sent it (``controller.federation.serverapp.RoundReport.to_json()``, then one
 ``RunSummary.to_json()``); the final global parameters are an ``.npz`` at ``spec.output_path``.
 
-Implementations: ``flower`` (:mod:`controller.federation.flower`). ``nvflare`` is planned.
+Implementations: ``flower`` (:mod:`controller.federation.flower`) and ``nvflare``
+(:mod:`controller.federation.nvflare`, FLARE's simulator on the controller host: it runs the participants'
+clients itself, ``deploys_to_devices = False``, so the manager registers no node and sends no ``fl-join``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class FederationSpec:
     round_timeout_s: float = 600.0
     node_wait_s: float = 300.0  # a phase waiting this long for min_clients connected nodes fails the job
     timeout_s: float = 6 * 3600.0
+    participant_devices: tuple[str, ...] = ()  # device ids, in participant_nodes' order
+    dataset_path: Path | None = None  # the registered dataset, staged (engines that do not deploy)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class FederationEngine(ABC):
     """A federated-learning runtime the controller drives. Thread-safe."""
 
     name: str
+    deploys_to_devices: bool = True
+    """False: the engine runs the participants' clients itself (no node registration, no fl-join)."""
 
     @property
     @abstractmethod

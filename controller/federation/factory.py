@@ -10,15 +10,29 @@ from controller.federation.base import EngineUnavailable, FederationEngine
 if TYPE_CHECKING:
     from controller.fleet.ca import DeviceCA
 
-ENGINE_NAMES = ("flower",)
-"""Engines this controller can run ('nvflare' is accepted by the job API's schema and refused for now)."""
+ENGINE_NAMES = ("flower", "nvflare")
+"""Engines this controller can run (a job picks one with ``engine``; FEDGE_FL_ENGINE=none: FL is off)."""
 
 
-def make_federation_engine(settings: ControllerSettings, ca: DeviceCA | None = None) -> FederationEngine:
-    """The engine ``settings.fl_engine`` names, under ``<data_dir>/federation``. ``ca``: the device CA
-    (loaded from ``<data_dir>/fleet`` when not given) that signs the federation's server certificate."""
-    if settings.fl_engine != "flower":
+def make_federation_engine(
+    settings: ControllerSettings, ca: DeviceCA | None = None, name: str | None = None
+) -> FederationEngine:
+    """The engine ``name`` (default ``settings.fl_engine``), under ``<data_dir>/federation``. ``ca``: the
+    device CA (loaded from ``<data_dir>/fleet`` when not given) that signs the federation's server
+    certificate."""
+    if settings.fl_engine == "none":
         raise EngineUnavailable(f"federated learning is off (FEDGE_FL_ENGINE={settings.fl_engine})")
+    name = name or settings.fl_engine
+    if name == "nvflare":
+        from controller.federation.nvflare import NvflareEngine, missing_extra
+
+        reason = missing_extra()
+        if reason is not None:
+            raise EngineUnavailable(reason)
+        return NvflareEngine(settings.data_dir / "federation" / "nvflare")
+    if name != "flower":
+        known = ", ".join(ENGINE_NAMES)
+        raise EngineUnavailable(f"unknown federated-learning engine {name!r} (known: {known})")
     try:
         from controller.federation.flower import FlowerEngine
     except ImportError as exc:

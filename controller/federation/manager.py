@@ -163,6 +163,7 @@ class FlJobManager:
         self.commands = commands
         self._engine_factory = engine_factory
         self._engine: FederationEngine | None = None
+        self._engines: dict[str, FederationEngine] = {}  # engines other jobs named (engine_for)
         self.root = settings.data_dir / "fl-jobs"
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -207,6 +208,8 @@ class FlJobManager:
         with self._lock:
             if self._engine is not None:
                 self._engine.close()
+            for other in self._engines.values():
+                other.close()
 
     def recover(self) -> int:
         """Mark FL jobs left ``running`` as failed (their engine run ended with that controller)."""
@@ -230,6 +233,12 @@ class FlJobManager:
         """Check the whole request, then queue it; (job, chosen device ids)."""
         from controller.federation.factory import ENGINE_NAMES
 
+        if req.engine == "nvflare":
+            from controller.federation.nvflare import check_job
+
+            refused = check_job(req)
+            if refused is not None:
+                raise Unprocessable(refused[1], field=refused[0])
         if req.engine not in ENGINE_NAMES:
             raise Unprocessable(
                 f"engine {req.engine!r} is not available yet (available: {', '.join(ENGINE_NAMES)})",
@@ -814,8 +823,24 @@ class FlJobManager:
                 if s.scalar(select(FlJob.cancel_requested).where(FlJob.id == job_id)):
                     cancel.set()
 
+    def engine_for(self, name: str) -> FederationEngine:
+        """The engine a job names: the default one (Flower, or the test's factory) or, for ``nvflare``,
+        one built by the factory at first use."""
+        if name == "flower" or (self._engine_factory is not None and self.engine.name == name):
+            return self.engine
+        with self._lock:
+            if name not in self._engines:
+                from controller.federation.factory import make_federation_engine
+
+                self._engines[name] = make_federation_engine(self.settings, self.fleet.ca, name=name)
+            return self._engines[name]
+
     def _ready(self, job: FlJob) -> FederationEngine:
         try:
+            if job.engine != "flower":
+                engine = self.engine_for(job.engine)
+                engine.start()
+                return engine
             return self.ready_engine()
         except EngineError as exc:
             raise JobFailed(f"the {job.engine} engine is not available: {exc}") from exc
@@ -831,7 +856,7 @@ class FlJobManager:
         initial: Path | None = None
         if job.start_version is not None:
             initial = self._initial_params(job, workdir)
-        endpoint = engine.fleet_endpoint()
+        endpoint = engine.fleet_endpoint() if engine.deploys_to_devices else None
         timeout_s = float(self.settings.fl_job_timeout_seconds)
         with self.sessions.begin() as s:
             plaintext, token = tokens.mint(
@@ -857,7 +882,10 @@ class FlJobManager:
         for part in self.participants([job.id])[job.id]:
             if cancel.is_set():
                 raise _Cancelled()
-            node = self._invite(job, part, engine, endpoint, plan, data, leave_after)
+            if engine.deploys_to_devices:
+                node = self._invite(job, part, engine, endpoint, plan, data, leave_after)
+            else:
+                node = self._enlist(part, engine)
             if node is not None:
                 nodes.append(node)
         if len(nodes) < job.min_clients:
@@ -887,7 +915,42 @@ class FlJobManager:
             round_timeout_s=float(spec.get("round_timeout", 600.0)),
             node_wait_s=float(self.settings.fl_node_wait_seconds),
             timeout_s=timeout_s,
+            participant_devices=tuple(
+                p.device_id
+                for p in self.participants([job.id])[job.id]
+                if p.node_id is not None and int(p.node_id) in nodes
+            ),
+            dataset_path=None if engine.deploys_to_devices else self._stage_dataset(job, workdir),
         )
+
+    def _enlist(self, part: FlParticipant, engine: FederationEngine) -> int | None:
+        """A participant of an engine that runs the clients itself (nvflare): no key registration, no
+        ``fl-join``; its client id (None: revoked)."""
+        if part.state == REVOKED or self.fleet.get(part.device_id).status != ACTIVE:
+            self._participant(part.id, state=REVOKED)
+            return None
+        node_id = engine.register_node(part.device_id, b"")
+        self._participant(part.id, state=INVITED, node_id=str(node_id))
+        return node_id
+
+    def _stage_dataset(self, job: FlJob, workdir: Path) -> Path:
+        """The model's registered dataset, streamed and SHA-256 checked against its chain record, for an
+        engine whose clients train on the controller host."""
+        model = self.registry.get_model(job.model_id)
+        ds = self.registry.get_dataset(model.dataset_id)
+        chain_sha, _ = self.registry.chain_dataset_hash(ds)
+        path = workdir / "input" / "dataset.npz"
+        try:
+            with open(path, "wb") as fh:
+                what = f"dataset {ds.id}"
+                for chunk in self.registry.verified_chunks(ds.bucket, ds.object_key, chain_sha, what):
+                    fh.write(chunk)
+        except (ProblemError, IntegrityError) as exc:
+            path.unlink(missing_ok=True)
+            detail = exc.detail if isinstance(exc, ProblemError) else str(exc)
+            raise JobFailed(f"the dataset failed its chain check: {detail}") from exc
+        return path
+
 
     def _invite(
         self,

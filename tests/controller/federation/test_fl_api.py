@@ -130,7 +130,7 @@ def test_developers_may_run_jobs_job_tokens_may_not(ctl: Ctl) -> None:
         ),
         ({"strategy": {"name": "fedsgd"}}, "strategy", "unknown strategy 'fedsgd'"),
         ({"strategy": {"name": "krum", "params": {"num_malicious_nodes": 0.5}}}, "strategy", "whole number"),
-        ({"engine": "nvflare"}, "engine", "engine 'nvflare' is not available yet"),
+        ({"engine": "nvflare", "strategy": {"name": "krum"}}, "strategy.name", "only the fedavg strategy"),
         ({"model": {"model_id": "x" * 36, "network": "digits-linear"}}, None, "not found"),
         ({"rounds": 0}, "body.rounds", "greater than or equal to 1"),
         (
