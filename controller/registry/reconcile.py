@@ -1,8 +1,10 @@
 """Start-up reconciliation: repair what a crash between two steps of a write left behind.
 
 Rows still ``pending`` after the grace period lose their object and row; objects older than the grace
-period that no row references are deleted. The grace period protects uploads in flight on another
-replica. (A chain record cannot be deleted; one without a row is harmless, keyed by an unused UUID.)
+period that no row references are deleted, and multipart uploads a killed writer never completed are
+aborted (their parts are otherwise kept by S3 for ever, invisible to listings). The grace period protects
+uploads in flight on another replica. (A chain record cannot be deleted; one without a row is harmless,
+keyed by an unused UUID.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ def reconcile(intake: Intake, grace_seconds: int) -> dict[str, int]:
     """Remove stale pending rows (with their objects) and unreferenced old objects; counts by kind."""
     sessions, store, buckets = intake.sessions, intake.store, intake.buckets
     cutoff = utcnow() - dt.timedelta(seconds=grace_seconds)
-    removed = {"pending_datasets": 0, "pending_versions": 0, "pending_models": 0, "orphan_objects": 0}
+    removed = {
+        "pending_datasets": 0,
+        "pending_versions": 0,
+        "pending_models": 0,
+        "orphan_objects": 0,
+        "incomplete_uploads": 0,
+    }
     with sessions() as s:
         stale_ds = s.scalars(
             select(Dataset).where(Dataset.status == PENDING, Dataset.created_at <= cutoff)
@@ -56,6 +64,7 @@ def reconcile(intake: Intake, grace_seconds: int) -> dict[str, int]:
             if obj.key not in known and obj.modified <= cutoff.timestamp():
                 store.delete(bucket, obj.key)
                 removed["orphan_objects"] += 1
+        removed["incomplete_uploads"] += store.abort_incomplete_uploads(bucket, cutoff.timestamp())
     if any(removed.values()):
         log.warning("start-up reconciliation removed %s", removed)
     return removed

@@ -87,6 +87,12 @@ class ArtifactStore(ABC):
     def health(self) -> None:
         """Raise StorageError if the store cannot be used."""
 
+    def abort_incomplete_uploads(self, bucket: str, started_before: float) -> int:
+        """Abort uploads a crashed writer left unfinished (started before the Unix time ``started_before``);
+        the count aborted. Stores whose writes leave nothing half-done outside their own start-up cleanup
+        (the local store removes its temp files when it opens) have none."""
+        return 0
+
     def exists(self, bucket: str, key: str) -> bool:
         """True if the object exists."""
         try:

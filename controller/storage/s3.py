@@ -76,6 +76,33 @@ class S3ArtifactStore(ArtifactStore):
             raise
         return counter.count
 
+    def abort_incomplete_uploads(self, bucket: str, started_before: float) -> int:
+        """Abort the multipart uploads begun before ``started_before`` and never completed: a writer killed
+        mid-upload (``kill -9``, power loss) leaves their parts in the bucket, invisible to ``list`` and
+        kept for ever. Uses S3's ListMultipartUploads / AbortMultipartUpload (the SDK keeps them private)."""
+        check_bucket(bucket)
+        aborted = 0
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        try:
+            while True:
+                page = self.client._list_multipart_uploads(  # the SDK has no public listing
+                    bucket, key_marker=key_marker, upload_id_marker=upload_marker
+                )
+                for upload in page.uploads:
+                    started = upload.initiated_time
+                    if started is not None and started.timestamp() >= started_before:
+                        continue  # may still be in flight (another replica)
+                    self.client._abort_multipart_upload(
+                        bucket, upload.object_name, str(upload.upload_id)
+                    )
+                    aborted += 1
+                if not page.is_truncated:
+                    return aborted
+                key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._fail(f"listing incomplete uploads in {bucket}", exc) from exc
+
     def _discard(self, bucket: str, key: str) -> None:
         with contextlib.suppress(Exception):  # best effort; the object may never have been created
             self.client.remove_object(bucket, key)
