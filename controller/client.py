@@ -48,6 +48,7 @@ from controller.schemas.fl import (
     FlJobPage,
 )
 from controller.schemas.health import HealthOut, ReadinessOut
+from controller.schemas.fl_audit import FlAuditOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES, JobCreated, JobOut
 from controller.schemas.tokens import TokenCreated, TokenOut, TokenPage
 from controller.schemas.translation import TranslateResult
@@ -534,6 +535,11 @@ class FedgeClient:
             time.sleep(poll)
 
     def device_privacy(self, device_id: str) -> DevicePrivacyOut:
+    def fl_audit(self, job_id: str) -> FlAuditOut:
+        """Every aggregated round of the job as recorded on chain, with each participant's Merkle leaf and
+        inclusion proof; check it with ``controller.federation.audit_verify.verify_audit``."""
+        return FlAuditOut.model_validate(self._json("GET", f"/v1/fl/jobs/{job_id}/audit"))
+
         """The controller's mirror of a device's privacy spends (per dataset) and its FL jobs."""
         return DevicePrivacyOut.model_validate(self._json("GET", f"/v1/devices/{device_id}/privacy"))
 

@@ -890,6 +890,29 @@ def fl_cancel(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
         job = fc.cancel_fl_job(job_id)
     if as_json:
         _emit(job.model_dump(mode="json"), True)
+@fl_app.command("audit")
+def fl_audit(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the audit document as JSON too")] = False,
+) -> None:
+    """Verify every round of an FL job from its records: each root recomputed from the leaves and proofs and
+    compared with the chain, and the final model's hash lineage; exit 1 with the reason on a mismatch."""
+    from controller.federation.audit_verify import AuditMismatch, verify_audit
+
+    with _api() as fc:
+        doc = fc.fl_audit(job_id)
+    if as_json:
+        console.print_json(doc.model_dump_json())
+    try:
+        lines = verify_audit(doc)
+    except AuditMismatch as exc:
+        err.print(f"FL job {job_id}: audit FAILED: {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in lines:
+        err.print(line, soft_wrap=True)
+    err.print(f"FL job {job_id}: audit verified ({len(doc.rounds)} rounds on chain)", soft_wrap=True)
+
+
     else:
         err.print(f"FL job {job_id}: {job.status}")
 

@@ -57,6 +57,7 @@ class TrainKey:
     DP_TARGET_EPSILON: Final = "dp-target-epsilon"  # 0 or absent: no local DP
     DP_DELTA: Final = "dp-delta"
     DP_MAX_GRAD_NORM: Final = "dp-max-grad-norm"
+    ARRAY_NAMES: Final = "array-names"  # SecAgg+ only: JSON list naming the unnamed legacy arrays, in order
 
 
 class ReplyKey:

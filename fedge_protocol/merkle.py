@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
 __all__ = [
+    "AUDIT_FAILED_CODE",
     "AUDIT_FAILED_REASON",
     "DIGEST_SIZE",
     "LEAF_PREFIX",
@@ -52,7 +53,9 @@ UPDATE_DOMAIN: Final = b"fedge-fl-update-v1\x00"
 LEAF_PREFIX: Final = b"\x00"
 NODE_PREFIX: Final = b"\x01"
 
-#: first word of the reason a device gives when an audit check fails (its evaluate reply is an error)
+#: ``Error.code`` of an evaluate (or later train) reply of a device whose audit check failed
+AUDIT_FAILED_CODE: Final = 4032
+#: first word of that error's ``reason`` (then ``": "`` and what did not verify)
 AUDIT_FAILED_REASON: Final = "fedge:audit-failed"
 
 
@@ -69,6 +72,7 @@ class AuditKey:
     AGGREGATE: Final = "audit-aggregate"  # digest of the aggregate the round produced
     CHAIN_ROOT: Final = "audit-chain-root"  # the root as the controller read it back from the chain
     CHAIN_TX: Final = "audit-chain-tx"  # its transaction ("" when the controller did not confirm)
+    CHAIN_REQUIRED: Final = "audit-chain-required"  # False only without a controller (simulation)
 
 
 class _ArrayLike(Protocol):

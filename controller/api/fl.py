@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from controller.api.deps import Developer, DevicePath, FederationDep, JobCaller, Offset
 from controller.db.models import FlJob, FlParticipant, FlRound
@@ -179,8 +180,11 @@ def cancel_fl_job(job_id: str, manager: FederationDep, _caller: Developer) -> Fl
 async def report_fl_round(
     job_id: str, body: FlReportIn, manager: FederationDep, caller: JobCaller
 ) -> Response:
-    """The job's ServerApp reports a round, its summary or its failure (the job's own token only)."""
-    await run_in_threadpool(manager.receive_report, job_id, caller, body.model_dump())
+    """The job's ServerApp reports a round, its summary or its failure (the job's own token only). A train
+    round's audit is answered (200) with its record as read back from the chain (docs/fl-audit.md)."""
+    confirmation = await run_in_threadpool(manager.receive_report, job_id, caller, body.model_dump())
+    if confirmation is not None:
+        return JSONResponse(confirmation)
     return Response(status_code=204)
 
 

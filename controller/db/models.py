@@ -364,6 +364,26 @@ class DevicePrivacy(Base):
 
     __tablename__ = "device_privacy"
     __table_args__ = (UniqueConstraint("device_id", "dataset", name="uq_device_privacy_dataset"),)
+class FlAuditRound(Base):
+    """One aggregated round of an FL job on chain (docs/fl-audit.md): the accepted updates' digests
+    (the Merkle leaves, with who sent each), the root and aggregate recorded, and the transaction."""
+
+    __tablename__ = "fl_audit_rounds"
+    __table_args__ = (UniqueConstraint("job_id", "round", name="uq_fl_audit_rounds_round"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fl_jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    updates_root: Mapped[str] = mapped_column(String(64))
+    aggregate_hash: Mapped[str] = mapped_column(String(64))
+    update_count: Mapped[int] = mapped_column(Integer)
+    leaves: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # index, digest, node, device
+    disputes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # failed device checks
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    block_number: Mapped[int] = mapped_column(BigInteger)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)

@@ -82,6 +82,7 @@ class FederationSpec:
     timeout_s: float = 6 * 3600.0
     participant_devices: tuple[str, ...] = ()  # device ids, in participant_nodes' order
     dataset_path: Path | None = None  # the registered dataset, staged (engines that do not deploy)
+    secure_aggregation: Mapping[str, Any] | None = None  # SecAgg+ settings (controller.federation.secagg)
 
 
 @dataclass(frozen=True)

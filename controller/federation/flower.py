@@ -852,6 +852,9 @@ class FlowerEngine(FederationEngine):
             "report-token": spec.report_token,
             "output-path": str(spec.output_path),
             "round-timeout": float(spec.round_timeout_s),
+            "secure-aggregation": json.dumps(dict(spec.secure_aggregation), sort_keys=True)
+            if spec.secure_aggregation
+            else "",
             "fedge-participant-nodes": " ".join(str(n) for n in spec.participant_nodes),
             "fedge-node-wait-timeout": float(spec.node_wait_s),
         }

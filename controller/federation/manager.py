@@ -58,6 +58,7 @@ from controller.db.models import (
     utcnow,
 )
 from controller.errors import Conflict, Forbidden, NotFound, ProblemError, ServiceUnavailable, Unprocessable
+from controller.federation.audit import FINAL_AGGREGATE_KEY, AuditTrail, audit_lineage_exempt
 from controller.federation.base import (
     EngineError,
     EngineUnavailable,
@@ -173,6 +174,7 @@ class FlJobManager:
         self._listener = _FleetListener(self)
         fleet.events.subscribe(self._listener)
 
+        self.audit = AuditTrail(sessions, chain)  # every round on chain (controller/federation/audit.py)
     # ---------------------------------------------------------------- lifecycle
     @property
     def engine(self) -> FederationEngine:
@@ -257,6 +259,13 @@ class FlJobManager:
         strategy = self._strategy(req, min_clients)
         dataset, input_shape = self._data(req, model)
         privacy = req.privacy.model_dump(mode="json", exclude_none=True)
+        if req.privacy.secure_aggregation is not None:  # SecAgg+: resolved against the devices and strategy
+            from controller.federation.secagg import SecAggConfigError, job_settings
+
+            try:
+                privacy["secure_aggregation"] = job_settings(req, min_clients, len(devices))
+            except SecAggConfigError as exc:
+                raise Unprocessable(str(exc), field=exc.field) from exc
         if req.privacy.dp is not None:
             self._check_budgets(devices, dataset, req.privacy.dp.epsilon)
         spec = req.model_dump(mode="json")
@@ -502,8 +511,11 @@ class FlJobManager:
         return self.get(job_id)
 
     # ---------------------------------------------------------------- reports
-    def receive_report(self, job_id: str, caller: Principal, report: Mapping[str, Any]) -> None:
-        """A report of the job's ServerApp (its own token only): stored, and handed to the engine run."""
+    def receive_report(
+        self, job_id: str, caller: Principal, report: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """A report of the job's ServerApp (its own token only): stored, and handed to the engine run. A train
+        report with an audit is answered with the round's record as read back from the chain."""
         if caller.role is not Role.JOB or caller.subject != report_subject(job_id):
             raise Forbidden(f"only FL job {job_id}'s own credential may report its rounds")
         job = self.get(job_id)
@@ -525,12 +537,14 @@ class FlJobManager:
                 "flower_run_id": report.get("run_id"),
             }
             with self.sessions.begin() as s:
+        return self.audit.confirmation(job_id, report)
                 job = s.get(FlJob, job_id)
                 if job is not None:
                     job.summary = {**(job.summary or {}), **summary}
         elif kind == "failed":
             with self.sessions.begin() as s:
                 job = s.get(FlJob, job_id)
+            self._audit_round(job_id, report)
                 if job is not None:
                     job.summary = {**(job.summary or {}), "server_failure": str(report.get("reason"))[:4000]}
 
@@ -636,6 +650,16 @@ class FlJobManager:
             row = DevicePrivacy(device_id=device_id, dataset=dataset, epsilon_spent=0.0, rounds=0, refusals=0)
             s.add(row)
         if refused:
+    def _audit_round(self, job_id: str, report: Mapping[str, Any]) -> None:
+        """The round's Merkle root on chain (train), or devices disputing it (evaluate)."""
+        audit = report.get("audit")
+        if not isinstance(audit, Mapping):
+            return
+        if report.get("kind") == "train":
+            self.audit.record_round(job_id, int(report["round"]), audit)
+        elif isinstance(audit.get("refused"), list):
+            self.audit.record_disputes(job_id, int(report["round"]), audit["refused"])
+
             row.refusals = (row.refusals or 0) + 1
         else:
             row.epsilon_spent = float(part.epsilon or 0.0)
@@ -911,6 +935,7 @@ class FlJobManager:
             dp_target_epsilon=float(dp["epsilon"]) if dp else 0.0,
             dp_delta=float(dp["delta"]) if dp else 1e-5,
             dp_max_grad_norm=float(dp["max_grad_norm"]) if dp else 1.0,
+            secure_aggregation=(job.privacy or {}).get("secure_aggregation"),
             initial_path=initial,
             round_timeout_s=float(spec.get("round_timeout", 600.0)),
             node_wait_s=float(self.settings.fl_node_wait_seconds),
@@ -1149,6 +1174,7 @@ class FlJobManager:
         if row.sha256 != sha:
             raise JobFailed(f"the stored result's sha256 {row.sha256} differs from the recorded {sha}")
         out_summary = {
+        lineage = self._final_lineage(job, final)
             **{k: v for k, v in json.loads(json.dumps(summary, default=str)).items() if k != "type"},
             "final_metrics": final_metrics,
             "epsilon_spent": epsilon,
@@ -1178,3 +1204,20 @@ class FlJobManager:
 
 def engine_unavailable(exc: EngineUnavailable) -> ServiceUnavailable:
     return ServiceUnavailable(str(exc), backend="federation")
+            **lineage,
+    def _final_lineage(self, job: FlJob, final: Path) -> dict[str, str]:
+        """The final parameters must be the last audited round's aggregate (not applicable when that is
+        a ciphertext, HE); the descriptor then names their digest."""
+        from controller.federation.artifacts import load_npz
+        from controller.federation.round_audit import params_digest
+
+        last = self.audit.last_aggregate(job.id)
+        if last is None or audit_lineage_exempt(job):
+            return {}
+        digest = params_digest(load_npz(final)).hex()
+        if digest != last:
+            raise JobFailed(
+                f"the final parameters (digest {digest}) are not the last audited aggregate {last}"
+            )
+        return {FINAL_AGGREGATE_KEY: digest}
+

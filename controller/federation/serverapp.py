@@ -29,6 +29,7 @@ Run config (``[tool.flwr.app.config]`` in deployment; ``make_server_app(run_conf
 ``report-token``            bearer token for ``report-url`` ("")
 ``output-path``             where to save the final global parameters as ``.npz`` ("": not saved)
 ``round-timeout``           seconds to wait for replies in each phase (3600)
+``secure-aggregation``      SecAgg+ settings as JSON ("": off; :mod:`controller.federation.secagg`)
 ==========================  ============================================================================
 """
 
@@ -56,6 +57,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from controller.federation.strategies import build_strategy, parse_spec
 from fedge_protocol.federation import ReplyKey, TrainKey, is_budget_refusal
 
+from controller.federation.round_audit import RoundAuditor, is_audit_refusal
 __all__ = [
     "RUN_CONFIG_DEFAULTS",
     "FederationCancelled",
@@ -92,6 +94,7 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "report-token": "",
     "output-path": "",
     "round-timeout": 3600.0,
+    "secure-aggregation": "",
 }
 
 
@@ -121,6 +124,7 @@ class RoundReport:
 
 
 @dataclass(frozen=True)
+    audit: dict[str, Any] | None = None  # train: the round's update digests and root; evaluate: refusals
 class RunSummary:
     run_id: int
     job_id: str
@@ -175,10 +179,13 @@ class HttpReporter:
     def _post(self, body: dict[str, Any]) -> None:
         for attempt in range(1, self.retries + 1):
             try:
-                self._client.post(self.url, json=body).raise_for_status()
+                response = self._client.post(self.url, json=body).raise_for_status()
+                if response.status_code == 200 and response.content:
+                    self.last_reply = response.json()
                 return
             except httpx.HTTPError as exc:
                 log.warning("report %s to %s failed (try %d): %s", body["type"], self.url, attempt, exc)
+        self.last_reply: dict[str, Any] | None = None  # the controller's JSON answer (the audit's root)
                 time.sleep(0.2 * attempt)
         log.error("dropping a %s report to %s after %d tries", body["type"], self.url, self.retries)
 
@@ -231,6 +238,7 @@ class GuardedStrategy(Strategy):
         self._started: dict[str, float] = {"train": 0.0, "evaluate": 0.0}
 
     def summary(self) -> None:
+        self.auditor = RoundAuditor(chain_required=isinstance(reporter, HttpReporter))  # every round on chain
         self.inner.summary()
 
     # configure ---------------------------------------------------------------------------------
@@ -277,7 +285,8 @@ class GuardedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._await_nodes(grid)
-        return self._configured("evaluate", self.inner.configure_evaluate(server_round, arrays, config, grid))
+        messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._configured("evaluate", self.auditor.evaluate_messages(server_round, messages))
 
     # validate ----------------------------------------------------------------------------------
 
@@ -318,10 +327,14 @@ class GuardedStrategy(Strategy):
         self, kind: str, server_round: int, replies: Iterable[Message]
     ) -> tuple[list[Message], dict[str, Any]]:
         valid: list[Message] = []
-        failures, refused, rejected, received = 0, [], [], 0
+        failures, refused, rejected, received, disputes = 0, [], [], 0, []
         for msg in replies:
             if msg.has_error():
-                if kind == "train" and is_budget_refusal(msg.error):
+                if kind == "evaluate" and is_audit_refusal(msg):
+                    disputes.append({"node_id": _node(msg), "reason": msg.error.reason})
+                    log.error("round %d: node %d disputes the audit: %s", server_round, _node(msg),
+                              msg.error.reason)  # fmt: skip
+                elif kind == "train" and is_budget_refusal(msg.error):
                     refused.append(_node(msg))
                     self.exhausted.add(_node(msg))
                     log.warning(
@@ -358,6 +371,7 @@ class GuardedStrategy(Strategy):
     def _report(
         self,
         kind: str,
+            "audit": {"refused": disputes} if disputes else None,
         server_round: int,
         valid: list[Message],
         info: dict[str, Any],
@@ -400,8 +414,11 @@ class GuardedStrategy(Strategy):
         self._report("evaluate", server_round, valid, info, metrics)
         return metrics
 
+        digests = self.auditor.digests(valid)
 
+        info["audit"] = self.auditor.on_train(server_round, digests, arrays)
 def _harmonise(replies: list[Message]) -> None:
+        self.auditor.confirm(getattr(self.reporter, "last_reply", None))
     """Keep only the metric keys every reply has (Flower's strategies refuse differing keys)."""
     if not replies:
         return
@@ -512,8 +529,13 @@ def run_federation(
         min_evaluate_nodes=min_nodes,
     )
     guarded = GuardedStrategy(strategy, reporter, run_id=run_id, job_id=job_id, cancel=cancel)
+    start = guarded.start
+    if str(config["secure-aggregation"]):  # SecAgg+: Flower's workflow runs the train phase
+        from controller.federation.secagg import secure_rounds
+
+        start = secure_rounds(guarded, str(config["secure-aggregation"])).start
     started = time.perf_counter()
-    result = guarded.start(
+    result = start(
         grid=grid,
         initial_arrays=initial_arrays(config),
         num_rounds=int(config["num-server-rounds"]),

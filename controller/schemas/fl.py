@@ -110,11 +110,65 @@ class FlCentralDpIn(BaseModel):
     clipped_count_stddev: float | None = Field(default=None, ge=0)
 
 
+class FlSecureAggregationIn(BaseModel):
+    """Flower's SecAgg+: devices send masked, quantised updates; the controller learns only their weighted
+    average (docs/fl-secagg.md). Checked against the job's devices and strategy when it is submitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_shares: int | None = Field(
+        default=None, ge=3, le=10_000, description="Shamir shares of each device's secrets (3..min_clients; "
+        "default min_clients)",
+    )
+    reconstruction_threshold: int | None = Field(
+        default=None, ge=2, le=10_000, description="shares that rebuild a dropped device's secret (more than "
+        "half of num_shares, fewer than all; default num_shares // 2 + 1)",
+    )
+    clipping_range: float = Field(default=8.0, gt=0, le=1e6, description="weighted parameters are clipped "
+                                  "to [-clipping_range, clipping_range] before quantisation")  # fmt: skip
+    quantization_range: int = Field(default=2**22, ge=2, lt=2**32, description="quantisation levels")
+    max_weight: float = Field(default=1000.0, gt=0, le=1e12, description="largest num-examples of a device "
+                              "(its weight is num_examples / max_weight)")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _threshold(self) -> FlSecureAggregationIn:
+        shares, threshold = self.num_shares, self.reconstruction_threshold
+        if shares is not None and threshold is not None and not shares // 2 < threshold < shares:
+            raise ValueError(
+                f"reconstruction_threshold must be more than half of num_shares and less than num_shares "
+                f"({shares // 2 + 1}..{shares - 1} for {shares}), got {threshold}"
+            )
+        return self
+
+
+class FlHeIn(BaseModel):
+    """CKKS aggregation (TenSEAL): a participating device makes the key set and seals its secret to the
+    others' device keys; the controller adds ciphertexts with the public context only (docs/fl-he.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    poly_modulus_degree: Literal[4096, 8192, 16384] = Field(
+        default=4096, description="CKKS ring degree: slots per ciphertext = degree / 2"
+    )
+    scale_bits: int = Field(
+        default=34, ge=20, le=50, description="CKKS scale 2^scale_bits (values stay below 2^(59-scale_bits))"
+    )
+    masking: bool = Field(
+        default=False,
+        description="pairwise masks (ECDH of the device keys) on top: a participant colluding with the "
+        "controller sees only masked updates; a round with a dropout keeps the previous model",
+    )
+
+
 class FlPrivacyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dp: FlLocalDpIn | None = None
     central_dp: FlCentralDpIn | None = None
+    secure_aggregation: FlSecureAggregationIn | None = Field(
+        default=None, description="SecAgg+ (composes with dp; not with central_dp or robust strategies)"
+    )
 
 
 class FlDataIn(BaseModel):
