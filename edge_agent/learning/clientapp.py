@@ -55,6 +55,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from edge_agent.learning import dp
+from edge_agent.learning.audit import audit_mod
 from edge_agent.learning.data import LocalData, load_local_data
 from edge_agent.learning.ledger import BudgetExceeded, PrivacyLedger
 from edge_agent.learning.models import resolve_factory
@@ -371,4 +372,4 @@ def make_client_app(
 
 #: the deployment ClientApp (``edge_agent.learning.clientapp:app``), configured by --node-config;
 #: every message holds the agent's update lock (no model swap mid-round; edge_agent/learning/roundlock.py)
-app = make_client_app(mods=[round_lock_mod])
+app = make_client_app(mods=[round_lock_mod, audit_mod])
