@@ -1,7 +1,8 @@
 """Local inference API on loopback, standard library only (``pip install fedge[agent]`` stays small).
 
 GET /healthz, GET /v1/model (active model id, version, sha256), POST /v1/infer with
-``{inputs: {name: list}}`` or ``{image: base64}`` / ``{images: [...]}`` (see ``runtime.hooks``).
+``{inputs: {name: list}}`` or ``{image: base64}`` / ``{images: [...]}`` (see ``runtime.hooks``);
+``/v1/online/...`` when online learners are configured (``edge_agent.online.routes``).
 """
 
 from __future__ import annotations
@@ -9,17 +10,24 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.process import Service
 from edge_agent.runtime.hooks import BadRequest, InferenceService
 from edge_agent.runtime.session import InferenceError, ModelRuntime
 
+if TYPE_CHECKING:
+    from edge_agent.online.routes import OnlineRoutes
+
 MAX_BODY = 64 * 1024 * 1024
 
 
 def make_server(
-    runtime: ModelRuntime, host: str = "127.0.0.1", port: int = 0, service: InferenceService | None = None
+    runtime: ModelRuntime,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    service: InferenceService | None = None,
+    online: OnlineRoutes | None = None,
 ) -> ThreadingHTTPServer:
     """A server bound to ``host:port`` (port 0: any free one); call ``serve_forever`` to run it."""
     svc = service or InferenceService(runtime)
@@ -43,6 +51,9 @@ def make_server(
             self._send(status, {"type": "about:blank", "title": title, "status": status, "detail": detail})
 
         def do_GET(self) -> None:
+            if online is not None and online.matches(self.path):
+                self._send(*online.handle("GET", self.path))
+                return
             active = runtime.active
             if self.path == "/healthz":
                 self._send(200, {"status": "ok", "model_loaded": active is not None})
@@ -57,6 +68,13 @@ def make_server(
                 self._problem(404, "Not found", f"no route {self.path}")
 
         def do_POST(self) -> None:
+            if online is not None and online.matches(self.path):
+                size = int(self.headers.get("Content-Length") or 0)
+                if size > MAX_BODY:
+                    self._problem(413, "Payload too large", f"body over {MAX_BODY} bytes")
+                    return
+                self._send(*online.handle("POST", self.path, self.rfile.read(size)))
+                return
             if self.path != "/v1/infer":
                 self._problem(404, "Not found", f"no route {self.path}")
                 return
@@ -98,9 +116,15 @@ class LocalApi(Service):
     name = "local-api"
 
     def __init__(
-        self, runtime: ModelRuntime, host: str, port: int, service: InferenceService | None = None
+        self,
+        runtime: ModelRuntime,
+        host: str,
+        port: int,
+        service: InferenceService | None = None,
+        online: OnlineRoutes | None = None,
     ) -> None:
         self.runtime, self.host, self.port, self.service = runtime, host, port, service
+        self.online = online
         self.server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -111,7 +135,7 @@ class LocalApi(Service):
         return f"http://{self.host}:{port}"
 
     def start(self) -> None:
-        self.server = make_server(self.runtime, self.host, self.port, self.service)
+        self.server = make_server(self.runtime, self.host, self.port, self.service, self.online)
         self._thread = serve_in_thread(self.server)
 
     def stop(self) -> None:
