@@ -136,8 +136,15 @@ def _agent_services(
     agent.commands = CommandRunner(
         settings.state_dir, link, agent.record_telemetry, agent.update_lock, fl=supernode
     )
-    api = LocalApi(agent.runtime, settings.api_host, settings.api_port, inference)
+    from edge_agent.online.service import online_from_settings
+
+    online = online_from_settings(settings)  # FEDGE_AGENT_ONLINE_CONFIG: /v1/online, sensor feeds
+    api = LocalApi(
+        agent.runtime, settings.api_host, settings.api_port, inference, online.routes() if online else None
+    )
     services: list[Service] = [DeployLoop(agent, settings.poll_interval, settings.max_backoff), api]
+    if online is not None:
+        services.insert(1, online)  # learners resumed before the API serves them
     if settings.mqtt and identity.broker_url:
         agent.mqtt = MqttLink(
             identity,
@@ -192,6 +199,10 @@ def privacy(state_dir: StateDir) -> None:
 
 grid_app = typer.Typer(help="Grid simulator and RL load shifting on this device (extra: grid).")
 app.add_typer(grid_app, name="grid")
+
+from edge_agent.online.cli import online_app  # noqa: E402 - beside its add_typer
+
+app.add_typer(online_app, name="online")
 
 
 def _policy_ref(text: str) -> tuple[str, int | None]:

@@ -54,3 +54,7 @@ class AgentSettings(BaseSettings):
     fl_privacy_delta: float = Field(default=1e-5, gt=0, lt=1, description="the delta the device accounts at")
     fl_privacy_accountant: Literal["prv", "rdp"] = Field(default="prv", description="the device's accountant")
     fl_require_dp: bool = Field(default=False, description="train only rounds with local DP (refuse others)")
+    # online learning (edge_agent.online; river: the monitor extra, torch: the train extra)
+    online_config: Path | None = Field(
+        default=None, description="learner file (.toml or .json, see docs/online.md); None: no learners"
+    )
