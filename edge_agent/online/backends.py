@@ -11,6 +11,7 @@ Labels: a float for regression; for classification one of the learner's configur
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from abc import ABC, abstractmethod
@@ -235,6 +236,20 @@ class SklearnBackend(Backend):
 
 # ------------------------------------------------------------------------- factory
 BACKENDS = ("river", "sklearn", "torch")
+
+
+LIBRARIES = {"river": ("river", "monitor"), "sklearn": ("sklearn", "controller"), "torch": ("torch", "train")}
+
+
+def require(backend: str) -> None:
+    """Import the backend's library now (at start: a missing one fails the start, not every message)."""
+    library, extra = LIBRARIES[backend]
+    try:
+        importlib.import_module(library)
+        if backend == "torch":
+            importlib.import_module("edge_agent.learning.online_torch")
+    except ImportError as exc:
+        raise _missing(library, extra) from exc
 
 
 def make_backend(config: LearnerConfig, n_features: int) -> Backend:

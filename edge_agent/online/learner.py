@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.online.backends import Backend, Label, make_backend
+from edge_agent.online.backends import Backend, Label, make_backend, require
 from edge_agent.online.config import LearnerConfig
 from edge_agent.online.errors import (
     ExplainerUnavailable,
@@ -83,6 +83,8 @@ class OnlineLearner:
         transformer: Transformer | None = None,
     ) -> None:
         self.config, self.store, self.backend_factory = config, store, backend_factory
+        if backend_factory is make_backend:
+            require(config.backend)
         self.transformer = transformer or make_transformer(config.transformer, config.transformer_options)
         self.backend: Backend | None = None
         self.saved: Backend | None = None  # the last saved version, for a fair comparison
