@@ -37,8 +37,9 @@ from controller.registry.schemas import (
     VersionOut,
 )
 from controller.schemas.commands import CommandOut, CommandPage, TelemetryPage
-from controller.schemas.deployments import DeploymentCreated, DeploymentOut
+from controller.schemas.deployments import DeploymentCreated, DeploymentOut, DeploymentPage
 from controller.schemas.devices import DeviceOut, EnrollmentTokenOut
+from controller.schemas.events import DeviceEventPage
 from controller.schemas.fl import (
     TERMINAL_FL_STATES,
     DevicePrivacyOut,
@@ -47,12 +48,13 @@ from controller.schemas.fl import (
     FlJobOut,
     FlJobPage,
 )
-from controller.schemas.health import HealthOut, ReadinessOut
 from controller.schemas.fl_audit import FlAuditOut
+from controller.schemas.health import HealthOut, ReadinessOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES, JobCreated, JobOut
 from controller.schemas.tokens import TokenCreated, TokenOut, TokenPage
 from controller.schemas.translation import TranslateResult
 from fedge_common.files import atomic_writer
+from fedge_protocol import paths
 
 Progress = Callable[[int], None]
 CHUNK = 1024 * 1024
@@ -399,9 +401,11 @@ class FedgeClient:
         waves: list[float] | None = None,
         max_failure_ratio: float = 0.0,
         auto_rollback: bool = True,
+        reference_dataset_id: str | None = None,
     ) -> DeploymentCreated:
-        """Start a deployment; returns its id (``.deployment_id``)."""
-        body = {
+        """Start a deployment; returns its id (``.deployment_id``). ``reference_dataset_id``: a registered
+        data set the devices check drift against."""
+        body: dict[str, Any] = {
             "model_id": model_id,
             "version": version,
             "device_ids": device_ids,
@@ -410,11 +414,31 @@ class FedgeClient:
             "max_failure_ratio": max_failure_ratio,
             "auto_rollback": auto_rollback,
         }
+        if reference_dataset_id is not None:
+            body["reference_dataset_id"] = reference_dataset_id
         return DeploymentCreated.model_validate(self._json("POST", "/v1/deployments", json=body))
 
     def deployment(self, deployment_id: str) -> DeploymentOut:
         """The rollout and each device's state."""
         return DeploymentOut.model_validate(self._json("GET", f"/v1/deployments/{deployment_id}"))
+
+    def deployments(
+        self, state: str | None = None, model_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> DeploymentPage:
+        """One page of deployments, newest first (filters: state, model)."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = state
+        if model_id:
+            params["model_id"] = model_id
+        return DeploymentPage.model_validate(self._json("GET", "/v1/deployments", params=params))
+
+    def cancel_deployment(self, deployment_id: str, rollback: bool = False) -> DeploymentOut:
+        """Stop a rolling deployment; ``rollback`` also reverts devices that installed it."""
+        body = {"rollback": rollback}
+        return DeploymentOut.model_validate(
+            self._json("POST", f"/v1/deployments/{deployment_id}/cancel", json=body)
+        )
 
     def wait_deployment(self, deployment_id: str, timeout: float = 3600, poll: float = 1.0) -> DeploymentOut:
         """Poll until the rollout leaves ``rolling`` (or ``timeout`` passed); returns its last state."""
@@ -485,6 +509,24 @@ class FedgeClient:
         raw = self._json("GET", f"/v1/devices/{device_id}/telemetry", params=params)
         return TelemetryPage.model_validate(raw)
 
+    def device_events(
+        self,
+        device_id: str,
+        *,
+        type: str | None = None,
+        model_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> DeviceEventPage:
+        """A page of the device's events (drift alarms), newest first."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if type:
+            params["type"] = type
+        if model_id:
+            params["model_id"] = model_id
+        raw = self._json("GET", paths.EVENTS.format(device_id=device_id), params=params)
+        return DeviceEventPage.model_validate(raw)
+
     # ---------------------------------------------------------- federated learning
     def fl_run(self, spec: FlJobIn | dict[str, Any]) -> FlJobCreated:
         """Queue a federated-learning job (``FlJobIn`` or its JSON); returns its id and the devices chosen."""
@@ -511,6 +553,11 @@ class FedgeClient:
             params["status"] = status
         return FlJobPage.model_validate(self._json("GET", "/v1/fl/jobs", params=params))
 
+    def fl_audit(self, job_id: str) -> FlAuditOut:
+        """Every aggregated round of the job as recorded on chain, with each participant's Merkle leaf and
+        inclusion proof; check it with ``controller.federation.audit_verify.verify_audit``."""
+        return FlAuditOut.model_validate(self._json("GET", f"/v1/fl/jobs/{job_id}/audit"))
+
     def cancel_fl_job(self, job_id: str) -> FlJobOut:
         """Cancel a queued FL job or stop a running one; returns its state."""
         return FlJobOut.model_validate(self._json("POST", f"/v1/fl/jobs/{job_id}/cancel"))
@@ -535,11 +582,6 @@ class FedgeClient:
             time.sleep(poll)
 
     def device_privacy(self, device_id: str) -> DevicePrivacyOut:
-    def fl_audit(self, job_id: str) -> FlAuditOut:
-        """Every aggregated round of the job as recorded on chain, with each participant's Merkle leaf and
-        inclusion proof; check it with ``controller.federation.audit_verify.verify_audit``."""
-        return FlAuditOut.model_validate(self._json("GET", f"/v1/fl/jobs/{job_id}/audit"))
-
         """The controller's mirror of a device's privacy spends (per dataset) and its FL jobs."""
         return DevicePrivacyOut.model_validate(self._json("GET", f"/v1/devices/{device_id}/privacy"))
 

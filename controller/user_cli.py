@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from controller.client import FedgeAPIError, FedgeClient
 from controller.schemas.commands import CommandOut
+from controller.schemas.deployments import DeploymentOut
 from controller.schemas.fl import FlJobOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES
 
@@ -33,6 +35,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(tokens_app, name="tokens")
 devices_app = typer.Typer(help="Enrollment tokens, devices and revocation (fleet).", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+deployments_app = typer.Typer(help="List, show, watch and cancel deployments (fleet).", no_args_is_help=True)
+app.add_typer(deployments_app, name="deployments")
 fl_app = typer.Typer(
     help="Federated learning on enrolled devices: run, watch, list, cancel.", no_args_is_help=True
 )
@@ -605,6 +609,34 @@ def devices_telemetry(
             console.print(f"seq {rec.seq} {rec.type}: {json.dumps(body)}", highlight=False)
 
 
+@devices_app.command("events")
+def devices_events(
+    device_id: str,
+    kind: Annotated[str | None, typer.Option("--type", help="only this type, e.g. monitor.drift")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="only this model's events")] = None,
+    limit: Annotated[int, typer.Option(help="events per page")] = 50,
+    offset: Annotated[int, typer.Option(help="skip this many (newest first)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A device's events, newest first: drift alarms of its monitor (detector, window, drifted features)."""
+    with _api() as fc:
+        page = fc.device_events(device_id, type=kind, model_id=model, limit=limit, offset=offset)
+    if as_json:
+        _emit(page.model_dump(mode="json"), True)
+        return
+    for ev in page.items:
+        body = ev.body
+        what = f"{ev.model_id} v{ev.version}" if ev.model_id else "no model"
+        line = f"{ev.occurred_at or ev.received_at.isoformat()} {ev.type} {ev.detector or ''} {what}"
+        line += f" window {body.get('window')}"
+        if body.get("drift_share") is not None:
+            line += f", share {float(body['drift_share']):.2f}"
+        if body.get("drifted_features"):
+            line += f", drifted: {', '.join(map(str, body['drifted_features'][:8]))}"
+        console.print(line, highlight=False)
+    err.print(f"{len(page.items)} of {page.total} event(s)")
+
+
 @app.command("deploy")
 def deploy(
     model_id: str,
@@ -614,6 +646,10 @@ def deploy(
     waves: Annotated[str | None, typer.Option(help="cumulative fractions, e.g. 0.1,1.0")] = None,
     max_failure_ratio: Annotated[float, typer.Option(help="failures tolerated per wave")] = 0.0,
     auto_rollback: Annotated[bool, typer.Option(help="roll devices back when a wave fails")] = True,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="dataset id: the drift reference of the devices' monitors"),
+    ] = None,
     watch: Annotated[bool, typer.Option(help="wait until the rollout ends")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -627,6 +663,7 @@ def deploy(
             waves=[float(w) for w in waves.split(",")] if waves else None,
             max_failure_ratio=max_failure_ratio,
             auto_rollback=auto_rollback,
+            reference_dataset_id=reference,
         ).deployment_id
         err.print(f"deployment {deployment_id}")
         result = fc.wait_deployment(deployment_id) if watch else fc.deployment(deployment_id)
@@ -638,6 +675,108 @@ def deploy(
             console.print(f"  wave {t.wave} {t.device_id} {t.state}")
     if watch and result.state == "failed":
         raise typer.Exit(1)
+
+
+def _deployment_table(dep: DeploymentOut) -> Table:
+    """Per wave: how many devices are in each state."""
+    waves = len(dep.strategy.get("waves", [1.0]))
+    title = (
+        f"deployment {dep.id[:8]} {dep.state}: {dep.model_id[:8]} v{dep.version}, wave "
+        f"{min(dep.current_wave + 1, waves)}/{waves}" + (f" ({dep.error})" if dep.error else "")
+    )
+    states = sorted({t.state for t in dep.devices})
+    table = Table("wave", "devices", *states, title=title)
+    for wave in range(waves):
+        targets = [t for t in dep.devices if t.wave == wave]
+        if not targets:
+            continue
+        marker = " <" if wave == dep.current_wave and dep.state == "rolling" else ""
+        counts = [str(sum(t.state == st for t in targets) or "") for st in states]
+        table.add_row(f"{wave + 1}{marker}", str(len(targets)), *counts)
+    return table
+
+
+@deployments_app.command("list")
+def deployments_list(
+    state: Annotated[
+        str | None, typer.Option(help="rolling, succeeded, failed, superseded, cancelled")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="only deployments of this model id")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Deployments, newest first, with their devices counted by state."""
+    with _api() as fc:
+        page = fc.deployments(state, model, limit, offset)
+    if as_json:
+        _emit(page.model_dump(mode="json"), True)
+        return
+    table = Table("id", "model", "version", "state", "wave", "devices", "created")
+    for d in page.items:
+        devices = ", ".join(f"{n} {st}" for st, n in sorted(d.devices.items()))
+        table.add_row(
+            d.id[:8], d.model_id[:8], str(d.version), d.state, f"{d.current_wave + 1}/{d.waves}", devices,
+            d.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )  # fmt: skip
+    console.print(table)
+    err.print(f"{len(page.items)} of {page.total} deployment(s)")
+
+
+@deployments_app.command("show")
+def deployments_show(
+    deployment_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One deployment: its waves and every device's state."""
+    with _api() as fc:
+        dep = fc.deployment(deployment_id)
+    if as_json:
+        _emit(dep.model_dump(mode="json"), True)
+        return
+    console.print(_deployment_table(dep))
+    for t in dep.devices:
+        console.print(
+            f"  wave {t.wave + 1} {t.device_id} {t.state} {t.error or ''}".rstrip(), highlight=False
+        )
+
+
+@deployments_app.command("watch")
+def deployments_watch(
+    deployment_id: str,
+    interval: Annotated[float, typer.Option(min=0.2, help="seconds between refreshes")] = 1.0,
+) -> None:
+    """A live per-wave table until the deployment settles; exit 1 when it failed."""
+    from rich.live import Live
+
+    with _api() as fc:
+        dep = fc.deployment(deployment_id)
+        with Live(_deployment_table(dep), console=console, refresh_per_second=4) as live:
+            while dep.state == "rolling":
+                time.sleep(interval)
+                dep = fc.deployment(deployment_id)
+                live.update(_deployment_table(dep))
+    if dep.state == "failed":
+        raise typer.Exit(1)
+
+
+@deployments_app.command("cancel")
+def deployments_cancel(
+    deployment_id: str,
+    rollback: Annotated[
+        bool, typer.Option(help="also give devices that installed it their previous model back")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stop a rolling deployment: devices not reached are cancelled, devices still installing get their
+    previous model back, installed ones keep it unless --rollback."""
+    with _api() as fc:
+        dep = fc.cancel_deployment(deployment_id, rollback)
+    if as_json:
+        _emit(dep.model_dump(mode="json"), True)
+        return
+    err.print(f"deployment {dep.id} cancelled")
+    console.print(_deployment_table(dep))
 
 
 # ---------------------------------------------------------------------- fl
@@ -857,6 +996,29 @@ def fl_watch(
         raise typer.Exit(1)
 
 
+@fl_app.command("audit")
+def fl_audit(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the audit document as JSON too")] = False,
+) -> None:
+    """Verify every round of an FL job from its records: each root recomputed from the leaves and proofs and
+    compared with the chain, and the final model's hash lineage; exit 1 with the reason on a mismatch."""
+    from controller.federation.audit_verify import AuditMismatch, verify_audit
+
+    with _api() as fc:
+        doc = fc.fl_audit(job_id)
+    if as_json:
+        console.print_json(doc.model_dump_json())
+    try:
+        lines = verify_audit(doc)
+    except AuditMismatch as exc:
+        err.print(f"FL job {job_id}: audit FAILED: {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in lines:
+        err.print(line, soft_wrap=True)
+    err.print(f"FL job {job_id}: audit verified ({len(doc.rounds)} rounds on chain)", soft_wrap=True)
+
+
 @fl_app.command("list")
 def fl_list(
     status: Annotated[
@@ -890,29 +1052,6 @@ def fl_cancel(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
         job = fc.cancel_fl_job(job_id)
     if as_json:
         _emit(job.model_dump(mode="json"), True)
-@fl_app.command("audit")
-def fl_audit(
-    job_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="print the audit document as JSON too")] = False,
-) -> None:
-    """Verify every round of an FL job from its records: each root recomputed from the leaves and proofs and
-    compared with the chain, and the final model's hash lineage; exit 1 with the reason on a mismatch."""
-    from controller.federation.audit_verify import AuditMismatch, verify_audit
-
-    with _api() as fc:
-        doc = fc.fl_audit(job_id)
-    if as_json:
-        console.print_json(doc.model_dump_json())
-    try:
-        lines = verify_audit(doc)
-    except AuditMismatch as exc:
-        err.print(f"FL job {job_id}: audit FAILED: {exc}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    for line in lines:
-        err.print(line, soft_wrap=True)
-    err.print(f"FL job {job_id}: audit verified ({len(doc.rounds)} rounds on chain)", soft_wrap=True)
-
-
     else:
         err.print(f"FL job {job_id}: {job.status}")
 

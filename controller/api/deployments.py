@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body, Query
 
-from controller.api.deps import Developer, RolloutsDep
+from controller.api.deps import Developer, Offset, RolloutsDep
 from controller.fleet.deployments import DeploymentRequest
-from controller.schemas.deployments import DeploymentCreated, DeploymentIn, DeploymentOut, TargetOut
+from controller.schemas.deployments import (
+    CancelIn,
+    DeploymentCreated,
+    DeploymentIn,
+    DeploymentOut,
+    DeploymentPage,
+    DeploymentSummary,
+    TargetOut,
+)
+
+DeploymentState = Literal["rolling", "succeeded", "failed", "superseded", "cancelled"]
 
 router = APIRouter(prefix="/v1/deployments", tags=["fleet"])
 
@@ -27,8 +37,55 @@ def create_deployment(body: DeploymentIn, rollouts: RolloutsDep, caller: Develop
         strategy,
         body.max_failure_ratio,
         body.auto_rollback,
+        body.reference_dataset_id,
     )
     return DeploymentCreated(deployment_id=rollouts.create(req, caller.subject))
+
+
+@router.get("", response_model=DeploymentPage)
+def list_deployments(
+    rollouts: RolloutsDep,
+    _caller: Developer,
+    state: Annotated[DeploymentState | None, Query(description="only deployments in this state")] = None,
+    model_id: Annotated[
+        str | None, Query(max_length=36, description="only deployments of this model")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Offset = 0,
+) -> DeploymentPage:
+    """Deployments, newest first, each with its devices counted by state."""
+    rows, total = rollouts.list(limit, offset, state, model_id)
+    items = [
+        DeploymentSummary(
+            id=d.id,
+            model_id=d.model_id,
+            version=d.version,
+            state=d.state,
+            current_wave=d.current_wave,
+            waves=len(d.strategy.get("waves", [1.0])),
+            devices=counts,
+            selector=d.selector,
+            created_by=d.created_by,
+            error=d.error,
+            created_at=d.created_at,
+            finished_at=d.finished_at,
+        )
+        for d, counts in rows
+    ]
+    return DeploymentPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post("/{deployment_id}/cancel", response_model=DeploymentOut)
+def cancel_deployment(
+    deployment_id: str,
+    rollouts: RolloutsDep,
+    _caller: Developer,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> DeploymentOut:
+    """Stop a rolling deployment (409 if it is not rolling): devices not reached are cancelled, devices
+    still installing get their previous model back, installed ones keep it unless ``rollback``."""
+    rollouts.cancel(deployment_id, (body or CancelIn()).rollback)
+    return get_deployment(deployment_id, rollouts, _caller)
 
 
 @router.get("/{deployment_id}", response_model=DeploymentOut)
@@ -45,6 +102,7 @@ def get_deployment(deployment_id: str, rollouts: RolloutsDep, _caller: Developer
         max_failure_ratio=dep.max_failure_ratio,
         auto_rollback=dep.auto_rollback,
         current_wave=dep.current_wave,
+        reference_dataset_id=dep.reference_dataset_id,
         error=dep.error,
         created_at=dep.created_at,
         finished_at=dep.finished_at,

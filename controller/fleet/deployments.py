@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Deployment, DeploymentTarget, Device, utcnow
 from controller.errors import Conflict, NotFound, Unprocessable
 from controller.fleet.devices import ACTIVE, Fleet
+from controller.fleet.references import check_reference
 from fedge_protocol.status import FAILED, DeploymentStatus
 
 # A target's state: the controller's own words before and after the device's part, and in between the
@@ -25,6 +26,10 @@ from fedge_protocol.status import FAILED, DeploymentStatus
 WAITING, PENDING = "waiting", "pending"
 APPLYING, SUCCEEDED = DeploymentStatus.APPLYING, DeploymentStatus.SUCCEEDED
 CANCELLED, SUPERSEDED, REVERTED = "cancelled", "superseded", "rolled-back"
+# A deployment's state: rolling until it settles; superseded when newer deployments took every target before
+# anything was installed from it; cancelled by an operator.
+ROLLING, DEPLOYMENT_FAILED = "rolling", "failed"
+DEPLOYMENT_STATES = (ROLLING, SUCCEEDED, DEPLOYMENT_FAILED, SUPERSEDED, CANCELLED)
 OPEN_STATES = (WAITING, PENDING, APPLYING)
 FAILED_STATES = tuple(sorted(FAILED))
 REPORTABLE = tuple(DeploymentStatus)
@@ -61,6 +66,8 @@ class DeploymentRequest:
     strategy: str | dict[str, Any]
     max_failure_ratio: float
     auto_rollback: bool
+    reference_dataset_id: str | None = None
+    """The drift reference data set named in the targets' desired state (a ready, chain-recorded one)."""
 
 
 class Rollouts:
@@ -89,6 +96,8 @@ class Rollouts:
         if sha is None:
             raise Conflict(f"model {req.model_id} v{mv.version} has no chain record; cannot deploy it")
         fractions = parse_waves(req.strategy)
+        if req.reference_dataset_id is not None:
+            check_reference(registry, req.reference_dataset_id)
         if not req.device_ids and not req.selector:
             raise Unprocessable("give device_ids or a selector", field="device_ids")
         with self.sessions.begin() as s:
@@ -103,13 +112,14 @@ class Rollouts:
         dep = Deployment(
             model_id=req.model_id,
             version=version,
-            state="rolling",
+            state=ROLLING,
             strategy={"waves": fractions},
             selector=req.selector,
             max_failure_ratio=req.max_failure_ratio,
             auto_rollback=req.auto_rollback,
             current_wave=0,
             created_by=created_by,
+            reference_dataset_id=req.reference_dataset_id,
         )
         s.add(dep)
         s.flush()
@@ -167,13 +177,15 @@ class Rollouts:
                 continue
             target.previous = device.desired
             device.desired = {"model_id": dep.model_id, "version": dep.version, "deployment_id": dep.id}
+            if dep.reference_dataset_id:
+                device.desired["reference_dataset_id"] = dep.reference_dataset_id
             device.desired_revision += 1
             self._changed(s, device.id)
             target.state, target.updated_at = PENDING, utcnow()
 
     def _advance(self, s: Session, dep: Deployment) -> None:
         """Settle the current wave: stop (and roll back) on too many failures, else start the next."""
-        while dep.state == "rolling":
+        while dep.state == ROLLING:
             targets = self._wave_targets(s, dep, dep.current_wave)
             if any(t.state in OPEN_STATES for t in targets):
                 return
@@ -184,13 +196,24 @@ class Rollouts:
                 return
             waves = len(dep.strategy.get("waves", [1.0]))
             if dep.current_wave + 1 >= waves:
-                dep.state, dep.finished_at = SUCCEEDED, utcnow()
+                dep.state, dep.finished_at = self._settled_state(s, dep), utcnow()
                 return
             dep.current_wave += 1
             self._start_wave(s, dep)
 
+    @staticmethod
+    def _settled_state(s: Session, dep: Deployment) -> str:
+        """``succeeded`` once a target installed it; ``superseded`` when newer deployments took every target
+        before any did (nothing was installed from this one)."""
+        states = set(
+            s.scalars(select(DeploymentTarget.state).where(DeploymentTarget.deployment_id == dep.id))
+        )
+        if SUCCEEDED in states or not states <= {SUPERSEDED, CANCELLED} or SUPERSEDED not in states:
+            return SUCCEEDED
+        return SUPERSEDED
+
     def _stop(self, s: Session, dep: Deployment, reason: str) -> None:
-        dep.state, dep.error, dep.finished_at = "failed", reason, utcnow()
+        dep.state, dep.error, dep.finished_at = DEPLOYMENT_FAILED, reason, utcnow()
         for target in s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)):
             if target.state == WAITING:
                 target.state = CANCELLED
@@ -256,3 +279,64 @@ class Rollouts:
                 )
             )
             return dep, targets
+
+    def list(
+        self, limit: int, offset: int, state: str | None = None, model_id: str | None = None
+    ) -> tuple[list[tuple[Deployment, dict[str, int]]], int]:
+        """Deployments newest first, each with its targets counted by state; and the total."""
+        query = select(Deployment)
+        if state is not None:
+            query = query.where(Deployment.state == state)
+        if model_id is not None:
+            query = query.where(Deployment.model_id == model_id)
+        with self.sessions() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            deps = list(
+                s.scalars(
+                    query.order_by(Deployment.created_at.desc(), Deployment.id).limit(limit).offset(offset)
+                )
+            )
+            counts: dict[str, dict[str, int]] = {d.id: {} for d in deps}
+            if deps:
+                rows = s.execute(
+                    select(DeploymentTarget.deployment_id, DeploymentTarget.state, func.count())
+                    .where(DeploymentTarget.deployment_id.in_(list(counts)))
+                    .group_by(DeploymentTarget.deployment_id, DeploymentTarget.state)
+                )
+                for dep_id, target_state, n in rows:
+                    counts[dep_id][target_state] = int(n)
+            return [(d, counts[d.id]) for d in deps], total
+
+    def cancel(self, deployment_id: str, rollback: bool) -> Deployment:
+        """Stop a rolling deployment: targets not yet reached are cancelled; devices asked to install it but
+        not done get their previous desired state back; devices that installed it keep it unless
+        ``rollback``. A 409 when it is no longer rolling."""
+        with self.sessions.begin() as s:
+            dep = s.get(Deployment, deployment_id, with_for_update=True)
+            if dep is None:
+                raise NotFound(f"deployment {deployment_id} not found")
+            if dep.state != ROLLING:
+                raise Conflict(f"deployment {deployment_id} is {dep.state}, not rolling: nothing to cancel")
+            dep.state, dep.finished_at = CANCELLED, utcnow()
+            dep.error = "cancelled by an operator" + (" (installed devices rolled back)" if rollback else "")
+            for target in s.scalars(select(DeploymentTarget).where(DeploymentTarget.deployment_id == dep.id)):
+                if target.state in (SUPERSEDED, CANCELLED, REVERTED) or target.state in FAILED_STATES:
+                    continue
+                if target.state == WAITING:
+                    target.state, target.updated_at = CANCELLED, utcnow()
+                    continue
+                installed = target.state == SUCCEEDED
+                if installed and not rollback:
+                    continue
+                device = s.get(Device, target.device_id)
+                if device is not None and (device.desired or {}).get("deployment_id") == dep.id:
+                    device.desired = target.previous
+                    device.desired_revision += 1
+                    self._changed(s, device.id)
+                target.state = REVERTED if installed else CANCELLED
+                target.error = "deployment cancelled"
+                target.updated_at = utcnow()
+            s.flush()
+            s.expunge(dep)
+        self._notify(s)
+        return dep

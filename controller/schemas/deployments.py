@@ -1,4 +1,5 @@
-"""Deployments: ``POST /v1/deployments``, ``GET /v1/deployments/{id}``."""
+"""Deployments: ``POST /v1/deployments``, ``GET /v1/deployments`` (a page), ``GET /v1/deployments/{id}``,
+``POST /v1/deployments/{id}/cancel``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ class DeploymentIn(BaseModel):
     strategy: Literal["all-at-once"] | Waves = "all-at-once"
     max_failure_ratio: float = Field(default=0.0, ge=0, le=1)
     auto_rollback: bool = True
+    reference_dataset_id: str | None = Field(
+        default=None,
+        max_length=36,
+        description="a registered data set the devices' monitors check drift against (named in the "
+        "desired state; fetched and SHA-256 checked like the model)",
+    )
 
 
 class DeploymentCreated(BaseModel):
@@ -44,7 +51,37 @@ class DeploymentOut(BaseModel):
     max_failure_ratio: float
     auto_rollback: bool
     current_wave: int
+    reference_dataset_id: str | None = None
     error: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
     devices: list[TargetOut]
+
+
+class DeploymentSummary(BaseModel):
+    id: str
+    model_id: str
+    version: int
+    state: str = Field(description="rolling | succeeded | failed | superseded | cancelled")
+    current_wave: int
+    waves: int = Field(description="number of waves")
+    devices: dict[str, int] = Field(description='targets by state, e.g. {"succeeded": 9, "pending": 1}')
+    selector: dict[str, str] | None
+    created_by: str | None
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class DeploymentPage(BaseModel):
+    items: list[DeploymentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class CancelIn(BaseModel):
+    rollback: bool = Field(
+        default=False,
+        description="also give devices that already installed it their previous model back",
+    )
