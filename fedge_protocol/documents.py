@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from fedge_protocol.envelope import DocumentType
 from fedge_protocol.status import CommandKind, CommandState, DeploymentStatus
@@ -22,6 +22,17 @@ DEVICE_AUDIENCE = "fedge:device-api"
 """The ``aud`` claim of device-signed API tokens (ES256 JWTs, iss = sub = device id)."""
 MAX_DEVICE_TOKEN_SECONDS = 300
 """A device-signed API token lives at most this long."""
+
+
+class DatasetReference(BaseModel):
+    """A registered data set as a signed desired state names it: the model's drift reference (fetched and
+    SHA-256 checked like the model)."""
+
+    dataset_id: str
+    sha256: str = Field(description="hex SHA-256 read from the dataset's chain record")
+    size_bytes: int | None = None
+    filename: str | None = Field(default=None, description="the registered file name (.npz or .csv)")
+    download: str = Field(description="device route that streams the data set")
 
 
 class ModelReference(BaseModel):
@@ -36,6 +47,18 @@ class ModelReference(BaseModel):
     size_bytes: int | None = None
     download: str = Field(description="device route that streams the artifact")
     sample_input: Any = Field(default=None, description="health-check input (desired states only)")
+    reference: DatasetReference | None = Field(
+        default=None, description="drift reference data set of the model (desired states only; optional)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_reference(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without a reference the document is exactly what it was before the field existed (same
+        canonical JSON, same ETag, same signature)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("reference") is None:
+            data.pop("reference", None)
+        return data
 
 
 class DesiredState(BaseModel):
@@ -81,6 +104,59 @@ class TelemetryType(StrEnum):
 
     COMMAND = "command"
     GRID_DAY = "grid.day"
+    MONITOR = "monitor"
+    """A periodic monitoring summary of the active model (:class:`MonitorSummary`)."""
+    DRIFT = "monitor.drift"
+    """A drift alarm (:class:`DriftEvent`); the controller also stores it as a device event."""
+
+
+EVENT_TYPES: frozenset[str] = frozenset({TelemetryType.DRIFT})
+"""Telemetry types the controller stores as device events (``GET /v1/devices/{id}/events``)."""
+
+
+class DriftDetector(StrEnum):
+    """Which detector raised a drift alarm."""
+
+    DATA = "evidently"
+    """Evidently's DataDriftPreset over a window of inputs against the reference data set."""
+    ADWIN = "adwin"
+    """River's ADWIN on the prediction-error stream."""
+    PAGE_HINKLEY = "page-hinkley"
+    """River's Page-Hinkley test on the prediction-error stream."""
+
+
+class DriftEvent(BaseModel):
+    """A telemetry record: drift detected on the device for one model version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal[TelemetryType.DRIFT] = TelemetryType.DRIFT
+    model_id: str | None = None
+    version: int | None = None
+    detector: DriftDetector
+    window: int = Field(ge=0, description="the window (data) or observation (error stream) it fired in")
+    drift_share: float | None = Field(default=None, description="share of drifted features (data drift)")
+    drifted_features: list[str] = Field(default_factory=list)
+    scores: dict[str, float] = Field(default_factory=dict, description="per-feature drift score")
+    at: str = Field(description="ISO 8601 UTC time on the device")
+
+
+class MonitorSummary(BaseModel):
+    """A telemetry record: what the agent's monitor saw since the last summary."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal[TelemetryType.MONITOR] = TelemetryType.MONITOR
+    model_id: str | None = None
+    version: int | None = None
+    inferences: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    dropped: int = Field(default=0, description="observations dropped because the monitor queue was full")
+    errors: dict[str, float] | None = Field(default=None, description="me, mae, mape, bias ... (with labels)")
+    drift: bool | None = None
+    drift_share: float | None = None
+    at: str
 
 
 class CommandAck(BaseModel):

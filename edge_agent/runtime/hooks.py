@@ -18,8 +18,9 @@ import base64
 import binascii
 import importlib
 import io
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,6 +33,14 @@ MAX_IMAGES = 256
 
 class BadRequest(ValueError):
     """The request itself is malformed (HTTP 422 / an error response on MQTT)."""
+
+
+class InferenceObserver(Protocol):
+    """Told about every successful inference (the agent's monitor); must return at once, never raise."""
+
+    def observe_inference(
+        self, model_id: str | None, version: int | None, inputs: Any, outputs: Any, seconds: float
+    ) -> None: ...
 
 
 def load_hook(path: str) -> Callable[..., Any]:
@@ -115,6 +124,8 @@ class InferenceService:
         self.runtime = runtime
         self.preprocess = preprocess or image_preprocess
         self.postprocess = postprocess or classification_postprocess
+        self.observer: InferenceObserver | None = None
+        """Set by the monitor: inputs, outputs and the model call's latency (a non-blocking hand-over)."""
 
     @classmethod
     def from_paths(cls, runtime: ModelRuntime, pre: str | None, post: str | None) -> InferenceService:
@@ -137,10 +148,20 @@ class InferenceService:
             raise BadRequest(
                 "expected {'inputs': {name: nested list}} or {'image': base64} / {'images': [...]}"
             )
+        started = time.perf_counter()
         outputs = self.runtime.infer(inputs)
+        seconds = time.perf_counter() - started
         response: dict[str, Any] = {"outputs": outputs}
         response.update(self.postprocess(request, outputs))
         active = self.runtime.active
+        if self.observer is not None:
+            self.observer.observe_inference(
+                active.model_id if active else None,
+                active.version if active else None,
+                inputs,
+                outputs,
+                seconds,
+            )
         response["model_id"] = active.model_id if active else None
         response["version"] = active.version if active else None
         return response
