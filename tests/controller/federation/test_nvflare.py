@@ -71,6 +71,19 @@ def test_options_the_engine_does_not_run_are_named(extra: dict[str, Any], field:
     assert refused[0] == field and words in refused[1], refused
 
 
+def test_privacy_options_and_algorithms_added_to_the_job_spec_are_refused_too() -> None:
+    """The check refuses any field it does not run, so options other work adds are covered."""
+    from controller.schemas.fl import FlPrivacyIn
+
+    if "secure_aggregation" in FlPrivacyIn.model_fields:
+        refused = unsupported(_job(privacy={"secure_aggregation": {}}))
+        assert refused is not None and refused[0] == "privacy.secure_aggregation"
+    if "algorithm" in FlJobIn.model_fields:
+        refused = unsupported(_job(algorithm="fedpate", pate={"num_teachers": 2}))
+        assert refused is not None and refused[0] in ("algorithm", "pate") and "flower" in refused[1]
+    assert unsupported(_job(rounds=2)) is None  # a default-valued spec is not refused
+
+
 def test_without_the_flare_extra_the_job_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(

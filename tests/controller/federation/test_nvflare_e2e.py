@@ -136,3 +136,27 @@ def test_a_running_nvflare_job_is_cancelled_and_its_processes_stopped(ctl: Ctl) 
     assert job["status"] == "cancelled" and job["result"] is None and job["chain"] is None
     assert job["metrics"] and job["rounds_completed"] < 200 and "cancelled" in (job["error"] or "")
     assert _flare_processes(ctl.data_dir / "fl-jobs" / job_id / "nvflare") == []
+
+
+def test_the_job_api_refuses_what_nvflare_does_not_run_and_names_a_missing_extra(
+    ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from tests.controller.federation.fl_helpers import problem
+
+    def post(**extra: Any) -> Any:
+        body = job_body(ctl.model_id, ctl.devices, engine="nvflare", **extra)
+        return problem(ctl.client.post("/v1/fl/jobs", headers=ADMIN, json=body))
+
+    p = post(privacy={"dp": {"epsilon": 3.0}})
+    assert p.status == 422 and p.field == "privacy.dp" and "local DP-SGD" in p.detail
+    p = post(strategy={"name": "fedavg", "params": {"x": 1}})
+    assert p.status == 422 and p.field == "strategy.params"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "nvflare" else real(name, *a)
+    )
+    p = post()
+    assert p.status == 422 and p.field == "engine" and "pip install 'fedge[flare]'" in p.detail
+    assert ctl.client.get("/v1/fl/jobs", headers=ADMIN).json()["total"] == 0  # nothing was queued
