@@ -24,7 +24,10 @@ __all__ = [
     "BUDGET_EXCEEDED_REASON",
     "CONFIG",
     "METRICS",
+    "PUBLIC",
+    "VOTES",
     "NodeKey",
+    "PateKey",
     "ReplyKey",
     "TrainKey",
     "budget_refusal_reason",
@@ -34,6 +37,10 @@ __all__ = [
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+#: FedPATE query: the ArrayRecord of public examples (array ``x``); reply: the ArrayRecord of noisy vote
+#: histograms (arrays ``votes`` and, with a confidence check, ``check``)
+PUBLIC = "public"
+VOTES = "votes"
 
 #: ``Error.code`` of a train reply refused for the device's privacy budget (outside Flower's own codes 0-8).
 BUDGET_EXCEEDED_CODE = 4030
@@ -73,6 +80,27 @@ class ReplyKey:
     DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
     DP_BUDGET_REMAINING: Final = "dp-budget-remaining"
     STEPS: Final = "steps"
+
+
+class PateKey:
+    """Keys of the FedPATE query ``ConfigRecord`` (key ``"config"``) and of its reply's ``MetricRecord``
+    (``edge_agent.learning.pate``; plain strings)."""
+
+    JOB_ID: Final = "job-id"
+    BATCH: Final = "pate-batch"  # the ledger's round key of this vote batch
+    MODEL: Final = "model"
+    SEED: Final = "seed"  # the teachers' shards and initial parameters (never the noise)
+    NUM_TEACHERS: Final = "pate-num-teachers"  # teachers on this device
+    NOISE: Final = "pate-noise"  # gaussian | laplace
+    SIGMA: Final = "pate-sigma"  # the aggregate's noise (Gaussian std or Laplace scale)
+    SIGMA1: Final = "pate-sigma1"  # the confidence check's aggregate noise; 0: no check histogram
+    PARTIES: Final = "pate-parties"  # devices whose Gaussian shares make up the aggregate's noise
+    NUM_CLASSES: Final = "pate-num-classes"
+    TEACHER_EPOCHS: Final = "pate-teacher-epochs"
+    LR: Final = "lr"
+    # reply metrics (besides ReplyKey.NUM_EXAMPLES and the ReplyKey.DP_* keys)
+    TEACHERS: Final = "pate-teachers"
+    TEACHER_ACCURACY: Final = "pate-teacher-accuracy"
 
 
 class NodeKey:

@@ -98,6 +98,7 @@ def fl_job_out(job: FlJob, participants: list[FlParticipant], rounds: list[FlRou
     )
     epsilons = [p.epsilon for p in participants if p.rounds_trained > 0 and p.epsilon is not None]
     dp = (job.privacy or {}).get("dp")
+    pate = (job.spec or {}).get("algorithm") == "fedpate"  # the labels' epsilon (federation/pate.py)
     return FlJobOut(
         job_id=job.id,
         status=job.state,
@@ -114,8 +115,8 @@ def fl_job_out(job: FlJob, participants: list[FlParticipant], rounds: list[FlRou
         run_id=job.run_id,
         participants=[participant_out(p) for p in participants],
         metrics=rounds_out(rounds),
-        epsilon_spent=max(epsilons) if dp and epsilons else None,
-        delta=float(dp["delta"]) if dp else None,
+        epsilon_spent=summary.get("epsilon_spent") if pate else max(epsilons) if dp and epsilons else None,
+        delta=summary.get("delta") if pate else float(dp["delta"]) if dp else None,
         result=result,
         chain=FlChainOut.model_validate(job.chain) if job.chain else None,
         summary=summary,

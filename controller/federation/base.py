@@ -80,6 +80,8 @@ class FederationSpec:
     round_timeout_s: float = 600.0
     node_wait_s: float = 300.0  # a phase waiting this long for min_clients connected nodes fails the job
     timeout_s: float = 6 * 3600.0
+    algorithm: str = "fedavg"  # fedpate: teachers' votes and a student (controller.federation.pate)
+    pate: Mapping[str, Any] | None = None  # the checked PateSpec fields
     participant_devices: tuple[str, ...] = ()  # device ids, in participant_nodes' order
     dataset_path: Path | None = None  # the registered dataset, staged (engines that do not deploy)
     secure_aggregation: Mapping[str, Any] | None = None  # SecAgg+ settings (controller.federation.secagg)

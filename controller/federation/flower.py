@@ -852,6 +852,8 @@ class FlowerEngine(FederationEngine):
             "report-token": spec.report_token,
             "output-path": str(spec.output_path),
             "round-timeout": float(spec.round_timeout_s),
+            "algorithm": spec.algorithm,
+            "pate": json.dumps(dict(spec.pate), sort_keys=True) if spec.pate else "",
             "secure-aggregation": json.dumps(dict(spec.secure_aggregation), sort_keys=True)
             if spec.secure_aggregation
             else "",

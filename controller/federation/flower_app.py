@@ -160,7 +160,12 @@ def make_server_app(reporter: Reporter | None = None) -> ServerApp:
         chosen: Reporter = reporter or (HttpReporter(url, token=token) if url else ListReporter())
         guarded = ParticipantGrid(grid, allowed, min_nodes=int(config["min-nodes"]), wait_s=wait_s)
         try:
-            run_federation(guarded, config, chosen, run_id=int(context.run_id))
+            if str(config["algorithm"]) == "fedpate":  # teachers' votes and a student (federation/pate.py)
+                from controller.federation.pate import run_fedpate
+
+                run_fedpate(guarded, config, chosen, run_id=int(context.run_id))
+            else:
+                run_federation(guarded, config, chosen, run_id=int(context.run_id))
         except Exception as exc:
             _report_failure(url, token, job_id, int(context.run_id), f"{type(exc).__name__}: {exc}")
             raise

@@ -258,6 +258,10 @@ class FlJobManager:
         min_clients = self._min_clients(req, len(devices))
         strategy = self._strategy(req, min_clients)
         dataset, input_shape = self._data(req, model)
+        if req.algorithm == "fedpate":  # engine, privacy, public set (controller/federation/pate.py)
+            from controller.federation.pate import check_pate_job
+
+            check_pate_job(req, input_shape)
         privacy = req.privacy.model_dump(mode="json", exclude_none=True)
         if req.privacy.secure_aggregation is not None:  # SecAgg+: resolved against the devices and strategy
             from controller.federation.secagg import SecAggConfigError, job_settings
@@ -936,6 +940,8 @@ class FlJobManager:
             dp_delta=float(dp["delta"]) if dp else 1e-5,
             dp_max_grad_norm=float(dp["max_grad_norm"]) if dp else 1.0,
             secure_aggregation=(job.privacy or {}).get("secure_aggregation"),
+            algorithm=str(spec.get("algorithm") or "fedavg"),
+            pate=_pate_settings(spec) if spec.get("algorithm") == "fedpate" else None,
             initial_path=initial,
             round_timeout_s=float(spec.get("round_timeout", 600.0)),
             node_wait_s=float(self.settings.fl_node_wait_seconds),
@@ -1113,6 +1119,10 @@ class FlJobManager:
         epsilon = (max(epsilons) if epsilons else float(dp["epsilon"])) if dp else None
         delta = float(dp["delta"]) if dp else None
         strategy = str(job.strategy.get("name", "fedavg"))
+        if job.spec.get("algorithm") == "fedpate":  # the labels' PATE epsilon, not a device's DP-SGD one
+            from controller.federation.pate import pate_epsilon
+
+            epsilon, delta, strategy = *pate_epsilon(summary), "fedpate"
         rounds = self._rounds_done(job.id) or job.rounds
         try:
             receipt = self.chain.record_fl_run(
@@ -1200,6 +1210,12 @@ class FlJobManager:
                 )
                 or 0
             )
+
+
+def _pate_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    from controller.federation.pate import pate_settings
+
+    return pate_settings(spec)
 
 
 def engine_unavailable(exc: EngineUnavailable) -> ServiceUnavailable:

@@ -29,6 +29,8 @@ Run config (``[tool.flwr.app.config]`` in deployment; ``make_server_app(run_conf
 ``report-token``            bearer token for ``report-url`` ("")
 ``output-path``             where to save the final global parameters as ``.npz`` ("": not saved)
 ``round-timeout``           seconds to wait for replies in each phase (3600)
+``algorithm``               ``fedavg`` (the strategy's rounds) or ``fedpate`` (controller/federation/pate.py)
+``pate``                    FedPATE settings as JSON (``PateSpec``; "" unless ``algorithm`` is fedpate)
 ``secure-aggregation``      SecAgg+ settings as JSON ("": off; :mod:`controller.federation.secagg`)
 ==========================  ============================================================================
 """
@@ -94,6 +96,8 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "report-token": "",
     "output-path": "",
     "round-timeout": 3600.0,
+    "algorithm": "fedavg",
+    "pate": "",
     "secure-aggregation": "",
 }
 
@@ -451,6 +455,8 @@ class FederationConfig:
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"run config {key!r}: {value!r} is not a {type(default).__name__}") from exc
         parse_spec(str(values["strategy"]))  # refuse a bad spec before anything starts
+        if values["algorithm"] not in ("fedavg", "fedpate"):
+            raise ValueError(f"algorithm is fedavg or fedpate, not {values['algorithm']!r}")
         if int(values["num-server-rounds"]) < 1:
             raise ValueError("num-server-rounds must be at least 1")
         return cls(values)
@@ -520,6 +526,8 @@ def run_federation(
 ) -> Result:
     """Run the whole job on ``grid``: guarded strategy, reports, final parameters saved. Setting
     ``cancel`` ends it with :class:`FederationCancelled` before the next phase."""
+    if str(config["algorithm"]) != "fedavg":  # FedPATE: controller.federation.pate.run_fedpate (flower_app)
+        raise ValueError(f"run_federation runs the strategies' rounds, not algorithm {config['algorithm']!r}")
     job_id = str(config["job-id"]) or f"flwr-run-{run_id}"
     min_nodes = int(config["min-nodes"])
     strategy = build_strategy(

@@ -188,6 +188,53 @@ class FlDataIn(BaseModel):
     num_classes: int | None = Field(default=None, ge=2)
 
 
+class FlPateIn(BaseModel):
+    """FedPATE (seed 5.3.3): teachers on every device's private data vote on the controller's public set with
+    distributed noise; Confident-GNMax labels it; a student learns the labels (docs/fl-pate.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_teachers: int = Field(ge=1, le=100_000, description="teachers per device (disjoint data shards)")
+    noise: Literal["gaussian", "laplace"] = "gaussian"
+    sigma: float = Field(default=10.0, description="the aggregate's noise: Gaussian std or Laplace scale")
+    sigma1: float = Field(default=0.0, description="the confidence check's noise std; 0: answer every query")
+    threshold: float | None = Field(default=None, description="votes the check needs (required with sigma1)")
+    epsilon: float | None = Field(default=None, description="target epsilon: stop answering before it")
+    delta: float = Field(default=1e-5, description="in (0, 1)")
+    num_queries: int = Field(default=300, ge=1, le=300, description="public examples to label")
+    public: Literal["digits"] = Field(default="digits", description="the controller's public set")
+    batch_queries: int = Field(default=0, ge=0, le=300, description="queries per message (0: all in one)")
+    teacher_epochs: int = Field(default=100, ge=1, le=10_000, description="full-batch steps per teacher")
+    teacher_lr: float = Field(default=0.5, gt=0, le=100)
+    student_epochs: int = Field(default=300, ge=1, le=100_000, description="full-batch steps of the student")
+    student_lr: float = Field(default=0.5, gt=0, le=100)
+
+    @field_validator("sigma", "sigma1", "epsilon", "threshold")
+    @classmethod
+    def _finite(cls, value: float | None, info: Any) -> float | None:
+        if value is None:
+            return value
+        if not math.isfinite(value) or value < 0 or (info.field_name in ("sigma", "epsilon") and value == 0):
+            bound = "> 0" if info.field_name in ("sigma", "epsilon") else ">= 0"
+            raise ValueError(f"{info.field_name} must be a finite number {bound}, got {value}")
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"delta must be in (0, 1), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> FlPateIn:
+        if self.sigma1 > 0 and self.threshold is None:
+            raise ValueError("give threshold (the votes a confident query needs) with sigma1 > 0")
+        if self.sigma1 == 0 and self.threshold is not None:
+            raise ValueError("threshold needs sigma1 > 0 (the check's noise)")
+        return self
+
+
 class FlJobIn(BaseModel):
     """``POST /v1/fl/jobs``."""
 
@@ -214,6 +261,16 @@ class FlJobIn(BaseModel):
     round_timeout: float = Field(
         default=600.0, ge=1, le=86_400, description="seconds a phase waits for the devices' replies"
     )
+    algorithm: Literal["fedavg", "fedpate"] = Field(
+        default="fedavg", description="fedavg: the strategy's rounds; fedpate: teachers' votes and a student"
+    )
+    pate: FlPateIn | None = Field(default=None, description="FedPATE settings (with algorithm fedpate)")
+
+    @model_validator(mode="after")
+    def _pate(self) -> FlJobIn:
+        if (self.algorithm == "fedpate") != (self.pate is not None):
+            raise ValueError("algorithm fedpate and the pate settings go together")
+        return self
 
 
 class FlJobCreated(BaseModel):

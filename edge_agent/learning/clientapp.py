@@ -54,7 +54,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from edge_agent.learning import dp
+from edge_agent.learning import dp, pate
 from edge_agent.learning.audit import audit_mod
 from edge_agent.learning.data import LocalData, load_local_data
 from edge_agent.learning.ledger import BudgetExceeded, PrivacyLedger
@@ -366,6 +366,9 @@ def make_client_app(
             }
         )
         return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+
+    # FedPATE vote requests (edge_agent/learning/pate.py): teachers on the device's data, paid from its ledger
+    app.query()(pate.make_query_handler(load_data, lambda ctx: _ledger(state_dir_for(ctx), policy_for(ctx))))
 
     return app
 
