@@ -95,6 +95,7 @@ __all__ = [
     "SecAggSettings",
     "error_bound",
     "job_settings",
+    "payload_bytes",
     "resolve_settings",
     "secure_rounds",
 ]
@@ -330,7 +331,7 @@ def _value_bytes(value: Any) -> int:
     return 8  # numbers travel as 64-bit
 
 
-def _content_bytes(content: RecordDict) -> int:
+def payload_bytes(content: RecordDict) -> int:
     """Payload bytes of a message: arrays, and every key and value of its config and metric records
     (Flower's own ``ConfigRecord.count_bytes`` fails on an empty list, which the unmask stage sends)."""
     total = sum(int(rec.count_bytes()) for rec in content.array_records.values())
@@ -387,7 +388,7 @@ class _StageGrid(Grid):
     ) -> Iterable[Message]:
         sent = {int(m.metadata.dst_node_id): m for m in messages}
         stages = {str(m.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, "")) for m in sent.values()}
-        self.bytes_out += sum(_content_bytes(m.content) for m in sent.values())
+        self.bytes_out += sum(payload_bytes(m.content) for m in sent.values())
         out: list[Message] = []
         for reply in self.inner.send_and_receive(list(sent.values()), timeout=timeout):
             node = int(reply.metadata.src_node_id)
@@ -395,7 +396,7 @@ class _StageGrid(Grid):
                 self.errors.setdefault(node, reply.error)
                 out.append(reply)
                 continue
-            self.bytes_in += _content_bytes(reply.content)
+            self.bytes_in += payload_bytes(reply.content)
             problem = self._masked_problem(reply) if Stage.COLLECT_MASKED_VECTORS in stages else None
             if problem is not None and node in sent:
                 log.warning("secure aggregation: rejected the masked update of node %d: %s", node, problem)

@@ -76,6 +76,7 @@ class LoopbackJob:
     strategy: Mapping[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     dp_epsilon: float = 0.0  # local DP target per device (0: off); each device's budget is the target
     dp_delta: float = 1e-5
+    secure_aggregation: Mapping[str, Any] | None = None  # SecAgg+ settings (controller.federation.secagg)
     round_timeout_s: float = 300.0
     node_wait_s: float = 180.0
     timeout_s: float = 1800.0
@@ -567,6 +568,7 @@ def run_loopback(
                 momentum=job.momentum,
                 dp_target_epsilon=job.dp_epsilon,
                 dp_delta=job.dp_delta,
+                secure_aggregation=job.secure_aggregation,
                 round_timeout_s=job.round_timeout_s,
                 node_wait_s=job.node_wait_s,
                 timeout_s=job.timeout_s,

@@ -7,9 +7,8 @@ more dropouts than the threshold allows halt the round and keep the global model
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +17,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
+from flwr.app import Context
 
 from controller.federation.secagg import (
     SecAggConfigError,
@@ -35,6 +32,7 @@ from edge_agent.learning.data import LocalData
 from edge_agent.learning.models import resolve_factory
 from edge_agent.learning.secagg import secagg_mod
 from edge_agent.learning.trainer import FitConfig, TorchTrainer
+from simulator.fl.inprocess import InProcessGrid
 from tests.controller.federation.fl_helpers import digits
 
 NETWORK, LR, SEED = "digits-linear", 0.5, 3
@@ -43,7 +41,7 @@ T = TypeVar("T")
 
 @pytest.fixture(autouse=True)
 def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a ServerApp process has set when Flower builds its messages."""
+    """What a ServerApp process has set when Flower builds its messages (simulator.fl.inprocess)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
@@ -130,35 +128,6 @@ def test_a_malformed_run_config_value_is_refused() -> None:
 
 
 # --- the protocol against the real ClientApp ----------------------------------------------------
-
-
-class InProcessGrid:
-    """Delivers each message to the node's ClientApp (a deep copy each way, like a transport); a raising
-    ClientApp becomes an error reply, as the SuperNode makes it."""
-
-    def __init__(self, apps: dict[int, ClientApp]) -> None:
-        self.apps = apps
-        self.contexts = {
-            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={}) for n in apps
-        }
-        self.train_messages: dict[int, int] = dict.fromkeys(apps, 0)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.apps)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            node = int(msg.metadata.dst_node_id)
-            delivered = copy.deepcopy(msg)
-            if msg.metadata.message_type == "train":
-                self.train_messages[node] += 1
-            try:
-                reply = self.apps[node](delivered, self.contexts[node])
-            except Exception as exc:
-                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, repr(exc)), reply_to=delivered)
-            replies.append(copy.deepcopy(reply))
-        return replies
 
 
 def _const(value: T) -> Callable[[Context], T]:
@@ -252,7 +221,7 @@ def test_a_secagg_round_equals_plaintext_fedavg_within_the_quantisation_bound(tm
     assert sorted(c["node_id"] for c in train.clients) == sorted(data)
     assert {c["metrics"]["num-examples"] for c in train.clients} == {300, 260, 200}
     assert train.bytes_sent > 0 and train.bytes_received > 0
-    assert grid.train_messages == dict.fromkeys(data, 4)  # setup, share keys, masked vector, unmask
+    assert grid.messages["train"] == dict.fromkeys(data, 4)  # setup, share keys, masked vector, unmask
     evaluate = next(r for r in reporter.rounds if r.kind == "evaluate")
     assert evaluate.participants == 3 and 0 <= evaluate.metrics["eval_accuracy"] <= 1
     assert (tmp_path / "final.npz").exists()
@@ -270,7 +239,7 @@ def test_a_device_dropping_out_after_the_key_exchange_leaves_the_others_aggregat
     train = next(r for r in reporter.rounds if r.kind == "train")
     assert train.participants == 3 and train.failures == 1 and train.budget_refused == []
     assert sorted(c["node_id"] for c in train.clients) == survivors
-    assert grid.train_messages[103] == 3  # setup, share keys, then its refusal; no unmask
+    assert grid.messages["train"][103] == 3  # setup, share keys, then its refusal; no unmask
     evaluate = next(r for r in reporter.rounds if r.kind == "evaluate")
     assert evaluate.participants == 4
 
