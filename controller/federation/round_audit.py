@@ -8,6 +8,7 @@
   and answers with the root as read back, :meth:`confirm`);
 * it adds to each participant's evaluate config its leaf, index, proof, the root, the aggregate digest and
   the on-chain root and transaction (:class:`fedge_protocol.merkle.AuditKey`), which the device checks;
+* under SecAgg+ it is turned off (``enabled``): no individual update reaches the server;
 * it picks out evaluate replies that are a device's audit refusal (:data:`AUDIT_FAILED_CODE`).
 """
 
@@ -47,6 +48,8 @@ class RoundAuditor:
 
     def __init__(self, *, chain_required: bool) -> None:
         self.chain_required = chain_required
+        #: False under SecAgg+: the server never holds an individual update, so there is nothing to digest
+        self.enabled = True
         self._round = 0
         self._tree: MerkleTree | None = None
         self._by_node: dict[int, bytes] = {}
@@ -63,7 +66,7 @@ class RoundAuditor:
     ) -> dict[str, Any] | None:
         """The ``audit`` of a train round's report (None when nothing was aggregated)."""
         self._round, self._tree, self._by_node, self._confirmed = server_round, None, {}, {}
-        if aggregate is None or not digests:
+        if not self.enabled or aggregate is None or not digests:
             return None
         self._by_node = dict(digests)
         self._tree = MerkleTree(self._by_node.values())

@@ -539,6 +539,7 @@ def run_federation(
     guarded = GuardedStrategy(strategy, reporter, run_id=run_id, job_id=job_id, cancel=cancel)
     start = guarded.start
     if str(config["secure-aggregation"]):  # SecAgg+: Flower's workflow runs the train phase
+        guarded.auditor.enabled = False  # no individual update to put in the audit tree (docs/fl-audit.md)
         from controller.federation.secagg import secure_rounds
 
         start = secure_rounds(guarded, str(config["secure-aggregation"])).start

@@ -34,7 +34,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message
 
-from fedge_protocol.federation import CONFIG, NodeKey, TrainKey
+from fedge_protocol.federation import ARRAYS, CONFIG, NodeKey, TrainKey
 from fedge_protocol.merkle import (
     AUDIT_FAILED_CODE,
     AUDIT_FAILED_REASON,
@@ -161,13 +161,14 @@ def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Cont
         return call_next(msg, context)
     state = _state(context)
     if FAILED in state:
-        return _refusal(msg, f"an earlier audit check failed, this device left the job: {_label(state[FAILED])}")
+        return _refusal(msg, f"an earlier check failed, this device left the job: {_label(state[FAILED])}")
     config = msg.content.config_records.get(CONFIG, ConfigRecord())
     if kind == "evaluate" and AuditKey.ROOT in config:
         round_ = _label(config.get(AuditKey.ROUND))
         own_hex = state.get(round_)
         job = str(config.get(TrainKey.JOB_ID) or f"flwr-run-{context.run_id}")
-        evaluated = update_digest(msg.content.array_records) if msg.content.array_records else None
+        records = msg.content.array_records
+        evaluated = update_digest({ARRAYS: records[ARRAYS]}) if ARRAYS in records else None
         try:
             receipt = check_round(config, bytes.fromhex(str(own_hex)) if own_hex else None, evaluated)
         except AuditCheckFailed as exc:

@@ -105,7 +105,9 @@ class Device:
                                    "metrics": metrics}), reply_to=msg)  # fmt: skip
 
     def evaluate(self, msg: Message, _ctx: Context) -> Message:
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 10, "eval_loss": 0.3})}), reply_to=msg)
+        return Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": 10, "eval_loss": 0.3})}), reply_to=msg
+        )
 
     def handle(self, msg: Message) -> Message:
         kind = msg.metadata.message_type
@@ -295,7 +297,9 @@ class AuditedEngine(ScriptedEngine):
         self.state_root = state_root
         self.tamper: Callable[[list[Message]], None] | None = None
 
-    def run(self, spec: FederationSpec, cancel: threading.Event, on_round: ReportCallback) -> FederationOutcome:
+    def run(
+        self, spec: FederationSpec, cancel: threading.Event, on_round: ReportCallback
+    ) -> FederationOutcome:
         from edge_agent.learning.models import build_model
 
         self.specs.append(spec)
@@ -304,7 +308,9 @@ class AuditedEngine(ScriptedEngine):
             guard = _guard(reporter, spec.job_id)
             devices = [Device(int(n), self.state_root / str(n)) for n in spec.participant_nodes]
             initial = {k: v.numpy() for k, v in build_model(spec.network, spec.seed).state_dict().items()}
-            final = play_rounds(guard, devices, initial, spec.rounds, spec.job_id, before_evaluate=self.tamper)
+            final = play_rounds(
+                guard, devices, initial, spec.rounds, spec.job_id, before_evaluate=self.tamper
+            )
             save_arrays(final, spec.output_path)
             reporter.on_finish(_summary(spec))  # type: ignore[arg-type]
         finally:
@@ -318,6 +324,30 @@ def _summary(spec: FederationSpec) -> Any:
 
     return RunSummary(run_id=1, job_id=spec.job_id, rounds=spec.rounds, seconds=1.0,
                       output_path=str(spec.output_path), final_metrics={})  # fmt: skip
+
+
+def check_job_audit(live: LiveServer, job_id: str, state_dirs: dict[str, Path]) -> FlAuditOut:
+    """A finished job's audit verifies, each device's receipts say it verified every round it was in, and
+    ``fedge fl audit`` exits 0 (shared with test_flower_e2e.py, which runs real SuperNodes)."""
+    with httpx.Client(base_url=live.url, headers=ADMIN, timeout=30) as http:
+        r = http.get(f"/v1/fl/jobs/{job_id}/audit")
+        assert r.status_code == 200, r.text
+    doc = FlAuditOut.model_validate(r.json())
+    assert doc.rounds and all(rnd.chain is not None and not rnd.disputes for rnd in doc.rounds)
+    verify_audit(doc)
+    for device_id, state_dir in state_dirs.items():
+        receipts = [
+            json.loads(line) for line in (state_dir / AUDIT_DIR / f"{job_id}.jsonl").read_text().splitlines()
+        ]
+        assert receipts and all(r["verified"] for r in receipts), receipts
+        included = {int(r["round"]) for r in receipts if r.get("included")}
+        in_tree = {rnd.round for rnd in doc.rounds if any(leaf.device_id == device_id for leaf in rnd.leaves)}
+        assert included == in_tree, (device_id, included, in_tree)
+        assert {r["chain_tx"] for r in receipts if r.get("included")} <= {rnd.tx_hash for rnd in doc.rounds}
+    out = fedge_cli(live, "fl", "audit", job_id)
+    assert out.returncode == 0, out.stderr
+    assert f"audit verified ({len(doc.rounds)} rounds on chain)" in out.stderr
+    return doc
 
 
 @dataclass
@@ -371,23 +401,23 @@ def test_every_round_is_on_chain_and_the_audit_verifies(ctl: Ctl) -> None:
     assert [r.round for r in doc.rounds] == [1, 2]
     for rnd in doc.rounds:
         record = ctl.state.chain.get_fl_round(job["job_id"], rnd.round)
-        assert record.updates_root.hex() == rnd.updates_root == (rnd.chain.updates_root if rnd.chain else None)
+        assert (
+            record.updates_root.hex() == rnd.updates_root == (rnd.chain.updates_root if rnd.chain else None)
+        )
         assert record.update_count == 3 and len(rnd.leaves) == 3 and rnd.tx_hash and rnd.disputes == []
         assert {leaf.device_id for leaf in rnd.leaves} == set(ctl.devices)
     assert doc.final is not None and doc.final.lineage_applicable
     assert doc.final.aggregate_hash == doc.rounds[-1].aggregate_hash
     assert doc.final.sha256 == doc.final.chain_final_model_hash == job["result"]["sha256"]
-    lines = verify_audit(doc)
-    assert len(lines) == 3
+    assert len(verify_audit(doc)) == 3
     # each device checked its proof against the root read back from the chain
     for node in ctl.engine.registered.values():
         receipts = (ctl.engine.state_root / str(node) / AUDIT_DIR / f"{job['job_id']}.jsonl").read_text()
         rows = [json.loads(line) for line in receipts.splitlines()]
         assert [r["verified"] for r in rows] == [True, True]
         assert [r["chain_tx"] for r in rows] == [r.tx_hash for r in doc.rounds]
-    out = fedge_cli(ctl.live, "fl", "audit", job["job_id"])
-    assert out.returncode == 0, out.stderr
-    assert "audit verified (2 rounds on chain)" in out.stderr
+    nodes = {device: node for device, node in ctl.engine.registered.items()}
+    check_job_audit(ctl.live, job["job_id"], {d: ctl.engine.state_root / str(n) for d, n in nodes.items()})
 
 
 def test_a_tampered_stored_update_digest_is_detected_by_the_audit(ctl: Ctl) -> None:
@@ -448,6 +478,6 @@ def test_the_audit_of_an_unknown_job_is_404_and_the_route_is_in_the_openapi(ctl:
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
         spec = http.get("/openapi.json").json()
     assert "/v1/fl/jobs/{job_id}/audit" in spec["paths"]
-    assert "FlAuditOut" in json.dumps(spec["paths"]["/v1/fl/jobs/{job_id}/audit"]) or "FlAuditOut" in json.dumps(
-        spec.get("components", {})
-    )
+    assert "FlAuditOut" in json.dumps(
+        spec["paths"]["/v1/fl/jobs/{job_id}/audit"]
+    ) or "FlAuditOut" in json.dumps(spec.get("components", {}))

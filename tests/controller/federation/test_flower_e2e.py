@@ -373,3 +373,13 @@ def test_the_result_is_the_stored_program_and_translates_to_onnx(fed: Federation
     assert onnx.framework == "pytorch" and onnx.source_version == job.result.version
     assert onnx.max_abs_diff is not None and onnx.max_abs_diff <= onnx.tolerance
     assert onnx.onnx_accuracy is not None
+
+
+def test_every_round_of_the_job_is_on_chain_and_its_audit_verifies(fed: Federation) -> None:
+    """docs/fl-audit.md under real SuperNodes: each device's audit mod checked its inclusion proof against
+    the root read back from the chain (its receipts), and ``fedge fl audit`` verifies the whole job."""
+    if not FIRST_JOB:
+        pytest.skip("needs the job of the previous test")
+    from tests.controller.federation.test_fl_audit import check_job_audit
+
+    check_job_audit(fed.live, FIRST_JOB[0], {d.id: d.dir for d in fed.devices[:2]})
