@@ -32,7 +32,7 @@ from edge_agent.learning.data import LocalData
 from edge_agent.learning.models import resolve_factory
 from edge_agent.learning.secagg import secagg_mod
 from edge_agent.learning.trainer import FitConfig, TorchTrainer
-from simulator.fl.inprocess import InProcessGrid
+from simulator.fl.appgrid import AppGrid
 from tests.controller.federation.fl_helpers import digits
 
 NETWORK, LR, SEED = "digits-linear", 0.5, 3
@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 @pytest.fixture(autouse=True)
 def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a ServerApp process has set when Flower builds its messages (simulator.fl.inprocess)."""
+    """What a ServerApp process has set when Flower builds its messages (simulator.fl.appgrid)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
@@ -142,7 +142,7 @@ def _shard(k: int, n: int) -> LocalData:
 
 def _federation(
     sizes: list[int], tmp: Path, *, require_dp: tuple[int, ...] = ()
-) -> tuple[InProcessGrid, dict[int, LocalData]]:
+) -> tuple[AppGrid, dict[int, LocalData]]:
     data = {100 + k: _shard(k, n) for k, n in enumerate(sizes)}
     apps = {}
     for node, local in data.items():
@@ -152,12 +152,10 @@ def _federation(
             policy_for=_const(DevicePolicy("digits", require_dp=node - 100 in require_dp)),
             mods=[secagg_mod],
         )
-    return InProcessGrid(apps), data
+    return AppGrid(apps), data
 
 
-def _run(
-    grid: InProcessGrid, settings: SecAggSettings, min_nodes: int, tmp: Path
-) -> tuple[Any, ListReporter]:
+def _run(grid: AppGrid, settings: SecAggSettings, min_nodes: int, tmp: Path) -> tuple[Any, ListReporter]:
     config = FederationConfig.from_run_config(
         {
             "num-server-rounds": 1,
