@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ from simulator.fl.flower import simulate
 from simulator.fl.partition import make_federated_digits
 
 DEVICES, ALPHA, DELTA = 10, 0.5, 1e-5
+HE_SPEC, HE_CLIENTS = json.dumps({"masking": True}), 10  # privacy.he of the HE runs (CKKS N=4096, masks)
 
 FEDAVG = {
     "strategy": "fedavg",
@@ -338,6 +340,207 @@ def _print_deployment(dep: dict[str, Any]) -> None:
     )
 
 
+def _ecdh(key: Any, peer: Any) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    shared: bytes = key.exchange(ec.ECDH(), peer)
+    return shared
+
+
+def wide_mlp() -> torch.nn.Module:
+    """A 105,010-parameter digits MLP (64-1400-10) for the HE round at ~100k parameters."""
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 1400), torch.nn.ReLU(), torch.nn.Linear(1400, 10)
+    )
+
+
+def he_round(clients: int, reps: int, seed: int, masking: bool = True) -> dict[str, Any]:
+    """One FedAvg round at ~100k parameters over ``clients`` devices, plaintext and HE side by side, with
+    the real code of each end: the device's local training (TorchTrainer, FEDAVG's settings) and its
+    update as an ArrayRecord (plaintext) or ``edge_agent.learning.he.encrypt_update`` (HE, pairwise masks
+    from ECDH of P-256 keys), the controller's aggregation (Flower's ``aggregate_arrayrecords`` or the sum
+    of ciphertexts with the public context only, ``fedge_common.he.add``) and the device's decryption
+    (``decrypt_aggregate``). The devices train in parallel, so a round's critical path is one device's
+    train + encode, the aggregation, and one device's decode; bytes per client per round count the update
+    up, the global model down for train and for evaluate, as the round reports do."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from edge_agent.learning.he import chunk_record, decrypt_aggregate, encrypt_update
+    from fedge_common import he
+    from fedge_common.sealing import pair_seed
+
+    data = make_federated_digits(clients, alpha=ALPHA, seed=seed)
+    shards = [
+        LocalData(x=x, y=y, x_test=xt, y_test=yt)
+        for (x, y), (xt, yt) in zip(data.train, data.test, strict=True)
+    ]
+    factory = resolve_factory("bench.fl:wide_mlp")
+    model = factory(seed)
+    params = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    n_params = sum(v.size for v in params.values())
+    local: dict[str, Any] = FEDAVG  # the digits runs' local SGD
+    fit = FitConfig(
+        epochs=int(local["local-epochs"]),
+        batch_size=int(local["batch-size"]),
+        lr=float(local["lr"]),
+        momentum=float(local["momentum"]),
+        seed=seed,
+    )
+    spec = he.HeParams()
+    secret = he.new_secret_context(spec)
+    ctx = he.load_secret_context(secret)
+    ctx.global_scale = 2.0**spec.scale_bits
+    public = he.load_public_context(he.public_context(secret))
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(clients)]
+    plain_s: list[float] = []
+    he_s: list[float] = []
+    parts: dict[str, list[float]] = {
+        "train": [],
+        "encode_plain": [],
+        "aggregate_plain": [],
+        "decode_plain": [],
+        "encrypt": [],
+        "aggregate_he": [],
+        "decrypt": [],
+    }
+    rel_errors: list[float] = []
+    for rep in range(reps):
+        trained = []
+        for k, shard in enumerate(shards):
+            t = time.perf_counter()
+            res = TorchTrainer(factory, shard).fit(params, fit)
+            if k == 0:
+                parts["train"].append(time.perf_counter() - t)
+            trained.append((res.params, res.num_examples))
+        # plaintext: the update as Flower arrays, FedAvg, the global model read back
+        t = time.perf_counter()
+        replies = [
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({n: Array(np.asarray(a)) for n, a in p.items()}),
+                    "metrics": MetricRecord({"num-examples": w}),
+                }
+            )
+            for p, w in trained
+        ]
+        parts["encode_plain"].append((time.perf_counter() - t) / clients)
+        t = time.perf_counter()
+        agg = aggregate_arrayrecords(replies, "num-examples")
+        parts["aggregate_plain"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plain_model = {n: a.numpy() for n, a in agg.items()}
+        parts["decode_plain"].append(time.perf_counter() - t)
+        plain_bytes = replies[0]["arrays"].count_bytes() + 2 * agg.count_bytes()
+        # HE: each device encrypts weight x update + its pairwise masks; the controller adds
+        layout = [(n, tuple(a.shape), str(a.dtype)) for n, a in params.items()]
+        encrypted = []
+        for k, (p, w) in enumerate(trained):
+            t = time.perf_counter()
+            seeds = {}
+            if masking:
+                for j in range(clients):
+                    if j != k:
+                        peer = keys[j].public_key()
+                        context = f"{min(j, k)},{max(j, k)},{rep}".encode()
+                        seed_bytes = pair_seed(partial(_ecdh, keys[k]), peer, context)
+                        seeds[j] = (1 if k < j else -1, seed_bytes)
+            masks = he.pairwise_mask(seeds, n_params, spec.mask_amplitude(clients)) if masking else None
+            record = encrypt_update(
+                ctx,
+                spec,
+                ArrayRecord({n: Array(np.asarray(a)) for n, a in p.items()}),
+                float(w),
+                layout,
+                masks=masks,
+            )
+            if k == 0:
+                parts["encrypt"].append(time.perf_counter() - t)
+            encrypted.append(record)
+        t = time.perf_counter()
+        chunks = [[r[n].numpy().tobytes() for n in sorted(r)] for r in encrypted]
+        summed = chunk_record(he.add(public, chunks), float(sum(w for _, w in trained)))
+        parts["aggregate_he"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        he_model = {n: a.numpy() for n, a in decrypt_aggregate(ctx, summed, layout).items()}
+        parts["decrypt"].append(time.perf_counter() - t)
+        he_bytes = encrypted[0].count_bytes() + 2 * summed.count_bytes()
+        rel_errors.append(
+            max(
+                float(np.max(np.abs(he_model[n] - plain_model[n])) / np.max(np.abs(plain_model[n])))
+                for n in plain_model
+            )
+        )
+        plain_s.append(
+            parts["train"][-1]
+            + parts["encode_plain"][-1]
+            + parts["aggregate_plain"][-1]
+            + parts["decode_plain"][-1]
+        )
+        he_s.append(
+            parts["train"][-1] + parts["encrypt"][-1] + parts["aggregate_he"][-1] + parts["decrypt"][-1]
+        )
+        params = plain_model
+    med = {k: round(statistics.median(v) * 1000, 2) for k, v in parts.items()}
+    return {
+        "parameters": n_params,
+        "clients": clients,
+        "masking": masking,
+        "poly_modulus_degree": spec.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(spec.coeff_mod_bit_sizes),
+        "scale_bits": spec.scale_bits,
+        "plain_round_ms": round(statistics.median(plain_s) * 1000, 2),
+        "he_round_ms": round(statistics.median(he_s) * 1000, 2),
+        "time_ratio": round(statistics.median(he_s) / statistics.median(plain_s), 3),
+        "phase_ms": med,
+        "plain_bytes_per_client_round": plain_bytes,
+        "he_bytes_per_client_round": he_bytes,
+        "bytes_ratio": round(he_bytes / plain_bytes, 3),
+        "ciphertext_vs_float32": round(encrypted[0].count_bytes() / (4 * n_params), 3),
+        "public_context_bytes": len(he.public_context(secret)),
+        "max_rel_error": max(rel_errors),
+    }
+
+
+def he_digits(rounds: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """The digits FedAvg run (FEDAVG, 10 devices) with HE and without, through the fedge ServerApp and
+    ClientApp in one process with fixed node ids (``simulator.fl.inprocess``): Flower's simulation draws
+    random node ids, which reseed the devices' shuffles, so only here do the two runs differ by HE alone."""
+    from simulator.fl.inprocess import run_in_process
+
+    data = make_federated_digits(DEVICES, alpha=ALPHA, seed=seed)
+    shards = [
+        LocalData(x=x, y=y, x_test=xt, y_test=yt)
+        for (x, y), (xt, yt) in zip(data.train, data.test, strict=True)
+    ]
+    out: dict[str, Any] = {}
+    finals = {}
+    for name, extra in (("plain", {}), ("he", {"he": HE_SPEC})):
+        final = workdir / f"inprocess-{name}-{seed}.npz"
+        config = {**FEDAVG, **extra, "num-server-rounds": rounds, "min-nodes": DEVICES, "seed": seed,
+                  "job-id": f"inprocess-{name}", "output-path": str(final)}  # fmt: skip
+        outcome = run_in_process(shards, config, workdir / f"inprocess-{name}-{seed}")
+        evaluate = {r.round: r for r in outcome.reports if r.kind == "evaluate"}
+        train = {r.round: r for r in outcome.reports if r.kind == "train"}
+        out[name] = {
+            "per_round_accuracy": [round(evaluate[k].metrics["eval_accuracy"], 4) for k in sorted(evaluate)],
+            "bytes_in_per_client_round": statistics.median(
+                r.bytes_received / max(r.participants, 1) for r in train.values()
+            ),
+            "wall_s": round(outcome.seconds, 1),
+        }
+        out[name]["accuracy"] = out[name]["per_round_accuracy"][-1]
+        with np.load(final) as npz:
+            finals[name] = {k: npz[k] for k in npz.files}
+    out["accuracy_diff"] = round(out["he"]["accuracy"] - out["plain"]["accuracy"], 4)
+    out["model_max_rel_diff"] = max(
+        float(np.max(np.abs(finals["he"][k] - finals["plain"][k])) / np.max(np.abs(finals["plain"][k])))
+        for k in finals["plain"]
+    )
+    return out
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -362,7 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (10 if args.quick else 20)
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(1)
-    runs = {"fedavg": FEDAVG, "dp_eps3": {**DP, "dp-target-epsilon": 3.0}}
+    runs = {
+        "fedavg": FEDAVG,
+        "fedavg_he": {**FEDAVG, "he": HE_SPEC},
+        "dp_eps3": {**DP, "dp-target-epsilon": 3.0},
+    }
     if not args.quick:
         runs["dp_eps8"] = {**DP, "dp-target-epsilon": 8.0}
     print(
@@ -381,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         ratio = epoch_ratio(rounds=5 if args.quick else 15)
+        he_100k = he_round(HE_CLIENTS, reps=3 if args.quick else 7, seed=seeds[0])
+        he_side = he_digits(rounds, seeds[0], Path(tmp))
         if args.no_deployment:
             dep: dict[str, Any] = {"skipped": "--no-deployment"}
         else:
@@ -460,6 +669,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "dp_eps8" in runs:
         result["dp_eps8"] = summary("dp_eps8")
+    he_sim, plain_sim = summary("fedavg_he"), summary("fedavg")
+    result.update(
+        he_time_ratio=he_100k["time_ratio"],
+        he_bytes_ratio=he_100k["bytes_ratio"],
+        he_accuracy_diff=he_side["accuracy_diff"],
+        he={
+            "digits_in_process": he_side,
+            "simulation": he_sim,
+            "simulation_round_ratio": round(he_sim["median_round_s"] / plain_sim["median_round_s"], 3),
+            "round_100k": he_100k,
+        },
+    )
+    h = he_100k
+    print(
+        f"HE (CKKS N={h['poly_modulus_degree']}, masking) at {h['parameters']:,} parameters x {HE_CLIENTS} "
+        f"clients: round {h['he_round_ms']:.0f} ms vs plaintext {h['plain_round_ms']:.0f} ms = "
+        f"{h['time_ratio']:.2f}x; bytes per client per round {h['bytes_ratio']:.2f}x the plaintext round; "
+        f"max relative error {h['max_rel_error']:.1e}; digits accuracy HE - plain "
+        f"{result['he_accuracy_diff']:+.4f}, simulated round {result['he']['simulation_round_ratio']:.2f}x"
+    )
     ran = "round_s" in dep
     for key in ("engine_overhead", "round_s", "local_train_s", "bytes_ratio"):
         result[key] = dep[key] if ran else None

@@ -85,6 +85,7 @@ class FederationSpec:
     participant_devices: tuple[str, ...] = ()  # device ids, in participant_nodes' order
     dataset_path: Path | None = None  # the registered dataset, staged (engines that do not deploy)
     secure_aggregation: Mapping[str, Any] | None = None  # SecAgg+ settings (controller.federation.secagg)
+    he: Mapping[str, Any] | None = None  # CKKS aggregation settings (controller.federation.he)
 
 
 @dataclass(frozen=True)

@@ -857,6 +857,7 @@ class FlowerEngine(FederationEngine):
             "secure-aggregation": json.dumps(dict(spec.secure_aggregation), sort_keys=True)
             if spec.secure_aggregation
             else "",
+            "he": json.dumps(dict(spec.he), sort_keys=True) if spec.he else "",
             "fedge-participant-nodes": " ".join(str(n) for n in spec.participant_nodes),
             "fedge-node-wait-timeout": float(spec.node_wait_s),
         }

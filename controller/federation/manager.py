@@ -940,6 +940,7 @@ class FlJobManager:
             dp_delta=float(dp["delta"]) if dp else 1e-5,
             dp_max_grad_norm=float(dp["max_grad_norm"]) if dp else 1.0,
             secure_aggregation=(job.privacy or {}).get("secure_aggregation"),
+            he=_he_settings(job.privacy),
             algorithm=str(spec.get("algorithm") or "fedavg"),
             pate=_pate_settings(spec) if spec.get("algorithm") == "fedpate" else None,
             initial_path=initial,
@@ -1133,7 +1134,7 @@ class FlJobManager:
                 bytes.fromhex(sha),
                 dp_epsilon=epsilon,
                 dp_delta=delta,
-                he_enabled=False,
+                he_enabled=_he_settings(job.privacy) is not None,
                 model_id=job.model_id,
             )
             record = self.chain.get_fl_run(job.id)
@@ -1237,3 +1238,8 @@ def engine_unavailable(exc: EngineUnavailable) -> ServiceUnavailable:
             )
         return {FINAL_AGGREGATE_KEY: digest}
 
+
+def _he_settings(privacy: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The run config's HE settings of a job's ``privacy.he`` (None: HE off; controller.federation.he)."""
+    he = (privacy or {}).get("he") or {}
+    return {k: v for k, v in he.items() if k != "enabled"} if he.get("enabled", False) else None

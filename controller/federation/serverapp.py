@@ -32,6 +32,7 @@ Run config (``[tool.flwr.app.config]`` in deployment; ``make_server_app(run_conf
 ``algorithm``               ``fedavg`` (the strategy's rounds) or ``fedpate`` (controller/federation/pate.py)
 ``pate``                    FedPATE settings as JSON (``PateSpec``; "" unless ``algorithm`` is fedpate)
 ``secure-aggregation``      SecAgg+ settings as JSON ("": off; :mod:`controller.federation.secagg`)
+``he``                      CKKS aggregation as JSON ("": off; :mod:`controller.federation.he`, FedAvg only)
 ==========================  ============================================================================
 """
 
@@ -99,6 +100,7 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "algorithm": "fedavg",
     "pate": "",
     "secure-aggregation": "",
+    "he": "",
 }
 
 
@@ -311,6 +313,10 @@ class GuardedStrategy(Strategy):
         if len(content.array_records) != 1:
             return f"expected one ArrayRecord, got {len(content.array_records)}"
         record = next(iter(content.array_records.values()))
+        check = getattr(self.inner, "check_train_arrays", None)  # HE: ciphertext chunks, not the model
+        if check is not None:
+            problem: str | None = check(record)
+            return problem
         if set(record) != set(self._reference):
             missing = sorted(set(self._reference) - set(record))
             extra = sorted(set(record) - set(self._reference))
@@ -457,6 +463,10 @@ class FederationConfig:
         parse_spec(str(values["strategy"]))  # refuse a bad spec before anything starts
         if values["algorithm"] not in ("fedavg", "fedpate"):
             raise ValueError(f"algorithm is fedavg or fedpate, not {values['algorithm']!r}")
+        if values["he"]:
+            from controller.federation.he import check_he_config
+
+            check_he_config(str(values["he"]), str(values["strategy"]), str(values["secure-aggregation"]))
         if int(values["num-server-rounds"]) < 1:
             raise ValueError("num-server-rounds must be at least 1")
         return cls(values)
@@ -536,6 +546,11 @@ def run_federation(
         min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes,
     )
+    he_run = None
+    if str(config["he"]):  # CKKS: the devices make and hold the key set, the strategy adds ciphertexts
+        from controller.federation.he import he_strategy
+
+        he_run, strategy = he_strategy(grid, config, job_id=job_id, min_nodes=min_nodes, cancel=cancel)
     guarded = GuardedStrategy(strategy, reporter, run_id=run_id, job_id=job_id, cancel=cancel)
     start = guarded.start
     if str(config["secure-aggregation"]):  # SecAgg+: Flower's workflow runs the train phase
@@ -552,6 +567,8 @@ def run_federation(
         train_config=config.train_config(job_id),
         evaluate_config=config.evaluate_config(job_id),
     )
+    if he_run is not None:  # a key holder decrypts the final aggregate: the job's output
+        result.arrays = he_run.final_model(grid, result.arrays, he_run.layout(strategy))
     output = str(config["output-path"])
     if output:
         save_arrays(result.arrays, Path(output))

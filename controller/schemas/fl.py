@@ -169,6 +169,19 @@ class FlPrivacyIn(BaseModel):
     secure_aggregation: FlSecureAggregationIn | None = Field(
         default=None, description="SecAgg+ (composes with dp; not with central_dp or robust strategies)"
     )
+    he: FlHeIn | None = Field(
+        default=None,
+        description="HE aggregation (composes with dp; FedAvg only; not with central_dp or SecAgg+)",
+    )
+
+    @model_validator(mode="after")
+    def _he_alone(self) -> FlPrivacyIn:
+        if self.he is not None and self.he.enabled:
+            if self.central_dp is not None:
+                raise ValueError("he and central_dp exclude each other: server-side clipping needs plaintext")
+            if self.secure_aggregation is not None:
+                raise ValueError("he and secure_aggregation exclude each other (he.masking adds masks to HE)")
+        return self
 
 
 class FlDataIn(BaseModel):
@@ -270,6 +283,21 @@ class FlJobIn(BaseModel):
     def _pate(self) -> FlJobIn:
         if (self.algorithm == "fedpate") != (self.pate is not None):
             raise ValueError("algorithm fedpate and the pate settings go together")
+        return self
+
+    @model_validator(mode="after")
+    def _he_fedavg(self) -> FlJobIn:
+        he = self.privacy.he
+        if he is not None and he.enabled:
+            if self.strategy.name.lower() != "fedavg" or self.algorithm != "fedavg":
+                raise ValueError(
+                    "privacy.he aggregates by summing ciphertexts: strategy fedavg only, "
+                    f"not {self.strategy.name!r}"
+                    if self.algorithm == "fedavg"
+                    else "privacy.he runs with algorithm fedavg only"
+                )
+            if self.engine != "flower":
+                raise ValueError("privacy.he runs on the flower engine only")
         return self
 
 

@@ -289,7 +289,11 @@ def make_client_app(
 ) -> ClientApp:
     """A ClientApp reading the device's data, state directory and policy through the given functions;
     ``mods`` wrap every handler (Flower mods: ``(msg, context, call_next) -> Message``)."""
-    app = ClientApp(mods=mods)
+    # HE: decrypt the encrypted global model coming in, encrypt the train reply going out (after local DP)
+    from edge_agent.learning.he import make_he_mod, register_he
+
+    app = ClientApp(mods=[*(mods or []), make_he_mod(state_dir_for)])
+    register_he(app, state_dir_for)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -8,9 +8,6 @@ single update from a participant who holds the key set; a masked round with a dr
 from __future__ import annotations
 
 import copy
-import time
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ pytest.importorskip("flwr")
 pytest.importorskip("tenseal")
 
 import tenseal as ts
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from controller.federation.he import HeAggregation, HeSetupError, check_he_config
@@ -31,6 +28,7 @@ from fedge_common import he
 from fedge_common.sealing import SealError
 from fedge_protocol.federation import ARRAYS, CONFIG
 from fedge_protocol.he import CHUNK_PREFIX, HeAction, HeKey
+from simulator.fl.inprocess import InProcessGrid as LocalGrid
 from tests.controller.federation.fl_helpers import write_partition
 
 pytestmark = pytest.mark.filterwarnings(
@@ -46,41 +44,6 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
         monkeypatch.setattr(TaskIdentity, attr, value)
-
-
-class LocalGrid:
-    """Delivers each message to the node's ClientApp in this process and records the traffic."""
-
-    def __init__(self, app: ClientApp, nodes: dict[int, Context], drop: dict[int, set[int]] | None = None):
-        self.app, self.nodes = app, nodes
-        self.drop = drop or {}  # server round -> nodes whose train reply is lost
-        self.sent: list[Message] = []
-        self.received: list[Message] = []
-        self.decrypted_by: dict[int, list[ArrayRecord]] = {}  # what each node's ClientApp got to train on
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            msg.metadata.__dict__["_created_at"] = time.time()
-            self.sent.append(copy.deepcopy(msg))
-            node = int(msg.metadata.dst_node_id)
-            reply = self.app(copy.deepcopy(msg), self.nodes[node])
-            reply.metadata.__dict__["_src_node_id"] = node
-            kind = msg.metadata.message_type
-            cfg = msg.content.config_records.get(CONFIG)
-            if (
-                kind == "train"
-                and cfg is not None
-                and node in self.drop.get(int(str(cfg["server-round"])), set())
-            ):
-                continue
-            self.received.append(copy.deepcopy(reply))
-            replies.append(reply)
-        return replies
 
 
 def _federation(tmp_path: Path, n: int = 3) -> tuple[ClientApp, dict[int, Context], dict[int, Path]]:
