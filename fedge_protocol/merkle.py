@@ -105,7 +105,7 @@ def update_digest(array_records: Mapping[str, Mapping[str, _ArrayLike]]) -> byte
         for name in sorted(record):
             array = record[name]
             shape = tuple(int(d) for d in array.shape)
-            data = bytes(array.data)
+            data = array.data if isinstance(array.data, bytes) else bytes(array.data)  # no copy of bytes
             h.update(_str(name) + _str(str(array.dtype)) + _str(str(array.stype)))
             h.update(struct.pack(f">I{len(shape)}Q", len(shape), *shape))
             h.update(struct.pack(">Q", len(data)))
