@@ -213,6 +213,7 @@ class Deployment(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    reference_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))  # drift reference
 
 
 class DeploymentTarget(Base):
@@ -263,6 +264,25 @@ class TelemetryRecord(Base):
     type: Mapped[str | None] = mapped_column(String(64))
     command_id: Mapped[str | None] = mapped_column(String(36), index=True)
     body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class DeviceEvent(Base):
+    """A device event (a drift alarm): a telemetry record of one of ``fedge_protocol.EVENT_TYPES``, stored
+    with it (same transaction, same (device, outbox sequence)) and kept when telemetry is pruned."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_device_events_seq"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    detector: Mapped[str | None] = mapped_column(String(32))
+    model_id: Mapped[str | None] = mapped_column(String(36))
+    version: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    occurred_at: Mapped[str | None] = mapped_column(String(40))  # the device's clock (ISO 8601)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 

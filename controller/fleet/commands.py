@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from controller.db.models import Device, DeviceCommand, ModelVersion, TelemetryRecord, utcnow
 from controller.errors import Conflict, NotFound, Unprocessable
+from controller.fleet.device_events import device_event, is_event
 from controller.fleet.devices import ACTIVE, Fleet
 from fedge_protocol import Command, CommandKind, CommandState, DocumentType, TelemetryType
 from fedge_protocol.fl_commands import FlJoin, FlLeave
@@ -299,6 +300,8 @@ class Commands:
                 if s.get(Device, device_id) is None:
                     raise NotFound(f"device {device_id} not found")
                 s.add(record)
+                if is_event(body):  # a drift alarm: also a device event, in this transaction
+                    s.add(device_event(device_id, seq, body))
         except SqlIntegrityError:
             return False
         if kind == TelemetryType.COMMAND and isinstance(command_id, str):
