@@ -22,6 +22,7 @@ from controller.errors import Conflict, Forbidden, NotFound, Unauthorized, Unpro
 from controller.fleet.ca import CsrRejected, DeviceCA
 from controller.fleet.desired import DesiredDocument, DesiredDocuments, DesiredPoll, payload_etag, source_key
 from controller.fleet.events import FleetEvents
+from controller.fleet.references import reference_for
 from controller.security.principal import Principal, Role
 from fedge_protocol import DEVICE_AUDIENCE, MAX_DEVICE_TOKEN_SECONDS, DesiredState, ModelReference, paths
 
@@ -230,6 +231,10 @@ class Fleet:
             document.deployment_id = desired.get("deployment_id")
             document.model = self.model_reference(device.id, mv, "cannot deploy it")
             document.model.sample_input = descriptor.get("sample_input")
+            if desired.get("reference_dataset_id"):
+                document.model.reference = reference_for(
+                    self.registry, device.id, desired["reference_dataset_id"]
+                )
         return document.model_dump(mode="json")
 
     def model_reference(self, device_id: str, mv: ModelVersion, refusal: str) -> ModelReference:
