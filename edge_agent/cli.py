@@ -145,6 +145,14 @@ def _agent_services(
     services: list[Service] = [DeployLoop(agent, settings.poll_interval, settings.max_backoff), api]
     if online is not None:
         services.insert(1, online)  # learners resumed before the API serves them
+    from edge_agent.monitor.service import monitor_from_settings
+
+    monitor = monitor_from_settings(settings, agent.runtime, link, agent.record_telemetry)
+    if monitor is not None:  # inference -> bounded queue -> drift, metrics (GET /metrics), events
+        inference.observer = monitor.observer
+        services.insert(1, monitor)
+        for learner in online.learners.values() if online is not None else ():
+            monitor.watch_learner(learner)  # prequential (y_true, y_pred): ME/MAE/MAPE/bias, ADWIN/PH
     if settings.mqtt and identity.broker_url:
         agent.mqtt = MqttLink(
             identity,

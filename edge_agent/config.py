@@ -54,6 +54,33 @@ class AgentSettings(BaseSettings):
     fl_privacy_delta: float = Field(default=1e-5, gt=0, lt=1, description="the delta the device accounts at")
     fl_privacy_accountant: Literal["prv", "rdp"] = Field(default="prv", description="the device's accountant")
     fl_require_dp: bool = Field(default=False, description="train only rounds with local DP (refuse others)")
+    # monitoring (edge_agent.monitor; needs the monitor extra: fedge[agent,monitor])
+    monitor: bool = Field(
+        default=True, description="monitor inference: metrics, drift, events (if installed)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="bind address of GET /metrics (Prometheus)")
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="port of GET /metrics (0: any free port, written to <state_dir>/monitor.json; "
+        "set e.g. 8471 for a fixed Prometheus scrape target)",
+    )
+    monitor_queue_size: int = Field(default=10_000, ge=1, description="observations waiting; beyond: dropped")
+    monitor_summary_seconds: float = Field(default=60.0, gt=0, description="seconds between summaries")
+    drift_window: int = Field(default=96, ge=2, description="inputs per data-drift window")
+    drift_step: int | None = Field(default=None, ge=1, description="inputs between checks (default: window)")
+    drift_method: str | None = Field(
+        default="wasserstein",
+        description="Evidently stattest for numerical features (None: Evidently's choice)",
+    )
+    drift_threshold: float | None = Field(default=0.3, gt=0, description="the stattest's drift threshold")
+    drift_share: float = Field(
+        default=0.5, gt=0, le=1, description="share of drifted features = dataset drift"
+    )
+    error_window: int = Field(
+        default=96, ge=1, description="labelled predictions per ME/MAE/MAPE/bias window"
+    )
     # online learning (edge_agent.online; river: the monitor extra, torch: the train extra)
     online_config: Path | None = Field(
         default=None, description="learner file (.toml or .json, see docs/online.md); None: no learners"
