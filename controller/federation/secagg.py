@@ -26,8 +26,10 @@ it (within the threshold).
 **Settings** (:class:`SecAggSettings`, the job's ``privacy.secure_aggregation``, checked by
 :func:`resolve_settings`; the API answers 422 naming the field):
 
-* ``num_shares`` (default ``min_clients``): each device's secrets are split into this many Shamir shares
-  (one per neighbour, itself included); 3 <= ``num_shares`` <= ``min_clients``;
+* ``num_shares`` (default ``min_clients``, minus one when that is even and fewer than the eligible devices):
+  each device's secrets are split into this many Shamir shares (one per neighbour, itself included);
+  3 <= ``num_shares`` <= ``min_clients``, and odd unless it equals the number of eligible devices (Flower
+  1.42 widens an even neighbourhood by one in rounds with more devices, and its key sharing then fails);
 * ``reconstruction_threshold`` (default ``num_shares // 2 + 1``): shares needed to rebuild a secret;
   ``num_shares / 2 < threshold < num_shares`` (more than half, so that a server cannot collect both a
   device's mask seed and its key from disjoint halves; fewer than all, or a single dropout would halt);
@@ -199,11 +201,21 @@ def resolve_settings(
             field="min_clients",
         )
     shares = requested.get("num_shares")
-    num_shares = min_clients if shares is None else int(shares)
+    if shares is None:  # every device of a minimal round, odd unless a round always has them all
+        num_shares = min_clients if min_clients % 2 or min_clients == eligible else min_clients - 1
+    else:
+        num_shares = int(shares)
     if not 3 <= num_shares <= min_clients:
         raise SecAggConfigError(
             f"num_shares must be between 3 and min_clients ({min_clients}): a round may have only "
             f"{min_clients} devices to share with, got {num_shares}",
+            field=f"{FIELD}.num_shares",
+        )
+    if num_shares % 2 == 0 and num_shares != eligible:
+        raise SecAggConfigError(
+            f"num_shares must be odd unless it equals the number of eligible devices ({eligible}): when a "
+            f"round has more devices than an even num_shares, Flower 1.42's SecAgg+ builds neighbourhoods of "
+            f"num_shares + 1 devices but shares each secret only num_shares ways, and the key exchange fails",
             field=f"{FIELD}.num_shares",
         )
     wanted = requested.get("reconstruction_threshold")

@@ -117,8 +117,8 @@ class FlSecureAggregationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_shares: int | None = Field(
-        default=None, ge=3, le=10_000, description="Shamir shares of each device's secrets (3..min_clients; "
-        "default min_clients)",
+        default=None, ge=3, le=10_000, description="Shamir shares of each device's secrets (3..min_clients, "
+        "odd unless it equals the eligible devices; default min_clients, made odd)",
     )
     reconstruction_threshold: int | None = Field(
         default=None, ge=2, le=10_000, description="shares that rebuild a dropped device's secret (more than "

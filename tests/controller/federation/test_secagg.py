@@ -59,8 +59,11 @@ def _resolve(**over: Any) -> SecAggSettings:
 
 
 def test_defaults_share_with_every_device_of_a_round_and_need_a_majority() -> None:
-    settings = _resolve()
+    settings = _resolve(eligible=4)
     assert (settings.num_shares, settings.reconstruction_threshold) == (4, 3)
+    # with more eligible devices than a round needs, an even count drops to the odd one below it
+    assert (_resolve().num_shares, _resolve().reconstruction_threshold) == (3, 2)
+    assert _resolve(min_clients=5, eligible=8).num_shares == 5
     assert (settings.clipping_range, settings.quantization_range, settings.max_weight) == (8.0, 2**22, 1000.0)
     assert _resolve(min_clients=3).reconstruction_threshold == 2
     assert SecAggSettings.from_json(settings.to_json()) == settings and SecAggSettings.from_json("") is None
@@ -78,13 +81,14 @@ def test_defaults_share_with_every_device_of_a_round_and_need_a_majority() -> No
             "privacy.secure_aggregation.num_shares",
             "between 3 and min_clients",
         ),
+        ({"requested": {"num_shares": 4}}, "privacy.secure_aggregation.num_shares", "must be odd unless"),
         (
-            {"requested": {"num_shares": 4, "reconstruction_threshold": 4}},
+            {"eligible": 4, "requested": {"num_shares": 4, "reconstruction_threshold": 4}},
             "privacy.secure_aggregation.reconstruction_threshold",
             "3..3 for 4 shares",
         ),
         (
-            {"requested": {"num_shares": 4, "reconstruction_threshold": 2}},
+            {"eligible": 4, "requested": {"num_shares": 4, "reconstruction_threshold": 2}},
             "privacy.secure_aggregation.reconstruction_threshold",
             "more than half",
         ),
@@ -263,3 +267,13 @@ def test_more_dropouts_than_the_threshold_allows_halt_the_round_and_keep_the_mod
     initial = _initial()
     saved = np.load(tmp_path / "final.npz")
     assert all(np.array_equal(saved[k], initial[k]) for k in initial)  # the global model was kept
+
+
+def test_an_odd_neighbourhood_smaller_than_the_round_still_aggregates_everyone(tmp_path: Path) -> None:
+    # 5 devices, 3 shares each (a ring of neighbourhoods of 3), threshold 2: the sum still has all five
+    grid, data = _federation([200, 220, 240, 260, 280], tmp_path)
+    settings = _resolve(min_clients=5, eligible=5, requested={"num_shares": 3})
+    result, reporter = _run(grid, settings, 5, tmp_path)
+    expected, weights = _plaintext_fedavg(data, sorted(data))
+    _assert_matches(result, expected, settings, weights)
+    assert next(r for r in reporter.rounds if r.kind == "train").participants == 5
