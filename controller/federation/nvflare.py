@@ -379,9 +379,8 @@ class RoundParser:
         *,
         sent: int,
         received: int,
+        seconds: float,
     ) -> dict[str, Any]:
-        now = time.monotonic()
-        seconds, self._last_time = now - self._last_time, now
         rows = [(m, m.get(weight_key, 1.0)) for m in sites.values()]
         return {
             "type": "round",
@@ -408,17 +407,20 @@ class RoundParser:
         for site in record.get("sites") or []:
             if isinstance(site, dict) and isinstance(site.get("name"), str):
                 sites[site["name"]] = _metrics(site.get("metrics") or [])
+        now = time.monotonic()
+        elapsed, self._last_time = now - self._last_time, now  # this round's train task, as seen here
         reports = []
         if flare_round == 0:
             self.initial_eval = _weighted(
                 [(m, m.get("num_test_examples", 1.0)) for m in sites.values()], EVAL_KEYS
             )
         if flare_round >= 1:
+            # scored inside this round's train task (no phase of its own)
             reports.append(self._report("evaluate", flare_round, sites, EVAL_KEYS, "num_test_examples",
-                                        sent=0, received=0))  # fmt: skip
-        sent = self.model_bytes * len(self.sites)
+                                        sent=0, received=0, seconds=0.0))  # fmt: skip
+        sent, received = self.model_bytes * len(self.sites), self.model_bytes * len(sites)
         reports.append(self._report("train", flare_round + 1, sites, TRAIN_KEYS, "num_examples",
-                                    sent=sent, received=self.model_bytes * len(sites)))  # fmt: skip
+                                    sent=sent, received=received, seconds=elapsed))  # fmt: skip
         self.rounds_seen.append(flare_round + 1)
         return reports
 
@@ -431,8 +433,11 @@ class RoundParser:
         }
         sites = {s: m for s, m in sites.items() if m}
         last = self.rounds_seen[-1] if self.rounds_seen else 0
+        now = time.monotonic()
+        elapsed, self._last_time = now - self._last_time, now
+        sent = self.model_bytes * len(self.sites)
         report = self._report("evaluate", last, sites, EVAL_KEYS, "num_test_examples",
-                              sent=self.model_bytes * len(self.sites), received=0)  # fmt: skip
+                              sent=sent, received=0, seconds=elapsed)  # fmt: skip
         self.last_eval = dict(report["metrics"])
         return report
 

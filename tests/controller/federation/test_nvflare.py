@@ -244,6 +244,7 @@ def test_flare_round_records_become_train_and_evaluate_reports() -> None:
     assert [(r["kind"], r["round"]) for r in second] == [("evaluate", 1), ("train", 2)]
     assert second[0]["metrics"] == pytest.approx({"eval_loss": 1.0, "eval_accuracy": 0.8})
     assert second[1]["participants"] == 1 and second[1]["bytes_received"] == 1000
+    assert second[0]["seconds"] == 0.0 and second[1]["seconds"] > 0  # the score rode on the train task
 
     final = parser.on_final({
         SITES[0]: {nvflare.SERVER_MODEL_KEY: {"eval_loss": 0.4, "eval_accuracy": 0.9, "num_test_examples": 100}},
