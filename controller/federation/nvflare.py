@@ -299,8 +299,21 @@ def _model_bytes(plan: JobPlan) -> int:
     return sum(int(t.numel()) * int(t.element_size()) for t in model.state_dict().values())
 
 
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this process when the controller that started it is gone (it runs in a session of its own, so
+    a killed controller would otherwise leave it running; FLARE's workers end with their parent, this)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="fedge-parent-watch", daemon=True).start()
+
+
 def _child(plan_path: Path) -> int:
     """The child process: partition, export, simulate; its exit status."""
+    _exit_with_parent(os.getppid())
     from nvflare.private.fed.app.simulator.simulator_runner import SimulatorRunner
 
     plan = JobPlan.load(plan_path)
@@ -642,6 +655,7 @@ class NvflareEngine(FederationEngine):
                     tree.stop()
                 else:
                     tree.reap()
+                shutil.rmtree(plan.data_dir, ignore_errors=True)  # the partitions: no copy of the data kept
 
     def _watch(
         self,

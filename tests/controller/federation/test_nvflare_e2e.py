@@ -5,6 +5,7 @@ chain record; cancel stops the whole process tree."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -160,3 +161,54 @@ def test_the_job_api_refuses_what_nvflare_does_not_run_and_names_a_missing_extra
     p = post()
     assert p.status == 422 and p.field == "engine" and "pip install 'fedge[flare]'" in p.detail
     assert ctl.client.get("/v1/fl/jobs", headers=ADMIN).json()["total"] == 0  # nothing was queued
+
+
+def test_the_flare_child_ends_when_the_controller_that_started_it_dies(tmp_path: Path) -> None:
+    """The child runs in its own session (cancel stops its tree): a controller killed with SIGKILL must not
+    leave FLARE running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+    import psutil
+
+    from controller.federation.nvflare import JobPlan
+    from tests.controller.federation.fl_helpers import digits
+
+    x, y = digits(200)
+    np.savez(tmp_path / "ds.npz", x=x, y=y)
+    plan = JobPlan(job_id="orphan", sites=["a", "b"], network="digits-linear", rounds=1000, min_clients=2,
+                   dataset=str(tmp_path / "ds.npz"), root=str(tmp_path / "nvflare"))  # fmt: skip
+    (tmp_path / "nvflare").mkdir()
+    plan.dump(tmp_path / "nvflare" / "plan.json")
+    starter = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'controller.federation.nvflare', sys.argv[1]],"
+        " start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    controller = subprocess.Popen(
+        [sys.executable, "-c", starter, str(tmp_path / "nvflare" / "plan.json")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert controller.stdout is not None
+    child = psutil.Process(int(controller.stdout.readline()))
+    try:
+        time.sleep(2)
+        os.kill(controller.pid, signal.SIGKILL)
+        controller.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not child.is_running() or child.status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.2)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(psutil.Error):
+            for p in [*child.children(recursive=True), child]:
+                p.kill()
