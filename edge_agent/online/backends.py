@@ -238,16 +238,36 @@ class SklearnBackend(Backend):
 BACKENDS = ("river", "sklearn", "torch")
 
 
-LIBRARIES = {"river": ("river", "monitor"), "sklearn": ("sklearn", "controller"), "torch": ("torch", "train")}
+LIBRARIES = {
+    "river": ("river", "monitor"),
+    "sklearn": ("scikit-learn", "controller"),
+    "torch": ("torch", "train"),
+}
+MODULES = {
+    "river": (
+        "river.compose",
+        "river.linear_model",
+        "river.naive_bayes",
+        "river.preprocessing",
+        "river.tree",
+    ),
+    "sklearn": (
+        "sklearn.linear_model",
+        "sklearn.neural_network",
+        "sklearn.preprocessing",
+        "sklearn.pipeline",
+    ),
+    "torch": ("edge_agent.learning.online_torch",),
+}
 
 
 def require(backend: str) -> None:
-    """Import the backend's library now (at start: a missing one fails the start, not every message)."""
+    """Import what the backend uses now, at start: a missing library fails the start (not every
+    message), and the first message does not wait seconds for imports."""
     library, extra = LIBRARIES[backend]
     try:
-        importlib.import_module(library)
-        if backend == "torch":
-            importlib.import_module("edge_agent.learning.online_torch")
+        for module in MODULES[backend]:
+            importlib.import_module(module)
     except ImportError as exc:
         raise _missing(library, extra) from exc
 

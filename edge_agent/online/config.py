@@ -16,12 +16,13 @@ TOML (JSON has the same shape, ``{"learners": [{...}]}``)::
     [learners.mqtt]                   # optional: the sensor broker and topics (not the fleet broker)
     broker = "mqtt://127.0.0.1:1883"
     topics = ["site/meters/W4"]       # MQTT filters, + and # allowed
-    qos = 0
+    qos = 0                           # 1 with client_id: no reading lost while the agent restarts
+    client_id = "agent-7-w4"          # optional: a persistent session on the sensor broker
 
     [learners.save]                   # save on improvement
     holdout_every = 10                # every 10th labelled sample goes to validation, not training
-    validation_size = 256             # rolling window of held-out samples
-    evaluate_every = 200              # learned samples between two evaluations
+    validation_size = 200             # rolling window of held-out samples
+    evaluate_every = 500              # learned samples between two evaluations
     min_validation = 20               # held-out samples needed before the first evaluation
     min_improvement = 0.01            # relative: save when loss < (1 - 0.01) x the saved version's loss
     keep_versions = 3
@@ -56,6 +57,12 @@ class MqttFeed(BaseModel):
     username: str | None = None
     password_file: Path | None = Field(default=None, description="a file holding the password")
     ca_file: Path | None = Field(default=None, description="CA bundle for mqtts:// (default: system)")
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="set: a persistent session (the broker keeps QoS 1 readings while the agent is down)",
+    )
 
 
 class SavePolicy(BaseModel):
@@ -64,8 +71,8 @@ class SavePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     holdout_every: int = Field(default=10, ge=2, description="every n-th labelled sample is held out")
-    validation_size: int = Field(default=256, ge=1)
-    evaluate_every: int = Field(default=200, ge=1)
+    validation_size: int = Field(default=200, ge=1)
+    evaluate_every: int = Field(default=500, ge=1)
     min_validation: int = Field(default=20, ge=1)
     min_improvement: float = Field(default=0.01, ge=0, lt=1, allow_inf_nan=False)
     keep_versions: int = Field(default=3, ge=1)

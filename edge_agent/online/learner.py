@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,7 @@ class OnlineLearner:
         self.drift: Callable[[], dict[str, Any] | None] | None = None
         """Set by a monitor: the drift status shown in :meth:`status` (None: no monitor)."""
         self.validation: deque[tuple[np.ndarray, Label]] = deque(maxlen=config.save.validation_size)
+        self.saved_losses: deque[float] = deque(maxlen=config.save.validation_size)
         self.rejected: Counter[str] = Counter()
         self.repaired: Counter[str] = Counter()
         self.messages = self.samples = self.learned = self.held_out = 0
@@ -236,7 +237,7 @@ class OnlineLearner:
                         )
             self.samples += 1
             if self.samples % self.config.save.holdout_every == 0:
-                self.validation.append((x, y))
+                self._hold_out(x, y)
                 self.held_out += 1
                 held += 1
             else:
@@ -324,14 +325,26 @@ class OnlineLearner:
         }
 
     # -------------------------------------------------------- save on improvement
-    def _validation_loss(self, backend: Backend) -> float:
-        losses = []
-        for x, y in self.validation:
-            guess = backend.predict(x)
-            if guess is None:
-                return math.inf
-            losses.append(self._loss(guess, y))
-        mean = float(np.mean(losses))
+    def _sample_loss(self, backend: Backend | None, x: np.ndarray, y: Label) -> float:
+        guess = backend.predict(x) if backend is not None else None
+        if guess is None:
+            return math.inf
+        loss = self._loss(guess, y)
+        return loss if math.isfinite(loss) else math.inf
+
+    def _hold_out(self, x: np.ndarray, y: Label) -> None:
+        """Into the validation window, with the saved version's loss on it (scored once, on entry)."""
+        self.validation.append((x, y))
+        self.saved_losses.append(self._sample_loss(self.saved, x, y))
+
+    def _rescore_saved(self) -> None:
+        self.saved_losses.clear()
+        self.saved_losses.extend(self._sample_loss(self.saved, x, y) for x, y in self.validation)
+
+    @staticmethod
+    def _mean(losses: Iterable[float]) -> float:
+        values = list(losses)
+        mean = float(np.mean(values)) if values else math.inf
         return mean if math.isfinite(mean) else math.inf
 
     def _maybe_save(self) -> SavedVersion | None:
@@ -341,8 +354,9 @@ class OnlineLearner:
         if len(self.validation) < policy.min_validation:
             return None
         self._since_eval = 0
-        current = self._validation_loss(self.backend)
-        previous = self._validation_loss(self.saved) if self.saved is not None else None
+        losses = [self._sample_loss(self.backend, x, y) for x, y in self.validation]
+        current = self._mean(losses)
+        previous = self._mean(self.saved_losses) if self.saved is not None else None
         better = math.isfinite(current) and (
             previous is None or current < previous * (1 - policy.min_improvement)
         )
@@ -353,9 +367,14 @@ class OnlineLearner:
             "at_sample": self.samples,
             "window": len(self.validation),
         }
-        return self.save(current) if better else None
+        if not better:
+            return None
+        saved = self.save(current, rescore=False)
+        self.saved_losses.clear()
+        self.saved_losses.extend(losses)  # the saved version is the current model: its losses are these
+        return saved
 
-    def save(self, validation_loss: float | None = None) -> SavedVersion | None:
+    def save(self, validation_loss: float | None = None, rescore: bool = True) -> SavedVersion | None:
         """Save the current model as a new local version (the evaluation calls this on improvement)."""
         with self.lock:
             if self.backend is None:
@@ -377,6 +396,8 @@ class OnlineLearner:
             self.saved = self.backend_factory(self.config, self.backend.n_features)
             self.saved.load(model)
             self._snapshot = model
+            if rescore:
+                self._rescore_saved()
         if saved is not None:
             for hook in self.on_saved:
                 try:
@@ -464,6 +485,7 @@ class OnlineLearner:
         self.transformer.restore(meta.get("transformer", {}))
         for x, y in meta.get("validation", []):
             self.validation.append((np.asarray(x, dtype=np.float64), y))
+        self._rescore_saved()
         counters = meta.get("counters", {})
         self.messages = int(counters.get("messages", 0))
         self.samples = int(counters.get("samples", 0))

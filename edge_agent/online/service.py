@@ -15,8 +15,8 @@ reconnects by itself, so a broker that is down does not fail the agent.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,24 +41,35 @@ ONLINE_DIR = "online"
 
 
 class Ingest:
-    """A learner's bounded queue and its worker thread."""
+    """A learner's bounded queue and its worker thread.
+
+    The queue is a ``deque``: ``append`` and ``popleft`` are atomic, so neither side takes a lock per
+    message. A lock would make the worker drop the GIL whenever paho's thread holds it, and wait a whole
+    switch interval (5 ms) to get it back: 300 messages/s instead of thousands.
+    """
 
     def __init__(self, learner: OnlineLearner, capacity: int) -> None:
         self.learner, self.capacity = learner, capacity
-        self.queue: queue.Queue[bytes] = queue.Queue(maxsize=capacity)
+        self.queue: deque[bytes] = deque()
         self.processed = self.errors = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = False
         self.thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self.queue)
 
     def offer(self, payload: bytes, source: str = "mqtt") -> bool:
         """Queue one message; False (counted as ``burst``) when the queue is full."""
-        try:
-            self.queue.put_nowait(payload)
-        except queue.Full:
+        if len(self.queue) >= self.capacity:
             self.learner.reject(
                 RejectedInput(Reason.BURST, f"the ingest queue is full ({self.capacity})"), source
             )
             return False
+        self.queue.append(payload)
+        if self._idle:
+            self._wake.set()
         return True
 
     def start(self) -> None:
@@ -70,15 +81,15 @@ class Ingest:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self.thread is not None:
             self.thread.join(30)
             self.thread = None
-        left = self.queue.qsize()
-        if left:
+        if self.queue:
             log.info(
                 "online learner %s: %d queued message(s) not processed at stop",
                 self.learner.config.name,
-                left,
+                len(self.queue),
             )
 
     def alive(self) -> bool:
@@ -87,8 +98,13 @@ class Ingest:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                payload = self.queue.get(timeout=0.2)
-            except queue.Empty:
+                payload = self.queue.popleft()
+            except IndexError:
+                self._idle = True
+                if not self.queue:  # an offer between popleft and _idle sets no wake: re-check
+                    self._wake.wait(0.2)
+                self._wake.clear()
+                self._idle = False
                 self._maybe_checkpoint()
                 continue
             try:
@@ -109,7 +125,7 @@ class Ingest:
                 log.exception("online learner %s: checkpoint failed", self.learner.config.name)
 
     def status(self) -> dict[str, Any]:
-        return {"length": self.queue.qsize(), "capacity": self.capacity, "errors": self.errors}
+        return {"length": len(self.queue), "capacity": self.capacity, "errors": self.errors}
 
 
 class SensorFeed:
@@ -123,7 +139,12 @@ class SensorFeed:
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.routes: list[tuple[str, int, Ingest]] = []
         self.connected = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=feed.client_id or "",
+            clean_session=feed.client_id is None,
+            protocol=mqtt.MQTTv311,
+        )
         if parts.scheme == "mqtts":
             client.tls_set(ca_certs=str(feed.ca_file) if feed.ca_file else None)
         if feed.username:
@@ -183,17 +204,20 @@ class OnlineService(Service):
 
     @classmethod
     def from_config(cls, config: OnlineConfig, state_dir: Path) -> OnlineService:
-        """Learners resumed from ``<state_dir>/online/<name>/``; one feed per broker URL (and user)."""
+        """Learners resumed from ``<state_dir>/online/<name>/``; one feed per broker URL, user and client
+        id."""
         learners = [
-            OnlineLearner(c, LearnerStore(state_dir / ONLINE_DIR / c.name, c.save.keep_versions))
+            OnlineLearner(
+                c, LearnerStore(state_dir / ONLINE_DIR / c.name, c.save.keep_versions, background=True)
+            )
             for c in config.learners
         ]
         service = cls(learners)
-        by_broker: dict[tuple[str, str | None], SensorFeed] = {}
+        by_broker: dict[tuple[str, str | None, str | None], SensorFeed] = {}
         for c in config.learners:
             if c.mqtt is None:
                 continue
-            key = (c.mqtt.broker, c.mqtt.username)
+            key = (c.mqtt.broker, c.mqtt.username, c.mqtt.client_id)
             if key not in by_broker:
                 by_broker[key] = SensorFeed(c.mqtt)
             by_broker[key].add(c.mqtt.topics, c.mqtt.qos, service.ingests[c.name])
@@ -216,6 +240,8 @@ class OnlineService(Service):
                 learner.checkpoint()
             except OSError:
                 log.exception("online learner %s: checkpoint at stop failed", learner.config.name)
+            if learner.store is not None:
+                learner.store.flush()
 
     def healthy(self) -> bool:
         return all(ingest.alive() for ingest in self.ingests.values())

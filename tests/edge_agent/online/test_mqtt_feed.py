@@ -35,6 +35,7 @@ def _config(port: int) -> OnlineConfig:
                     "backend": "river",
                     "transformer": "smart_meter",
                     "transformer_options": {"horizon": 8},
+                    "save": {"evaluate_every": 100},
                     "mqtt": {"broker": f"mqtt://127.0.0.1:{port}", "topics": ["site/meters/+/W4"], "qos": 1},
                 }
             ]
