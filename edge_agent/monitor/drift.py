@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,72 @@ def is_distance(method: str) -> bool:
     return any(word in name for word in _DISTANCES)
 
 
+DriftCheck = Callable[[Any, Any, float, "str | None", "float | None"], DriftResult]
+"""``(reference, current, drift_share, method, threshold) -> DriftResult``: :func:`data_drift` or a
+:class:`ProcessDriftCheck`."""
+
+
+def _check_in_child(
+    reference: Any, current: Any, drift_share: float, method: str | None, threshold: float | None
+) -> DriftResult:
+    return data_drift(reference, current, drift_share, method, threshold)
+
+
+def _child_init() -> None:
+    os.environ["DO_NOT_TRACK"] = "1"
+    warnings.simplefilter("ignore")
+    _evidently()
+
+
+class ProcessDriftCheck:
+    """Runs each Evidently check in one child process (spawned once, Evidently imported there): the
+    check's seconds of pure-Python work then never hold the agent process's GIL, so inference threads keep
+    their latency while a window is checked (``bench/online_drift.py`` measures both). A child that died is
+    replaced on the next check."""
+
+    def __init__(self, timeout: float = 300.0) -> None:
+        self.timeout = timeout
+        self._pool: Any = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with self._lock:
+            if self._pool is None:
+                os.environ.setdefault("DO_NOT_TRACK", "1")
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_init
+                )
+            return self._pool
+
+    def start(self) -> None:
+        """Spawn the child now (it imports Evidently while the agent starts)."""
+        self._executor().submit(int).result(timeout=self.timeout)
+
+    def __call__(
+        self, reference: Any, current: Any, drift_share: float, method: str | None, threshold: float | None
+    ) -> DriftResult:
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._executor()
+        try:
+            result: DriftResult = pool.submit(
+                _check_in_child, reference, current, drift_share, method, threshold
+            ).result(timeout=self.timeout)
+        except BrokenProcessPool:
+            self.close()
+            raise
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 class WindowedDataDrift:
     """Sliding windows of feature rows; each full window (every ``step`` rows once ``window`` rows are
     in) is checked against the reference."""
@@ -145,6 +211,7 @@ class WindowedDataDrift:
         drift_share: float = 0.5,
         method: str | None = None,
         threshold: float | None = None,
+        check: DriftCheck = data_drift,
     ) -> None:
         if window < 2:
             raise ValueError("a drift window needs at least 2 rows")
@@ -154,6 +221,7 @@ class WindowedDataDrift:
         if not 1 <= self.step <= window:
             raise ValueError("the step is between 1 and the window size")
         self.drift_share, self.method, self.threshold = drift_share, method, threshold
+        self.check = check
         self._rows: deque[np.ndarray] = deque(maxlen=window)
         self._since = 0
         self.windows = 0
@@ -175,7 +243,7 @@ class WindowedDataDrift:
             if len(self._rows) == self.window and self._since >= self.step:
                 self._since = 0
                 current = pd.DataFrame(np.stack(self._rows), columns=self.columns)
-                result = data_drift(self.reference, current, self.drift_share, self.method, self.threshold)
+                result = self.check(self.reference, current, self.drift_share, self.method, self.threshold)
                 results.append(
                     DriftResult(
                         result.detected,

@@ -31,9 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.monitor.drift import (
+    DriftCheck,
     DriftResult,
     ErrorStreamDetector,
+    ProcessDriftCheck,
     WindowedDataDrift,
+    data_drift,
     preload_evidently,
 )
 from edge_agent.monitor.metrics import AgentMetrics, ErrorStats
@@ -123,11 +126,16 @@ class Monitor:
     """The monitoring engine (see the module doc). ``record``: where telemetry records go."""
 
     def __init__(
-        self, metrics: AgentMetrics, config: MonitorConfig | None = None, record: Record | None = None
+        self,
+        metrics: AgentMetrics,
+        config: MonitorConfig | None = None,
+        record: Record | None = None,
+        check: DriftCheck = data_drift,
     ) -> None:
         self.metrics = metrics
         self.config = config or MonitorConfig()
         self.record = record
+        self.check = check
         self.watches: dict[tuple[str, int], ModelWatch] = {}
         self.events: list[dict[str, Any]] = []
         """Every event raised (newest last, at most 100 kept), whether or not ``record`` took it."""
@@ -143,7 +151,9 @@ class Monitor:
         """Start data-drift windows for a model version against ``reference`` (a DataFrame)."""
         c = self.config
         w = self.watch(model_id, version)
-        w.data = WindowedDataDrift(reference, c.window, c.step, c.drift_share, c.method, c.threshold)
+        w.data = WindowedDataDrift(
+            reference, c.window, c.step, c.drift_share, c.method, c.threshold, self.check
+        )
         w.reference_id = reference_id
 
     # ---------------------------------------------------------------- observations
@@ -158,7 +168,13 @@ class Monitor:
                 w.latencies.append(obs.latency_s)
                 self.metrics.inference_seconds.labels(*labels).observe(obs.latency_s)
             if obs.features is not None and w.data is not None:
-                self._data_drift(w, feature_rows(obs.features))
+                try:
+                    self._data_drift(w, feature_rows(obs.features))
+                except (ValueError, TypeError):
+                    raise
+                except Exception:  # the check itself failed (its child process died, a timeout)
+                    self.metrics.rejected.inc()
+                    log.exception("data-drift check of %s v%s failed", w.model_id, w.version)
             if obs.y_true is not None and obs.y_pred is not None:
                 self._errors(w, _values(obs.y_true), _values(obs.y_pred))
         except (ValueError, TypeError) as exc:
@@ -362,11 +378,14 @@ class MonitorService(Service):
         queue_size: int = 10_000,
         summary_seconds: float = 60.0,
         refresh_seconds: float = 2.0,
+        isolate: bool = True,
     ) -> None:
         self.state_dir = state_dir
         self.runtime = runtime
         self.metrics = AgentMetrics()
-        self.monitor = Monitor(self.metrics, config, record)
+        self.isolated = ProcessDriftCheck() if isolate else None
+        """Drift checks in a child process (True: inference keeps its latency while a window is checked)."""
+        self.monitor = Monitor(self.metrics, config, record, self.isolated or data_drift)
         self.queue = ObservationQueue(queue_size)
         self.observer = MonitorObserver(self.queue, self._active_key)
         self.references = ReferenceStore(state_dir, fetcher)
@@ -400,10 +419,12 @@ class MonitorService(Service):
         self._thread = threading.Thread(target=self._loop, name="fedge-agent-monitor", daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _preload() -> None:
+    def _preload(self) -> None:
         try:
-            preload_evidently()
+            if self.isolated is not None:
+                self.isolated.start()
+            else:
+                preload_evidently()
         except Exception as exc:  # missing extra: data drift stays off, logged once
             log.warning("data drift is off: %s", exc)
 
@@ -412,6 +433,8 @@ class MonitorService(Service):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self.isolated is not None:
+            self.isolated.close()
         self.http.stop()
 
     def healthy(self) -> bool:
