@@ -866,6 +866,9 @@ def fl_run(
         int | None, typer.Option(help="start from this version (an earlier FL result)")
     ] = None,
     network: Annotated[str | None, typer.Option(help="network the devices train, e.g. digits-mlp")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="flower (default) | nvflare (FLARE's simulator on the controller host)")
+    ] = None,
     rounds: Annotated[int, typer.Option(help="federated rounds")] = 3,
     min_clients: Annotated[int | None, typer.Option(help="devices every round needs")] = None,
     min_fraction: Annotated[
@@ -915,6 +918,8 @@ def fl_run(
         body["model"]["version"] = version
     if network:
         body["model"]["network"] = network
+    if engine:
+        body["engine"] = engine
     if device or selector or "participants" not in body:
         body["participants"] = {
             "device_ids": device or None,

@@ -265,3 +265,31 @@ def test_only_complete_lines_of_the_metrics_file_are_read(tmp_path: Path) -> Non
         fh.write('tes": []}\n')
     records, offset = nvflare.read_new_records(path, offset)
     assert records == [{"round": 1, "sites": []}] and offset == path.stat().st_size
+
+
+def test_fedge_fl_run_selects_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import controller.user_cli as cli
+    from controller.schemas.fl import FlJobCreated
+
+    sent: list[dict[str, Any]] = []
+
+    class Client:
+        def __init__(self, *_: Any, **__: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def fl_run(self, body: dict[str, Any]) -> FlJobCreated:
+            sent.append(dict(body))
+            return FlJobCreated(job_id="j1", status="queued", participants=SITES, min_clients=2)
+
+    monkeypatch.setattr(cli, "FedgeClient", Client)
+    args = ["fl", "run", "--model", "m1", "--device", SITES[0], "--device", SITES[1], "--no-watch", "--json"]
+    result = CliRunner().invoke(cli.app, [*args, "--engine", "nvflare"])
+    assert result.exit_code == 0, result.output
+    assert sent[-1]["engine"] == "nvflare" and FlJobIn.model_validate(sent[-1]).engine == "nvflare"
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    assert "engine" not in sent[-1]  # the API's default (flower)
