@@ -101,6 +101,7 @@ class PateSpec:
     teacher_lr: float = 0.5
     student_epochs: int = 300
     student_lr: float = 0.5
+    self_training: int = 2  # rounds of pseudo-labelling the whole public set with the student (0: off)
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> PateSpecError:
@@ -127,7 +128,12 @@ class PateSpec:
                 raise bad(name, f"must be in [1, {top}], got {value}")
         if self.num_classes < 2:
             raise bad("num_classes", "a classifier needs at least 2 classes")
-        if self.batch_queries < 0 or self.teacher_epochs < 1 or self.student_epochs < 1:
+        if (
+            self.batch_queries < 0
+            or self.teacher_epochs < 1
+            or self.student_epochs < 1
+            or self.self_training < 0
+        ):
             raise bad("batch_queries", "batch_queries must be >= 0, teacher/student epochs >= 1")
 
     def to_json(self) -> str:
@@ -256,9 +262,9 @@ def train_student(
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
-def student_accuracy(
-    network: str, params: Mapping[str, NDArray[Any]], x: NDArray[np.float32], y: NDArray[np.int64]
-) -> float:
+def student_predict(
+    network: str, params: Mapping[str, NDArray[Any]], x: NDArray[np.float32]
+) -> NDArray[np.int64]:
     import torch
 
     from edge_agent.learning.models import build_model
@@ -267,8 +273,15 @@ def student_accuracy(
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
     model.eval()
     with torch.no_grad():
-        predicted = model(torch.from_numpy(np.ascontiguousarray(x))).argmax(dim=1).numpy()
-    return float((predicted == y).mean())
+        return np.asarray(
+            model(torch.from_numpy(np.ascontiguousarray(x))).argmax(dim=1).numpy(), dtype=np.int64
+        )
+
+
+def student_accuracy(
+    network: str, params: Mapping[str, NDArray[Any]], x: NDArray[np.float32], y: NDArray[np.int64]
+) -> float:
+    return float((student_predict(network, params, x) == y).mean())
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -445,6 +458,12 @@ def run_fedpate(
     params = train_student(
         network, seed, x_public[answered], labels[answered], epochs=spec.student_epochs, lr=spec.student_lr
     )
+    for _ in range(spec.self_training):  # the whole public set, pseudo-labelled: post-processing, no cost
+        pseudo = student_predict(network, params, split.public_x)
+        pseudo[: spec.num_queries][answered] = labels[answered]
+        params = train_student(
+            network, seed, split.public_x, pseudo, epochs=spec.student_epochs, lr=spec.student_lr
+        )
     accuracy = student_accuracy(network, params, split.test_x, split.test_y)
     eps, eps_ind = accountant.epsilon_with()
     final = {

@@ -221,6 +221,9 @@ class FlPateIn(BaseModel):
     teacher_lr: float = Field(default=0.5, gt=0, le=100)
     student_epochs: int = Field(default=300, ge=1, le=100_000, description="full-batch steps of the student")
     student_lr: float = Field(default=0.5, gt=0, le=100)
+    self_training: int = Field(
+        default=2, ge=0, le=10, description="rounds of pseudo-labelling the whole public set with the student"
+    )
 
     @field_validator("sigma", "sigma1", "epsilon", "threshold")
     @classmethod

@@ -191,7 +191,13 @@ def test_the_devices_teachers_label_the_public_set_and_the_student_is_saved(tmp_
 
 def test_the_run_stops_answering_before_it_passes_the_epsilon_target(tmp_path: Path) -> None:
     spec = PateSpec(
-        num_teachers=30, sigma=4.0, epsilon=6.0, num_queries=200, batch_queries=100, teacher_epochs=30
+        num_teachers=30,
+        sigma=4.0,
+        epsilon=6.0,
+        num_queries=200,
+        batch_queries=100,
+        teacher_epochs=30,
+        self_training=0,
     )
 
     reporter = _run(LocalGrid(_devices(tmp_path, 2)), tmp_path, spec)
@@ -204,7 +210,13 @@ def test_the_run_stops_answering_before_it_passes_the_epsilon_target(tmp_path: P
 
 def test_confident_gnmax_answers_only_queries_that_pass_the_threshold(tmp_path: Path) -> None:
     spec = PateSpec(
-        num_teachers=60, sigma=5.0, sigma1=10.0, threshold=70.0, num_queries=100, teacher_epochs=60
+        num_teachers=60,
+        sigma=5.0,
+        sigma1=10.0,
+        threshold=70.0,
+        num_queries=100,
+        teacher_epochs=60,
+        self_training=0,
     )
 
     reporter = _run(LocalGrid(_devices(tmp_path, 2)), tmp_path, spec)
@@ -236,7 +248,9 @@ def test_a_malformed_reply_is_rejected_and_a_budget_refusal_excludes_the_device(
     apps = _devices(tmp_path, 2)
     poor = _devices(tmp_path / "poor", 1, budget=0.5)  # this device's budget pays for nothing
     apps[99] = poor[10]
-    spec = PateSpec(num_teachers=30, sigma=6.0, num_queries=60, batch_queries=30, teacher_epochs=30)
+    spec = PateSpec(
+        num_teachers=30, sigma=6.0, num_queries=60, batch_queries=30, teacher_epochs=30, self_training=0
+    )
 
     reporter = _run(_Tampering(apps), tmp_path, spec, min_nodes=3)
 
