@@ -37,6 +37,14 @@ without ``--quick``). Side by side:
   its life, and what is left of the phase: Flower's pull polling (``deployment.timeline``); the imports of a
   ClientApp process are timed apart in fresh interpreters (``deployment.clientapp_imports_s``).
 
+HE (``docs/fl-he.md``), side by side in the same run: ``fedavg_he`` is the FedAvg run with ``privacy.he``
+(CKKS N=4096, pairwise masking) in the simulation runtime; ``he_accuracy_diff`` is HE minus plaintext
+final accuracy of the same digits job through the fedge ServerApp and ClientApp in one process with fixed
+node ids (``simulator.fl.inprocess``: Flower's simulation draws random node ids, which reseed the devices'
+shuffles); ``he_time_ratio`` and ``he_bytes_ratio`` are one round at 105,010 parameters over 10 clients
+(``he_round``: local training, encode, aggregate, decode on the critical path; bytes per client per
+round: update up, global model down for train and evaluate) with HE over plaintext.
+
     python bench/fl.py [--quick] [--seeds 0,1,2] [--rounds R] [--deployment-rounds R] [--no-deployment]
 
 ``--quick``: 10 rounds, no eps-8 run, 3 deployment rounds. The last line of stdout is a JSON summary (per

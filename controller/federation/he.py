@@ -149,14 +149,13 @@ class HeAggregation:
         timeout: float,
         node_wait: float | None = None,
         cancel: threading.Event | None = None,
+        cancelled: type[Exception] = HeSetupError,
     ) -> HeAggregation:
         """Relay the key setup among the connected participant nodes (see the module docstring)."""
         deadline = time.monotonic() + (timeout if node_wait is None else node_wait)
         while len(list(grid.get_node_ids())) < min_nodes:
             if cancel is not None and cancel.is_set():
-                from controller.federation.serverapp import FederationCancelled
-
-                raise FederationCancelled(f"job {job_id} was cancelled")
+                raise cancelled(f"job {job_id} was cancelled")
             if time.monotonic() > deadline:
                 raise HeSetupError(f"fewer than {min_nodes} participant nodes connected for the HE key setup")
             time.sleep(0.5)
@@ -372,6 +371,7 @@ def he_strategy(
     job_id: str,
     min_nodes: int,
     cancel: threading.Event | None = None,
+    cancelled: type[Exception] = HeSetupError,
 ) -> tuple[HeAggregation, HeFedAvg]:
     """The ServerApp's hook: run the key setup, then the FedAvg-on-ciphertexts strategy for the job."""
     from controller.federation.strategies import parse_spec
@@ -379,7 +379,13 @@ def he_strategy(
     spec = check_he_config(str(config["he"]), str(config["strategy"]), str(config["secure-aggregation"]))
     assert spec is not None
     session = HeAggregation.setup(
-        grid, spec, job_id=job_id, min_nodes=min_nodes, timeout=float(config["round-timeout"]), cancel=cancel
+        grid,
+        spec,
+        job_id=job_id,
+        min_nodes=min_nodes,
+        timeout=float(config["round-timeout"]),
+        cancel=cancel,
+        cancelled=cancelled,
     )
     sampling = {
         "min_available_nodes": min_nodes,

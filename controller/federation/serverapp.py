@@ -550,7 +550,9 @@ def run_federation(
     if str(config["he"]):  # CKKS: the devices make and hold the key set, the strategy adds ciphertexts
         from controller.federation.he import he_strategy
 
-        he_run, strategy = he_strategy(grid, config, job_id=job_id, min_nodes=min_nodes, cancel=cancel)
+        he_run, strategy = he_strategy(
+            grid, config, job_id=job_id, min_nodes=min_nodes, cancel=cancel, cancelled=FederationCancelled
+        )
     guarded = GuardedStrategy(strategy, reporter, run_id=run_id, job_id=job_id, cancel=cancel)
     start = guarded.start
     if str(config["secure-aggregation"]):  # SecAgg+: Flower's workflow runs the train phase
