@@ -261,15 +261,22 @@ MODULES = {
 }
 
 
-def require(backend: str) -> None:
-    """Import what the backend uses now, at start: a missing library fails the start (not every
-    message), and the first message does not wait seconds for imports."""
+def require(backend: str, model: str | None = None) -> None:
+    """Import what the backend uses now, at start: a missing library (or torch module factory) fails the
+    start, not every message, and the first message does not wait seconds for imports."""
     library, extra = LIBRARIES[backend]
     try:
         for module in MODULES[backend]:
             importlib.import_module(module)
     except ImportError as exc:
         raise _missing(library, extra) from exc
+    if backend == "torch" and model is not None:
+        from edge_agent.learning.online_torch import resolve_factory
+
+        try:
+            resolve_factory(model)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"torch model {model!r}: {exc}") from exc
 
 
 def make_backend(config: LearnerConfig, n_features: int) -> Backend:

@@ -104,7 +104,6 @@ class LearnerConfig(BaseModel):
     seed: int = 0
     mqtt: MqttFeed | None = None
     save: SavePolicy = Field(default_factory=SavePolicy)
-    push: bool = Field(default=False, description="push saved versions to the controller (see docs)")
 
     @model_validator(mode="after")
     def _classes(self) -> LearnerConfig:

@@ -84,7 +84,7 @@ class OnlineLearner:
     ) -> None:
         self.config, self.store, self.backend_factory = config, store, backend_factory
         if backend_factory is make_backend:
-            require(config.backend)
+            require(config.backend, config.model)
         self.transformer = transformer or make_transformer(config.transformer, config.transformer_options)
         self.backend: Backend | None = None
         self.saved: Backend | None = None  # the last saved version, for a fair comparison

@@ -69,3 +69,6 @@ class OnlineRoutes:
             return problem(409, "Not ready", str(exc))
         except ExplainerUnavailable as exc:
             return problem(409, "No explainer", str(exc))
+        except Exception:  # a fault of ours, not of the message: logged, answered, the server goes on
+            log.exception("online learner %s: %s failed", name, action)
+            return problem(500, "Internal error", f"the learner failed on {action}; see the agent's log")
