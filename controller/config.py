@@ -160,7 +160,7 @@ class ControllerSettings(BaseSettings):
     oidc_issuer: str | None = Field(default=None, description="Enable OIDC bearer JWTs from this issuer.")
     oidc_audience: str | None = None
     oidc_role_claim: str = Field(default="fedge_role", description="Claim (dotted path) holding the role.")
-    oidc_default_role: Literal["developer", "admin", "none"] = Field(
+    oidc_default_role: Literal["developer", "operator", "admin", "none"] = Field(
         default="none", description="Role for valid tokens without the role claim ('none' refuses them)."
     )
 

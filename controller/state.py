@@ -59,6 +59,7 @@ class ControllerState:
         if self.messaging is not None:
             self.messaging.stop()
             self.messaging = None
+        self.rollouts.stop()
         self.jobs.stop()
         self.federation.stop()
         if self.owns_chain:
@@ -135,6 +136,7 @@ def build_state(
     if broker is not None:
         state.messaging = FleetMessaging(broker, fleet, state.rollouts, state.commands)
         state.messaging.start()
+    state.rollouts.start()  # times out devices that never answer a deployment
     if start_jobs:  # without workers this process only queues jobs (another replica runs them)
         state.jobs.start()
         state.federation.start()

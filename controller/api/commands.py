@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from controller.api.deps import AnyCaller, CommandsDep, DevicePath, DevicesDep, Offset, OwnDevicePath
+from controller.api.deps import CommandsDep, DevicePath, DevicesDep, FleetCaller, Offset, OwnDevicePath
 from controller.db.models import DeviceCommand, TelemetryRecord
 from controller.schemas.commands import CommandIn, CommandOut, CommandPage, TelemetryOut, TelemetryPage
 from controller.security.principal import Role
@@ -42,7 +42,7 @@ def telemetry_out(t: TelemetryRecord) -> TelemetryOut:
 
 @router.post(paths.COMMANDS, status_code=201, response_model=CommandOut)
 def create_command(
-    device_id: DevicePath, body: CommandIn, commands: CommandsDep, caller: AnyCaller
+    device_id: DevicePath, body: CommandIn, commands: CommandsDep, caller: FleetCaller
 ) -> CommandOut:
     """Queue a command for a device (developer), pushed over MQTT and served to its polls. A device may
     ask for one for itself (``fedge-agent grid run``): it is stored ``running`` and run by that process."""

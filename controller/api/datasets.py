@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from controller.api.deps import Developer, Offset, RegistryDep, SettingsDep
+from controller.api.deps import Developer, Offset, RegistryDep, RegistryReader, SettingsDep
 from controller.api.downloads import artifact_response
 from controller.api.uploads import multipart_parts
 from controller.db.models import Dataset
@@ -78,7 +78,7 @@ async def register_dataset(
 @router.get("", response_model=Page[DatasetOut])
 def list_datasets(
     registry: RegistryDep,
-    _caller: Developer,
+    _caller: RegistryReader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
     organization_id: str | None = None,
@@ -94,7 +94,7 @@ def list_datasets(
     response_class=Response,
 )
 def download_dataset(
-    dataset_id: str, request: Request, registry: RegistryDep, _caller: Developer
+    dataset_id: str, request: Request, registry: RegistryDep, _caller: RegistryReader
 ) -> Response:
     """Download the dataset, streamed, with ``ETag``/``Digest`` headers (SHA-256). The stored object is
     checked against its chain record first: 409 "integrity check failed" if it was changed in storage."""
@@ -113,7 +113,7 @@ def download_dataset(
 
 
 @router.get("/{dataset_id}/provenance", response_model=Provenance)
-def dataset_provenance(dataset_id: str, registry: RegistryDep, _caller: Developer) -> Provenance:
+def dataset_provenance(dataset_id: str, registry: RegistryDep, _caller: RegistryReader) -> Provenance:
     """Recompute the stored object's SHA-256 and compare it with the chain record."""
     ds = registry.get_dataset(dataset_id)
     chain_sha, record = registry.chain_dataset_hash(ds)
@@ -130,6 +130,6 @@ def dataset_provenance(dataset_id: str, registry: RegistryDep, _caller: Develope
 
 
 @router.get("/{dataset_id}/metadata", response_model=DatasetOut)
-def dataset_metadata(dataset_id: str, registry: RegistryDep, _caller: Developer) -> DatasetOut:
+def dataset_metadata(dataset_id: str, registry: RegistryDep, _caller: RegistryReader) -> DatasetOut:
     """The dataset's metadata (original filename and type, hashes, owner, where it is stored)."""
     return dataset_out(registry.get_dataset(dataset_id))

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 
-from controller.api.deps import Developer, Offset, RolloutsDep
+from controller.api.deps import Offset, Operator, RolloutsDep
 from controller.fleet.deployments import DeploymentRequest
 from controller.schemas.deployments import (
     CancelIn,
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/deployments", tags=["fleet"])
 
 
 @router.post("", status_code=201, response_model=DeploymentCreated)
-def create_deployment(body: DeploymentIn, rollouts: RolloutsDep, caller: Developer) -> DeploymentCreated:
+def create_deployment(body: DeploymentIn, rollouts: RolloutsDep, caller: Operator) -> DeploymentCreated:
     """Set the desired model of the targets, wave by wave; the latest deployment of a device wins."""
     strategy: str | dict[str, Any] = (
         body.strategy if isinstance(body.strategy, str) else body.strategy.model_dump()
@@ -38,6 +38,8 @@ def create_deployment(body: DeploymentIn, rollouts: RolloutsDep, caller: Develop
         body.max_failure_ratio,
         body.auto_rollback,
         body.reference_dataset_id,
+        body.device_timeout_seconds,
+        body.continuous,
     )
     return DeploymentCreated(deployment_id=rollouts.create(req, caller.subject))
 
@@ -45,7 +47,7 @@ def create_deployment(body: DeploymentIn, rollouts: RolloutsDep, caller: Develop
 @router.get("", response_model=DeploymentPage)
 def list_deployments(
     rollouts: RolloutsDep,
-    _caller: Developer,
+    _caller: Operator,
     state: Annotated[DeploymentState | None, Query(description="only deployments in this state")] = None,
     model_id: Annotated[
         str | None, Query(max_length=36, description="only deployments of this model")
@@ -65,6 +67,7 @@ def list_deployments(
             waves=len(d.strategy.get("waves", [1.0])),
             devices=counts,
             selector=d.selector,
+            continuous=d.continuous,
             created_by=d.created_by,
             error=d.error,
             created_at=d.created_at,
@@ -79,7 +82,7 @@ def list_deployments(
 def cancel_deployment(
     deployment_id: str,
     rollouts: RolloutsDep,
-    _caller: Developer,
+    _caller: Operator,
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> DeploymentOut:
     """Stop a rolling deployment (409 if it is not rolling): devices not reached are cancelled, devices
@@ -89,7 +92,7 @@ def cancel_deployment(
 
 
 @router.get("/{deployment_id}", response_model=DeploymentOut)
-def get_deployment(deployment_id: str, rollouts: RolloutsDep, _caller: Developer) -> DeploymentOut:
+def get_deployment(deployment_id: str, rollouts: RolloutsDep, _caller: Operator) -> DeploymentOut:
     """The rollout and each device's state (waiting, pending, applying, succeeded, failed-rolled-back...)."""
     dep, targets = rollouts.get(deployment_id)
     return DeploymentOut(
@@ -103,6 +106,8 @@ def get_deployment(deployment_id: str, rollouts: RolloutsDep, _caller: Developer
         auto_rollback=dep.auto_rollback,
         current_wave=dep.current_wave,
         reference_dataset_id=dep.reference_dataset_id,
+        device_timeout_seconds=dep.device_timeout_s,
+        continuous=dep.continuous,
         error=dep.error,
         created_at=dep.created_at,
         finished_at=dep.finished_at,

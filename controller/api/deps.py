@@ -162,12 +162,21 @@ def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
             )
         return principal
 
+    check.roles = frozenset(allowed)  # type: ignore[attr-defined]  # read by controller.security.roles
     return check
 
 
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Developer = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER))]
-AnyCaller = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER, Role.DEVICE))]
+"""Registry, training, translation."""
+RegistryReader = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER, Role.OPERATOR))]
+"""Reading the registry (operators pick the model versions and reference data sets they deploy)."""
+Operator = Annotated[Principal, Depends(require(Role.ADMIN, Role.OPERATOR))]
+"""The fleet: devices, enrollment, deployments, commands, telemetry, events."""
+FlUser = Annotated[Principal, Depends(require(Role.ADMIN, Role.DEVELOPER, Role.OPERATOR))]
+"""Federated learning jobs (training on the fleet)."""
+FleetCaller = Annotated[Principal, Depends(require(Role.ADMIN, Role.OPERATOR, Role.DEVICE))]
+"""Fleet users, or an enrolled device (on itself: see ``DevicePath``)."""
 DeviceCaller = Annotated[Principal, Depends(require(Role.DEVICE))]
 ArtifactWriter = Annotated[Principal, Depends(require(Role.ADMIN, Role.JOB))]
 JobCaller = Annotated[Principal, Depends(require(Role.JOB))]
@@ -180,7 +189,7 @@ def _self_device(device_id: str, caller: Principal) -> str:
     return device_id
 
 
-async def self_or_user(device_id: str, caller: AnyCaller) -> str:
+async def self_or_user(device_id: str, caller: FleetCaller) -> str:
     """The ``{device_id}`` path parameter: a device may name only itself; users pass (role checked)."""
     return _self_device(device_id, caller)
 
@@ -191,6 +200,6 @@ async def self_device(device_id: str, caller: DeviceCaller) -> str:
 
 
 DevicePath = Annotated[str, Depends(self_or_user)]
-"""``{device_id}`` that a device may only use for itself (users: admin, developer)."""
+"""``{device_id}`` that a device may only use for itself (users: admin, operator)."""
 OwnDevicePath = Annotated[str, Depends(self_device)]
 """``{device_id}`` of a device-only route: must be the calling device."""

@@ -9,14 +9,13 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from controller.api.deps import (
-    Admin,
-    AnyCaller,
     BrokerUrlDep,
     CallingDevice,
     CommandsDep,
-    Developer,
     DevicePath,
     DevicesDep,
+    FleetCaller,
+    Operator,
     OwnDevicePath,
     RegistryDep,
     RolloutsDep,
@@ -59,7 +58,7 @@ def device_out(d: Device, poll_seconds: float = DEFAULT_POLL_SECONDS) -> DeviceO
 
 @router.post("/v1/enrollment-tokens", status_code=201, response_model=EnrollmentTokenOut)
 def create_enrollment_token(
-    body: EnrollmentTokenRequest, devices: DevicesDep, admin: Admin
+    body: EnrollmentTokenRequest, devices: DevicesDep, admin: Operator
 ) -> EnrollmentTokenOut:
     """Mint a one-time, expiring enrollment token (admin)."""
     token, expires = devices.mint_enrollment_token(body.labels, body.ttl_seconds, admin.subject)
@@ -89,7 +88,7 @@ def enroll(
 
 
 @router.get("/v1/devices", response_model=list[DeviceOut])
-def list_devices(devices: DevicesDep, _caller: Developer) -> list[DeviceOut]:
+def list_devices(devices: DevicesDep, _caller: Operator) -> list[DeviceOut]:
     """Every device with online/offline (last seen within 3 poll intervals), model and last error."""
     return [device_out(d) for d in devices.list()]
 
@@ -101,7 +100,7 @@ def get_device(device_id: DevicePath, devices: DevicesDep) -> DeviceOut:
 
 
 @router.delete("/v1/devices/{device_id}", status_code=204, response_class=Response)
-def revoke_device(device_id: str, devices: DevicesDep, _admin: Admin) -> Response:
+def revoke_device(device_id: str, devices: DevicesDep, _admin: Operator) -> Response:
     """Revoke a device: its signed tokens are refused from the next request on, and the broker refuses
     its credential and closes its connection."""
     devices.revoke(device_id)
@@ -115,7 +114,7 @@ def revoke_device(device_id: str, devices: DevicesDep, _admin: Admin) -> Respons
 def desired_state(
     device_id: DevicePath,
     devices: DevicesDep,
-    caller: AnyCaller,
+    caller: FleetCaller,
     calling: CallingDevice,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:

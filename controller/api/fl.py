@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from controller.api.deps import Developer, DevicePath, FederationDep, JobCaller, Offset
+from controller.api.deps import DevicePath, FederationDep, FlUser, JobCaller, Offset
 from controller.db.models import FlJob, FlParticipant, FlRound
 from controller.federation.base import EngineUnavailable
 from controller.federation.manager import FlJobManager, engine_unavailable
@@ -135,7 +135,7 @@ def _outs(manager: FlJobManager, jobs: list[FlJob]) -> list[FlJobOut]:
 
 
 @router.post("/v1/fl/jobs", status_code=202, response_model=FlJobCreated)
-def create_fl_job(body: FlJobIn, manager: FederationDep, caller: Developer) -> FlJobCreated:
+def create_fl_job(body: FlJobIn, manager: FederationDep, caller: FlUser) -> FlJobCreated:
     """Queue a federated-learning job over enrolled devices. Everything is checked first (422 with the
     field): engine, model and start version, network, strategy parameters, min_clients against the
     eligible devices, local DP (epsilon > 0) and each participant's mirrored remaining budget."""
@@ -149,7 +149,7 @@ def create_fl_job(body: FlJobIn, manager: FederationDep, caller: Developer) -> F
 @router.get("/v1/fl/jobs", response_model=FlJobPage)
 def list_fl_jobs(
     manager: FederationDep,
-    _caller: Developer,
+    _caller: FlUser,
     model_id: str | None = None,
     status: Annotated[
         str | None, Query(description="queued | running | succeeded | failed | cancelled")
@@ -163,14 +163,14 @@ def list_fl_jobs(
 
 
 @router.get("/v1/fl/jobs/{job_id}", response_model=FlJobOut)
-def get_fl_job(job_id: str, manager: FederationDep, _caller: Developer) -> FlJobOut:
+def get_fl_job(job_id: str, manager: FederationDep, _caller: FlUser) -> FlJobOut:
     """Status, per-round metrics (losses, accuracy, participants, stragglers, bytes, epsilon per device),
     participants, the result version and the run's chain record."""
     return _outs(manager, [manager.get(job_id)])[0]
 
 
 @router.post("/v1/fl/jobs/{job_id}/cancel", status_code=202, response_model=FlJobOut)
-def cancel_fl_job(job_id: str, manager: FederationDep, _caller: Developer) -> FlJobOut:
+def cancel_fl_job(job_id: str, manager: FederationDep, _caller: FlUser) -> FlJobOut:
     """Cancel a queued job, or stop a running one (its Flower run is stopped within a few seconds)."""
     return _outs(manager, [manager.cancel(job_id)])[0]
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import ArtifactWriter, Developer, Offset, RegistryDep, SettingsDep
+from controller.api.deps import ArtifactWriter, Developer, Offset, RegistryDep, RegistryReader, SettingsDep
 from controller.api.downloads import artifact_response
 from controller.api.uploads import body_part, is_multipart, multipart_parts, parse_json_field
 from controller.db.models import Model, ModelVersion
@@ -131,7 +131,7 @@ async def register_model(
 @router.get("", response_model=Page[ModelOut])
 def list_models(
     registry: RegistryDep,
-    _caller: Developer,
+    _caller: RegistryReader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
     dataset_id: str | None = None,
@@ -153,7 +153,7 @@ def download_model(
     model_id: str,
     request: Request,
     registry: RegistryDep,
-    _caller: Developer,
+    _caller: RegistryReader,
     version: Annotated[int | None, Query(ge=1)] = None,
     kind: Annotated[str | None, Query(pattern="^(trained|onnx|quantized)$")] = None,
 ) -> Response:
@@ -176,7 +176,7 @@ def download_model(
 
 
 @router.get("/{model_id}/metadata", response_model=ModelOut)
-def model_metadata(model_id: str, registry: RegistryDep, _caller: Developer) -> ModelOut:
+def model_metadata(model_id: str, registry: RegistryDep, _caller: RegistryReader) -> ModelOut:
     """Model metadata, training spec and digest, its ready versions with their hashes, and the
     on-chain record (``train_image_hash``, ``res_hash`` once verified)."""
     out = model_out(registry.get_model(model_id))
@@ -185,7 +185,7 @@ def model_metadata(model_id: str, registry: RegistryDep, _caller: Developer) -> 
 
 
 @router.get("/{model_id}/provenance", response_model=ModelProvenance)
-def model_provenance(model_id: str, registry: RegistryDep, _caller: Developer) -> ModelProvenance:
+def model_provenance(model_id: str, registry: RegistryDep, _caller: RegistryReader) -> ModelProvenance:
     """Recompute every version's SHA-256 and compare with its chain record (verify or artifact)."""
     model = registry.get_model(model_id)
     checks = []
@@ -213,7 +213,7 @@ def model_provenance(model_id: str, registry: RegistryDep, _caller: Developer) -
 
 
 @router.get("/{model_id}/versions", response_model=list[VersionOut])
-def model_versions(model_id: str, registry: RegistryDep, _caller: Developer) -> list[VersionOut]:
+def model_versions(model_id: str, registry: RegistryDep, _caller: RegistryReader) -> list[VersionOut]:
     """All ready versions of the model."""
     return [version_out(v) for v in registry.ready_versions(registry.get_model(model_id))]
 

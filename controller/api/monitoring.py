@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from controller.api.deps import CommandsDep, DevicePath, RegistryDep
+from controller.api.deps import CommandsDep, DevicePath, Offset, RegistryDep
 from controller.api.downloads import artifact_response
 from controller.db.models import DeviceEvent
 from controller.errors import Conflict, Forbidden
@@ -49,7 +49,7 @@ def list_events(
     type: Annotated[str | None, Query(max_length=64, description="e.g. monitor.drift")] = None,
     model_id: Annotated[str | None, Query(max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DeviceEventPage:
     """A device's events (drift alarms), newest first; 404 for an unknown device."""
     rows, total = events.page(device_id, kind=type, model_id=model_id, limit=limit, offset=offset)

@@ -203,7 +203,7 @@ class Deployment(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(24), index=True)  # rolling | succeeded | failed
+    state: Mapped[str] = mapped_column(String(24), index=True)  # rolling, succeeded, failed, superseded...
     strategy: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {"waves": [...]}
     selector: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     max_failure_ratio: Mapped[float] = mapped_column(default=0.0)
@@ -214,6 +214,8 @@ class Deployment(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     reference_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))  # drift reference
+    device_timeout_s: Mapped[int | None] = mapped_column(Integer)  # pending/applying longer: timed-out
+    continuous: Mapped[bool] = mapped_column(default=False)  # devices enrolling later with the labels join
 
 
 class DeploymentTarget(Base):
@@ -364,26 +366,6 @@ class FlRound(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class FlNode(Base):
-    """A device's node on the SuperLink: its enrolled public key registered for SuperNode authentication."""
-
-    __tablename__ = "fl_nodes"
-
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
-    superlink: Mapped[str] = mapped_column(String(300))  # which SuperLink holds the registration
-    node_id: Mapped[str] = mapped_column(String(20))  # Flower node ids are uint64
-    public_key_sha256: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), index=True)  # registered | unregistered
-    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    unregistered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-
-
-class DevicePrivacy(Base):
-    """The controller's mirror of one device's privacy spend on one dataset (from round reports). The device
-    keeps the authoritative ledger; the mirror lets the controller refuse a job that cannot fit."""
-
-    __tablename__ = "device_privacy"
-    __table_args__ = (UniqueConstraint("device_id", "dataset", name="uq_device_privacy_dataset"),)
 class FlAuditRound(Base):
     """One aggregated round of an FL job on chain (docs/fl-audit.md): the accepted updates' digests
     (the Merkle leaves, with who sent each), the root and aggregate recorded, and the transaction."""
@@ -404,6 +386,26 @@ class FlAuditRound(Base):
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class FlNode(Base):
+    """A device's node on the SuperLink: its enrolled public key registered for SuperNode authentication."""
+
+    __tablename__ = "fl_nodes"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    superlink: Mapped[str] = mapped_column(String(300))  # which SuperLink holds the registration
+    node_id: Mapped[str] = mapped_column(String(20))  # Flower node ids are uint64
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # registered | unregistered
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    unregistered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DevicePrivacy(Base):
+    """The controller's mirror of one device's privacy spend on one dataset (from round reports). The device
+    keeps the authoritative ledger; the mirror lets the controller refuse a job that cannot fit."""
+
+    __tablename__ = "device_privacy"
+    __table_args__ = (UniqueConstraint("device_id", "dataset", name="uq_device_privacy_dataset"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)

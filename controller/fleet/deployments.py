@@ -8,7 +8,10 @@ The latest deployment of a device wins: its targets in older rollouts are marked
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,17 +24,20 @@ from controller.fleet.devices import ACTIVE, Fleet
 from controller.fleet.references import check_reference
 from fedge_protocol.status import FAILED, DeploymentStatus
 
+log = logging.getLogger("fedge.fleet.deployments")
+
 # A target's state: the controller's own words before and after the device's part, and in between the
 # device-reported DeploymentStatus words (applying, succeeded, failed-..., rejected).
 WAITING, PENDING = "waiting", "pending"
 APPLYING, SUCCEEDED = DeploymentStatus.APPLYING, DeploymentStatus.SUCCEEDED
-CANCELLED, SUPERSEDED, REVERTED = "cancelled", "superseded", "rolled-back"
+CANCELLED, SUPERSEDED, REVERTED, TIMED_OUT = "cancelled", "superseded", "rolled-back", "timed-out"
 # A deployment's state: rolling until it settles; superseded when newer deployments took every target before
 # anything was installed from it; cancelled by an operator.
 ROLLING, DEPLOYMENT_FAILED = "rolling", "failed"
 DEPLOYMENT_STATES = (ROLLING, SUCCEEDED, DEPLOYMENT_FAILED, SUPERSEDED, CANCELLED)
 OPEN_STATES = (WAITING, PENDING, APPLYING)
-FAILED_STATES = tuple(sorted(FAILED))
+FAILED_STATES = (*sorted(FAILED), TIMED_OUT)
+"""Target states that count against a wave's failure ratio (a device that never answered included)."""
 REPORTABLE = tuple(DeploymentStatus)
 ONNX_KINDS = ("onnx", "quantized")
 
@@ -68,14 +74,99 @@ class DeploymentRequest:
     auto_rollback: bool
     reference_dataset_id: str | None = None
     """The drift reference data set named in the targets' desired state (a ready, chain-recorded one)."""
+    device_timeout_s: int | None = None
+    """A target pending or applying longer than this becomes ``timed-out`` (None: no limit)."""
+    continuous: bool = False
+    """Devices enrolling later whose labels match ``selector`` join the deployment."""
 
 
 class Rollouts:
     """Creates deployments and advances them as devices report."""
 
-    def __init__(self, sessions: sessionmaker[Session], fleet: Fleet) -> None:
+    def __init__(self, sessions: sessionmaker[Session], fleet: Fleet, sweep_seconds: float = 5.0) -> None:
         self.sessions = sessions
         self.fleet = fleet
+        self.sweep_seconds = sweep_seconds
+        self._stop_sweeper = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        fleet.on_enrolled(self._join_continuous)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the sweeper that times out targets whose device never answered."""
+        if self._sweeper is None:
+            self._stop_sweeper.clear()
+            self._sweeper = threading.Thread(
+                target=self._sweep_loop, name="fedge-rollout-sweeper", daemon=True
+            )
+            self._sweeper.start()
+
+    def stop(self) -> None:
+        self._stop_sweeper.set()
+        if self._sweeper is not None:
+            self._sweeper.join(10)
+            self._sweeper = None
+
+    def _sweep_loop(self) -> None:
+        while not self._stop_sweeper.wait(self.sweep_seconds):
+            try:
+                self.sweep()
+            except Exception:  # a database hiccup must not end the sweeper
+                log.exception("deployment sweep failed")
+
+    def sweep(self, now: dt.datetime | None = None) -> int:
+        """Time out pending/applying targets older than their deployment's device timeout and advance those
+        deployments (a timed-out target counts as a failure). Returns how many targets timed out."""
+        now = now or utcnow()
+        timed_out = 0
+        with self.sessions.begin() as s:
+            rows = s.execute(
+                select(DeploymentTarget, Deployment.device_timeout_s)
+                .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
+                .where(
+                    Deployment.state == ROLLING,
+                    Deployment.device_timeout_s.is_not(None),
+                    DeploymentTarget.state.in_((PENDING, APPLYING)),
+                )
+            ).all()
+            touched: set[str] = set()
+            for target, timeout in rows:
+                updated = target.updated_at
+                if updated.tzinfo is None:
+                    updated = updated.replace(tzinfo=dt.UTC)
+                if timeout is None or (now - updated).total_seconds() < timeout:
+                    continue
+                target.state, target.updated_at = TIMED_OUT, now
+                target.error = f"no report from the device within {timeout} s"
+                touched.add(target.deployment_id)
+                timed_out += 1
+            for deployment_id in sorted(touched):
+                dep = s.get(Deployment, deployment_id)
+                if dep is not None:
+                    self._advance(s, dep)
+        if timed_out:
+            log.info("deployment sweep: %d target(s) timed out", timed_out)
+        self._notify(s)
+        return timed_out
+
+    def _join_continuous(self, s: Session, device: Device) -> None:
+        """An enrolling device joins the newest continuous deployment whose selector its labels match."""
+        for dep in s.scalars(
+            select(Deployment)
+            .where(Deployment.continuous.is_(True), Deployment.state.in_((ROLLING, SUCCEEDED)))
+            .order_by(Deployment.created_at.desc())
+        ):
+            selector = dep.selector or {}
+            if not selector or any(device.labels.get(k) != v for k, v in selector.items()):
+                continue
+            last_wave = max(len(dep.strategy.get("waves", [1.0])) - 1, 0)
+            target = DeploymentTarget(
+                deployment_id=dep.id, device_id=device.id, wave=last_wave, state=WAITING
+            )
+            s.add(target)
+            if dep.state == SUCCEEDED or dep.current_wave >= last_wave:
+                self._apply(s, dep, target, device)
+            return
 
     @staticmethod
     def _changed(s: Session, device_id: str) -> None:
@@ -100,6 +191,11 @@ class Rollouts:
             check_reference(registry, req.reference_dataset_id)
         if not req.device_ids and not req.selector:
             raise Unprocessable("give device_ids or a selector", field="device_ids")
+        if req.continuous and not req.selector:
+            raise Unprocessable(
+                "a continuous deployment needs a selector: devices enrolling later with its labels join it",
+                field="continuous",
+            )
         with self.sessions.begin() as s:
             deployment_id = self._create(s, req, created_by, mv.version, fractions)
         self._notify(s)
@@ -120,6 +216,8 @@ class Rollouts:
             current_wave=0,
             created_by=created_by,
             reference_dataset_id=req.reference_dataset_id,
+            device_timeout_s=req.device_timeout_s,
+            continuous=req.continuous,
         )
         s.add(dep)
         s.flush()
@@ -135,6 +233,7 @@ class Rollouts:
             s.add(DeploymentTarget(deployment_id=dep.id, device_id=device.id, wave=wave, state=WAITING))
         s.flush()
         self._start_wave(s, dep)
+        self._advance(s, dep)  # a continuous deployment may start with no device yet
         for other in touched:
             older = s.get(Deployment, other)
             if older is not None:
@@ -154,7 +253,7 @@ class Rollouts:
             ):
                 if all(device.labels.get(k) == v for k, v in req.selector.items()):
                     chosen.setdefault(device.id, device)
-        if not chosen:
+        if not chosen and not req.continuous:
             raise Unprocessable("no active device matches device_ids / selector", field="selector")
         return list(chosen.values())
 
@@ -175,13 +274,17 @@ class Rollouts:
             if device is None or device.status != ACTIVE:
                 target.state, target.error = CANCELLED, "device revoked"
                 continue
-            target.previous = device.desired
-            device.desired = {"model_id": dep.model_id, "version": dep.version, "deployment_id": dep.id}
-            if dep.reference_dataset_id:
-                device.desired["reference_dataset_id"] = dep.reference_dataset_id
-            device.desired_revision += 1
-            self._changed(s, device.id)
-            target.state, target.updated_at = PENDING, utcnow()
+            self._apply(s, dep, target, device)
+
+    def _apply(self, s: Session, dep: Deployment, target: DeploymentTarget, device: Device) -> None:
+        """Give the device this deployment's model as its desired state; the target becomes pending."""
+        target.previous = device.desired
+        device.desired = {"model_id": dep.model_id, "version": dep.version, "deployment_id": dep.id}
+        if dep.reference_dataset_id:
+            device.desired["reference_dataset_id"] = dep.reference_dataset_id
+        device.desired_revision += 1
+        self._changed(s, device.id)
+        target.state, target.updated_at = PENDING, utcnow()
 
     def _advance(self, s: Session, dep: Deployment) -> None:
         """Settle the current wave: stop (and roll back) on too many failures, else start the next."""
@@ -308,14 +411,14 @@ class Rollouts:
             return [(d, counts[d.id]) for d in deps], total
 
     def cancel(self, deployment_id: str, rollback: bool) -> Deployment:
-        """Stop a rolling deployment: targets not yet reached are cancelled; devices asked to install it but
-        not done get their previous desired state back; devices that installed it keep it unless
-        ``rollback``. A 409 when it is no longer rolling."""
+        """Stop a rolling deployment (or a settled continuous one: devices enrolling later no longer join):
+        targets not yet reached are cancelled; devices asked to install it but not done get their previous
+        desired state back; devices that installed it keep it unless ``rollback``. A 409 otherwise."""
         with self.sessions.begin() as s:
             dep = s.get(Deployment, deployment_id, with_for_update=True)
             if dep is None:
                 raise NotFound(f"deployment {deployment_id} not found")
-            if dep.state != ROLLING:
+            if dep.state != ROLLING and not (dep.continuous and dep.state == SUCCEEDED):
                 raise Conflict(f"deployment {deployment_id} is {dep.state}, not rolling: nothing to cancel")
             dep.state, dep.finished_at = CANCELLED, utcnow()
             dep.error = "cancelled by an operator" + (" (installed devices rolled back)" if rollback else "")

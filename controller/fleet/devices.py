@@ -8,7 +8,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,12 @@ class Fleet:
         self.events = events or FleetEvents()
         self.last_seen_write_seconds = last_seen_write_seconds
         self.documents = DesiredDocuments()
+        self._enrolled_hooks: list[Callable[[Session, Device], None]] = []
+
+    def on_enrolled(self, hook: Callable[[Session, Device], None]) -> None:
+        """Run ``hook(session, device)`` inside each enrollment's transaction, after the device row is
+        added (continuous deployments give the new device its desired state there, atomically)."""
+        self._enrolled_hooks.append(hook)
 
     # ------------------------------------------------------------ enrollment
     def mint_enrollment_token(
@@ -119,19 +125,21 @@ class Fleet:
             from cryptography.hazmat.primitives import serialization
 
             pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-            s.add(
-                Device(
-                    id=device_id,
-                    status=ACTIVE,
-                    labels={**row.labels, **labels},
-                    facts=dict(facts),
-                    certificate=pem,
-                    cert_serial=format(cert.serial_number, "x"),
-                    desired=None,
-                    desired_revision=0,
-                    last_seen_at=now,
-                )
+            device = Device(
+                id=device_id,
+                status=ACTIVE,
+                labels={**row.labels, **labels},
+                facts=dict(facts),
+                certificate=pem,
+                cert_serial=format(cert.serial_number, "x"),
+                desired=None,
+                desired_revision=0,
+                last_seen_at=now,
             )
+            s.add(device)
+            s.flush()
+            for hook in self._enrolled_hooks:
+                hook(s, device)
         self.events.desired_changed([device_id])  # retained: the agent gets it on subscribe
         return Enrolled(device_id, pem)
 

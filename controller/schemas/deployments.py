@@ -27,6 +27,18 @@ class DeploymentIn(BaseModel):
         description="a registered data set the devices' monitors check drift against (named in the "
         "desired state; fetched and SHA-256 checked like the model)",
     )
+    device_timeout_seconds: int | None = Field(
+        default=3600,
+        ge=1,
+        le=30 * 86400,
+        description="a device asked to install that has not reported success or failure within this "
+        "time becomes timed-out (counted as a failure of its wave); null: wait for ever",
+    )
+    continuous: bool = Field(
+        default=False,
+        description="needs a selector: devices that enrol later with matching labels get this deployment "
+        "(until it is cancelled, failed or superseded by a newer continuous one)",
+    )
 
 
 class DeploymentCreated(BaseModel):
@@ -52,6 +64,8 @@ class DeploymentOut(BaseModel):
     auto_rollback: bool
     current_wave: int
     reference_dataset_id: str | None = None
+    device_timeout_seconds: int | None = None
+    continuous: bool = False
     error: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
@@ -67,6 +81,7 @@ class DeploymentSummary(BaseModel):
     waves: int = Field(description="number of waves")
     devices: dict[str, int] = Field(description='targets by state, e.g. {"succeeded": 9, "pending": 1}')
     selector: dict[str, str] | None
+    continuous: bool = False
     created_by: str | None
     error: str | None
     created_at: dt.datetime

@@ -43,7 +43,7 @@ class OidcVerifier:
         for part in self.role_claim.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, list):  # e.g. a roles array: take the strongest we know
-            for role in (Role.ADMIN, Role.DEVELOPER):
+            for role in (Role.ADMIN, Role.OPERATOR, Role.DEVELOPER):
                 if role.value in value:
                     return role
             value = None
@@ -51,7 +51,7 @@ class OidcVerifier:
             if self.default_role == "none":
                 raise Unauthorized(f"token has no '{self.role_claim}' claim")
             value = self.default_role
-        if value not in (Role.ADMIN.value, Role.DEVELOPER.value):
+        if value not in (Role.ADMIN.value, Role.OPERATOR.value, Role.DEVELOPER.value):
             raise Unauthorized(f"role '{value}' in claim '{self.role_claim}' is not allowed for OIDC users")
         return Role(value)
 

@@ -7,9 +7,13 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    """Roles of the API. ``job`` credentials are scoped to one model."""
+    """Roles of the API: ``admin`` everything; ``operator`` the fleet (devices, enrollment, deployments,
+    commands, telemetry); ``developer`` the registry, training and translation; both run FL jobs;
+    ``device`` an enrolled device acting on itself; ``job`` a training job's credential, scoped to one model.
+    The route-by-route table is docs/roles.md (generated from the routes, checked by a test)."""
 
     ADMIN = "admin"
+    OPERATOR = "operator"
     DEVELOPER = "developer"
     DEVICE = "device"
     JOB = "job"

@@ -4,6 +4,7 @@ installed. Devices here are enrolled identities that report over the real HTTP s
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,78 @@ def test_cli_lists_shows_cancels_and_watches(live: LiveServer, http: httpx.Clien
     assert again.returncode == 1 and "not rolling" in again.stderr and "Traceback" not in again.stderr
     watched = fedge_cli(live, "deployments", "watch", dep)  # settled already: one table, exit 0
     assert watched.returncode == 0 and "cancelled" in watched.stdout
+
+
+def test_a_device_that_never_answers_times_out_and_fails_its_wave(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    a, b = _devices(live, http, tmp_path, 2)
+    model, v1 = upload_onnx(http, add_model(1.0))
+    base = deploy(http, model, v1, [a.device_id, b.device_id])
+    for d in (a, b):
+        _report(http, d, base, "succeeded")
+    _, v2 = upload_onnx(http, add_model(2.0), model)
+    dep = deploy(
+        http, model, v2, [a.device_id, b.device_id], device_timeout_seconds=60, max_failure_ratio=0.5
+    )
+    _report(http, a, dep, "succeeded")
+    rollouts = live.state.rollouts
+    assert rollouts.sweep() == 0  # b is pending but not yet past its 60 s
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
+    assert rollouts.sweep(now=later) == 1
+    body = _get(http, dep)
+    assert _targets(body) == {a.device_id: "succeeded", b.device_id: "timed-out"}
+    assert body["state"] == "succeeded"  # 1 of 2 failed: within max_failure_ratio 0.5
+    (t,) = [t for t in body["devices"] if t["device_id"] == b.device_id]  # type: ignore[attr-defined]
+    assert "within 60 s" in t["error"]
+    # with no tolerance the timed-out device fails the rollout and everyone is rolled back
+    _, v3 = upload_onnx(http, add_model(3.0), model)
+    strict = deploy(http, model, v3, [a.device_id, b.device_id], device_timeout_seconds=60)
+    _report(http, a, strict, "succeeded")
+    assert rollouts.sweep(now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)) == 1
+    body = _get(http, strict)
+    assert body["state"] == "failed" and "1 of 2" in str(body["error"])
+    assert _desired(live, a)["version"] == v2 and _desired(live, b)["version"] == v2
+
+
+def test_continuous_deployment_reaches_devices_enrolling_later(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    model, version = upload_onnx(http, add_model(1.0))
+    r = http.post(
+        "/v1/deployments",
+        headers=ADMIN,
+        json={"model_id": model, "version": version, "selector": {"site": "lab"}, "continuous": True},
+    )
+    assert r.status_code == 201, r.text  # no device yet: a continuous deployment may start empty
+    dep = r.json()["deployment_id"]
+    assert _get(http, dep)["state"] == "succeeded" and _get(http, dep)["continuous"] is True
+    (late,) = _devices(live, http, tmp_path, 1)  # enrols with site=lab
+    assert _desired(live, late) == {"model_id": model, "version": version, "deployment_id": dep}
+    assert _targets(_get(http, dep)) == {late.device_id: "pending"}
+    _report(http, late, dep, "succeeded")
+    assert _targets(_get(http, dep)) == {late.device_id: "succeeded"}
+    other = enroll(
+        live.url, enrollment_token(http, {"site": "plant"}), tmp_path / "other", facts={"cpu_count": 1}
+    )
+    assert _desired(live, other) == {}
+    newer = http.post(
+        "/v1/deployments",
+        headers=ADMIN,
+        json={"model_id": model, "version": version, "selector": {"site": "lab"}, "continuous": True},
+    ).json()["deployment_id"]
+    (after,) = _devices(live, http, tmp_path / "after", 1)
+    assert _desired(live, after)["deployment_id"] == newer  # the newest continuous deployment wins
+    # cancelled (settled, but continuous: cancelling stops it): later devices no longer join
+    for d in (dep, newer):
+        r = http.post(f"/v1/deployments/{d}/cancel", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    (last,) = _devices(live, http, tmp_path / "last", 1)
+    assert _desired(live, last) == {}
+    assert _desired(live, late)["version"] == version  # installed before the cancel: kept
+    no_selector = http.post(
+        "/v1/deployments",
+        headers=ADMIN,
+        json={"model_id": model, "version": version, "device_ids": [late.device_id], "continuous": True},
+    )
+    assert no_selector.status_code == 422 and no_selector.json()["field"] == "continuous"
