@@ -145,7 +145,7 @@ def _shard(k: int, n: int) -> LocalData:
 
 
 def _federation(
-    sizes: list[int], tmp: Path, *, require_dp: tuple[int, ...] = ()
+    sizes: list[int], tmp: Path, *, require_dp: tuple[int, ...] = (), budgets: tuple[float, ...] = ()
 ) -> tuple[AppGrid, dict[int, LocalData]]:
     data = {100 + k: _shard(k, n) for k, n in enumerate(sizes)}
     apps = {}
@@ -153,13 +153,21 @@ def _federation(
         apps[node] = make_client_app(
             load_data=_const(local),
             state_dir_for=_const(tmp / f"node-{node}"),
-            policy_for=_const(DevicePolicy("digits", require_dp=node - 100 in require_dp)),
+            policy_for=_const(
+                DevicePolicy(
+                    "digits",
+                    budget_epsilon=budgets[node - 100] if budgets else 0.0,
+                    require_dp=node - 100 in require_dp,
+                )
+            ),
             mods=[secagg_mod],
         )
     return AppGrid(apps), data
 
 
-def _run(grid: AppGrid, settings: SecAggSettings, min_nodes: int, tmp: Path) -> tuple[Any, ListReporter]:
+def _run(
+    grid: AppGrid, settings: SecAggSettings, min_nodes: int, tmp: Path, **extra: Any
+) -> tuple[Any, ListReporter]:
     config = FederationConfig.from_run_config(
         {
             "num-server-rounds": 1,
@@ -169,6 +177,7 @@ def _run(grid: AppGrid, settings: SecAggSettings, min_nodes: int, tmp: Path) -> 
             "lr": LR,
             "output-path": str(tmp / "final.npz"),
             "secure-aggregation": settings.to_json(),
+            **extra,
         }
     )
     reporter = ListReporter()
@@ -277,3 +286,20 @@ def test_an_odd_neighbourhood_smaller_than_the_round_still_aggregates_everyone(t
     expected, weights = _plaintext_fedavg(data, sorted(data))
     _assert_matches(result, expected, settings, weights)
     assert next(r for r in reporter.rounds if r.kind == "train").participants == 5
+
+
+def test_local_dp_composes_and_a_budget_refusal_after_the_key_exchange_is_counted_as_one(
+    tmp_path: Path,
+) -> None:
+    # DP-SGD on every device, then masking; the fourth device's budget cannot pay for the round: its
+    # refusal (an error reply, not a crash) comes after its keys went out, and the others are aggregated
+    grid, _ = _federation([300, 260, 200, 240], tmp_path, budgets=(20.0, 20.0, 20.0, 0.01))
+    settings = _resolve(min_clients=4, eligible=4, requested={"num_shares": 4, "reconstruction_threshold": 3})
+    result, reporter = _run(grid, settings, 4, tmp_path, **{"dp-target-epsilon": 5.0})
+    train = next(r for r in reporter.rounds if r.kind == "train")
+    assert train.participants == 3 and train.budget_refused == [103] and train.failures == 0
+    assert sorted(c["node_id"] for c in train.clients) == [100, 101, 102]
+    assert all(0 < c["metrics"]["dp-epsilon"] <= 5.0 for c in train.clients)
+    assert 0 < train.metrics["dp-epsilon-max"] <= 5.0
+    initial = _initial()
+    assert max(float(np.abs(result.arrays[k].numpy() - initial[k]).max()) for k in initial) > 1e-3
