@@ -60,6 +60,7 @@ from edge_agent.learning.data import LocalData, load_local_data
 from edge_agent.learning.ledger import BudgetExceeded, PrivacyLedger
 from edge_agent.learning.models import resolve_factory
 from edge_agent.learning.roundlock import round_lock_mod
+from edge_agent.learning.secagg import secagg_mod
 from edge_agent.learning.trainer import DPSettings, FitConfig, FitResult, TorchTrainer
 from fedge_protocol.federation import (
     ARRAYS,
@@ -378,5 +379,6 @@ def make_client_app(
 
 
 #: the deployment ClientApp (``edge_agent.learning.clientapp:app``), configured by --node-config;
-#: every message holds the agent's update lock (no model swap mid-round; edge_agent/learning/roundlock.py)
-app = make_client_app(mods=[round_lock_mod, audit_mod])
+#: every message holds the agent's update lock (no model swap mid-round; edge_agent/learning/roundlock.py);
+#: SecAgg+ train messages go through Flower's secaggplus_mod (edge_agent/learning/secagg.py)
+app = make_client_app(mods=[round_lock_mod, audit_mod, secagg_mod])
