@@ -160,15 +160,22 @@ class ReferenceStore:
             atomic_write(self._index_path, json.dumps(index, sort_keys=True).encode())
             return StoredReference(ref, dest)
 
-    def lookup(self, model_id: str, version: int) -> StoredReference | None:
-        """The indexed reference of a model version (its file is hashed again before it is used)."""
+    def indexed(self, model_id: str, version: int) -> StoredReference | None:
+        """The indexed reference of a model version, not hashed (see :meth:`lookup`)."""
         entry = self._index().get(model_key(model_id, version))
         if not entry:
             return None
-        ref = DatasetReference.model_validate(entry["reference"])
-        path = self.dir / str(entry["file"])
-        verify_file(path, ref.sha256)
-        return StoredReference(ref, path)
+        return StoredReference(
+            DatasetReference.model_validate(entry["reference"]), self.dir / str(entry["file"])
+        )
+
+    def lookup(self, model_id: str, version: int) -> StoredReference | None:
+        """The indexed reference of a model version, its file hashed again (raises DigestMismatch when it
+        changed on disk)."""
+        stored = self.indexed(model_id, version)
+        if stored is not None:
+            verify_file(stored.path, stored.reference.sha256)
+        return stored
 
     def sync_desired(self, desired: dict[str, Any]) -> StoredReference | None:
         """Fetch the reference a verified desired-state payload names for its model (None: none named)."""

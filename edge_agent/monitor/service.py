@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_agent.deploy.fetch import ArtifactRefused
 from edge_agent.monitor.drift import (
     DriftCheck,
     DriftResult,
@@ -498,15 +499,16 @@ class MonitorService(Service):
     def load_reference(self, model_id: str, version: int) -> bool:
         """Use the indexed reference of a model version for data drift (once per reference)."""
         key = (model_id, version)
-        try:
-            stored = self.references.lookup(model_id, version)
-        except Exception as exc:
-            log.warning("drift reference of %s v%s refused: %s", model_id, version, exc)
-            return False
+        stored = self.references.indexed(model_id, version)
         if stored is None or self._loaded.get(key) == stored.reference.sha256:
-            return stored is not None
+            return stored is not None  # nothing to load, or loaded (the file is hashed once per load)
         try:
+            self.references.lookup(model_id, version)  # hashed again right before it is read
             frame = load_reference(stored.path)
+        except ArtifactRefused as exc:
+            log.warning("drift reference of %s v%s refused: %s", model_id, version, exc)
+            self._loaded[key] = stored.reference.sha256
+            return False
         except ReferenceInvalid as exc:
             log.warning("drift reference %s is not usable: %s", stored.reference.dataset_id, exc)
             self._loaded[key] = stored.reference.sha256
