@@ -481,3 +481,40 @@ def test_the_audit_of_an_unknown_job_is_404_and_the_route_is_in_the_openapi(ctl:
     assert "FlAuditOut" in json.dumps(
         spec["paths"]["/v1/fl/jobs/{job_id}/audit"]
     ) or "FlAuditOut" in json.dumps(spec.get("components", {}))
+
+
+def test_bad_audit_reports_are_refused_with_the_field_named(ctl: Ctl) -> None:
+    job = ctl.run()
+    audit = ctl.state.federation.audit
+    node = ctl.audit(job["job_id"]).rounds[0].leaves[0].node_id
+    digest = "11" * 32
+    root = MerkleTree([bytes.fromhex(digest)]).root.hex()
+    cases = [
+        ({"root": "00" * 32, "aggregate": "aa" * 32, "leaves": [{"node_id": node, "digest": digest}]}, "audit.root"),
+        ({"root": root, "aggregate": "AA", "leaves": [{"node_id": node, "digest": digest}]}, "audit.aggregate"),
+        ({"root": root, "aggregate": "aa" * 32, "leaves": [{"node_id": node, "digest": "xyz"}]}, "audit.leaves[0].digest"),
+        ({"root": root, "aggregate": "aa" * 32, "leaves": []}, "audit.leaves"),
+        ({"root": root, "aggregate": "aa" * 32, "leaves": [{"node_id": "999", "digest": digest}]}, "audit"),
+    ]  # fmt: skip
+    for report, field_name in cases:
+        with pytest.raises(Exception) as info:
+            audit.record_round(job["job_id"], 7, report)
+        assert getattr(info.value, "status", None) == 422, report
+        assert info.value.extra.get("field") == field_name, (report, info.value)  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="not recorded"):
+        ctl.state.chain.get_fl_round(job["job_id"], 7)  # nothing half-written
+
+
+def test_a_round_on_chain_whose_row_was_lost_is_adopted(ctl: Ctl) -> None:
+    job = ctl.run()
+    node = ctl.audit(job["job_id"]).rounds[0].leaves[0].node_id
+    digest = bytes.fromhex("22" * 32)
+    root = MerkleTree([digest]).root
+    ctl.state.chain.record_fl_round(job["job_id"], 5, root, b"\x33" * 32, 1)  # then the controller crashed
+    ctl.state.federation.audit.record_round(
+        job["job_id"],
+        5,
+        {"root": root.hex(), "aggregate": "33" * 32, "leaves": [{"node_id": node, "digest": digest.hex()}]},
+    )
+    (adopted,) = [r for r in ctl.audit(job["job_id"]).rounds if r.round == 5]
+    assert adopted.updates_root == root.hex() and adopted.chain is not None and adopted.tx_hash is None
