@@ -65,7 +65,12 @@ def create_enrollment_token(
     return EnrollmentTokenOut(token=token, expires_at=expires)
 
 
-@router.post(paths.ENROLLMENTS, status_code=201, response_model=Enrollment)
+@router.post(
+    paths.ENROLLMENTS,
+    status_code=201,
+    response_model=Enrollment,
+    responses={401: {"description": "unknown, used or expired enrollment token"}},
+)
 def enroll(
     body: EnrollRequest,
     request: Request,

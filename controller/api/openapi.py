@@ -110,10 +110,10 @@ def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses: dict[str, Any] = op.setdefault("responses", {})
             codes = ["400", "422"]
-            if op.get("security"):
-                codes += ["401", "403"]
-            if "{" in path:
-                codes.append("404")
+            if op.get("security") or "401" in responses:
+                codes += ["401", "403"] if op.get("security") else ["401"]
+            if "{" in path or method in ("post", "put", "delete", "patch"):
+                codes.append("404")  # the path's resource, or one the body names (a model, a dataset)
             if method in ("post", "put", "delete", "patch"):
                 codes.append("409")
             if op.get("requestBody", {}).get("content", {}).get("multipart/form-data"):
