@@ -234,6 +234,7 @@ class AuditTrail:
             )
             descriptor = dict(version.descriptor or {}) if version is not None else {}
             exempt = audit_lineage_exempt(job)
+            secure = bool((job.privacy or {}).get("secure_aggregation"))
         rounds = [self._round_out(job_id, row) for row in rows]
         final = None
         if result_version is not None and result_sha:
@@ -259,6 +260,11 @@ class AuditTrail:
             chain_id=self.chain.chain_id,
             rounds=rounds,
             final=final,
+            not_audited=(
+                "SecAgg+: the controller never holds an individual update, so no round has a tree of updates"
+                if secure
+                else None
+            ),
         )
 
     def _round_out(self, job_id: str, row: FlAuditRound) -> FlAuditRoundOut:

@@ -34,6 +34,8 @@ def verify_audit(doc: FlAuditOut) -> list[str]:
     it; count and aggregate hash agree; no participant disputes it. Then the final model: the last
     round's aggregate is the digest of the registered version's parameters, and the run's on-chain final
     hash is that version's SHA-256. Raises AuditMismatch with the first disagreement."""
+    if doc.not_audited and not doc.rounds:
+        raise AuditMismatch(f"job {doc.job_id} is not audited per round: {doc.not_audited}")
     if doc.status == "succeeded" and not doc.rounds:
         raise AuditMismatch(f"job {doc.job_id} succeeded but no round is recorded on chain")
     lines: list[str] = []

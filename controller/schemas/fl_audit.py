@@ -66,3 +66,6 @@ class FlAuditOut(BaseModel):
     chain_id: int
     rounds: list[FlAuditRoundOut]
     final: FlAuditFinal | None = Field(description="null until the job registered its result")
+    not_audited: str | None = Field(
+        default=None, description="why the job's rounds are not audited per update (SecAgg+), else null"
+    )

@@ -10,6 +10,7 @@ from one to the other in process. The same path under real SuperNodes is checked
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -518,3 +519,48 @@ def test_a_round_on_chain_whose_row_was_lost_is_adopted(ctl: Ctl) -> None:
     )
     (adopted,) = [r for r in ctl.audit(job["job_id"]).rounds if r.round == 5]
     assert adopted.updates_root == root.hex() and adopted.chain is not None and adopted.tx_hash is None
+
+
+# ---------------------------------------------------------------- the verifier alone
+
+
+def _doc(digests: list[bytes], **changes: Any) -> FlAuditOut:
+    from controller.schemas.fl_audit import FlAuditChainRecord, FlAuditLeaf, FlAuditRoundOut
+
+    tree = MerkleTree(digests)
+    leaves = [FlAuditLeaf(index=i, digest=d.hex(), node_id=str(i), device_id=f"dev-{i}",
+                          proof=[h.hex() for h in tree.proof(i)]) for i, d in enumerate(tree.leaves)]  # fmt: skip
+    chain = FlAuditChainRecord(updates_root=tree.root.hex(), aggregate_hash="ab" * 32, update_count=tree.count,
+                               recorded_at=1, recorded_block=2)  # fmt: skip
+    rnd = FlAuditRoundOut(round=1, updates_root=tree.root.hex(), aggregate_hash="ab" * 32, update_count=tree.count,
+                          tx_hash="0x01", block_number=2, leaves=leaves, chain=chain)  # fmt: skip
+    doc = FlAuditOut(
+        job_id="j", status="running", registry_address="0x0", chain_id=1, rounds=[rnd], final=None
+    )
+    return doc.model_copy(update=changes)
+
+
+def test_the_verifier_accepts_a_consistent_document_and_names_each_inconsistency() -> None:
+    digests = [hashlib.sha256(bytes([i])).digest() for i in range(5)]
+    assert verify_audit(_doc(digests))[0].startswith("round 1: 5 updates")
+    doc = _doc(digests)
+    doc.rounds[0].leaves[2].proof[0] = "00" * 32
+    with pytest.raises(AuditMismatch, match="proof of leaf 2"):
+        verify_audit(doc)
+    doc = _doc(digests)
+    doc.rounds[0].leaves[1].index = 3
+    with pytest.raises(AuditMismatch, match="indexes"):
+        verify_audit(doc)
+    doc = _doc(digests)
+    doc.rounds[0].chain = None
+    doc.rounds[0].chain_error = "round 1 of federated-learning run 'j' is not recorded"
+    with pytest.raises(AuditMismatch, match="no on-chain record"):
+        verify_audit(doc)
+    doc = _doc(digests)
+    del doc.rounds[0].leaves[4]
+    with pytest.raises(AuditMismatch, match="hash to root"):
+        verify_audit(doc)
+    with pytest.raises(AuditMismatch, match="not audited per round: SecAgg"):
+        verify_audit(_doc(digests, rounds=[], not_audited="SecAgg+: no individual update"))
+    with pytest.raises(AuditMismatch, match="succeeded but no round"):
+        verify_audit(_doc(digests, rounds=[], status="succeeded"))
