@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,7 +47,9 @@ def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(TaskIdentity, attr, value)
 
 
-def _federation(tmp_path: Path, n: int = 3) -> tuple[ClientApp, dict[int, Context], dict[int, Path]]:
+def _federation(
+    tmp_path: Path, n: int = 3, mods: list[Any] | None = None
+) -> tuple[ClientApp, dict[int, Context], dict[int, Path]]:
     data = {i: write_partition(tmp_path / f"d{i}.npz", i, n, n=450) for i in range(n)}
     states = {100 + i: tmp_path / f"state-{i}" for i in range(n)}
     node_of = {100 + i: i for i in range(n)}
@@ -60,7 +63,7 @@ def _federation(tmp_path: Path, n: int = 3) -> tuple[ClientApp, dict[int, Contex
     def policy(context: Context) -> DevicePolicy:
         return DevicePolicy(dataset_id="digits", budget_epsilon=100.0)
 
-    app = make_client_app(load, state_dir, policy)
+    app = make_client_app(load, state_dir, policy, mods=mods)
     contexts = {node: Context(1, node, {}, RecordDict(), {}) for node in states}
     return app, contexts, states
 
@@ -236,6 +239,26 @@ def test_a_device_refuses_a_sealed_key_meant_for_another(tmp_path: Path) -> None
     with pytest.raises(SealError, match="does not open"):  # Flower turns this into an error reply
         grid.send_and_receive([msg])
     assert session.holder == 100 and session.members == [100, 101, 102]
+
+
+def test_the_controller_refuses_a_key_set_that_would_give_it_the_secret(tmp_path: Path) -> None:
+    """A key holder that (by a bug or on purpose) replies with its secret context instead of the public one
+    fails the setup: the controller never keeps a context holding a secret key."""
+
+    def leak(msg: Message, context: Context, call_next: Any) -> Message:
+        reply: Message = call_next(msg, context)
+        if msg.metadata.message_type == HeAction.KEYGEN:
+            secret = next(
+                (tmp_path / "leak" / f"state-{context.node_id - 100}" / "he").glob("*.ctx")
+            ).read_bytes()
+            reply.content.config_records[CONFIG][HeKey.PUBLIC_CONTEXT] = secret
+        return reply
+
+    app, contexts, _ = _federation(tmp_path / "leak", mods=[leak])
+    spec = check_he_config("{}", "fedavg")
+    assert spec is not None
+    with pytest.raises(HeSetupError, match="not public-only"):
+        HeAggregation.setup(LocalGrid(app, contexts), spec, job_id="j", min_nodes=3, timeout=5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
