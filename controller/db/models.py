@@ -87,6 +87,7 @@ class Model(Base):
     chain_tx: Mapped[str | None] = mapped_column(String(66))
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    drift_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # controller/fleet/drift_policy.py
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.version", cascade="all, delete-orphan"
@@ -288,6 +289,28 @@ class DeviceEvent(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
+class DriftAction(Base):
+    """What a model's drift policy did about a drift event: ``notify`` (recorded, webhook) or ``retrain``
+    (a training or FL job -> translated version -> canary deployment, each step recorded in ``steps``).
+    One action per model per debounce interval; later events in it only count (``events``)."""
+
+    __tablename__ = "drift_actions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # notify | retrain
+    state: Mapped[str] = mapped_column(String(16), index=True)  # notified, training, ..., deployed, failed
+    device_id: Mapped[str] = mapped_column(String(36))  # the device whose event started it
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    detector: Mapped[str | None] = mapped_column(String(32))
+    version: Mapped[int | None] = mapped_column(Integer)  # the drifting version the device ran
+    events: Mapped[int] = mapped_column(Integer, default=1)  # drift events folded into this action
+    steps: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class FlJob(Base):
     """A federated-learning job: queued -> running -> succeeded | failed | cancelled.
 
@@ -417,3 +440,21 @@ class DevicePrivacy(Base):
     refusals: Mapped[int] = mapped_column(Integer, default=0)
     last_job_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditRecord(Base):
+    """One state-changing API call: who (subject, role, credential), what (method, path), the outcome."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)  # the principal's subject, or "anonymous"
+    role: Mapped[str | None] = mapped_column(String(16))
+    via: Mapped[str | None] = mapped_column(String(16))  # token | oidc | device
+    token_id: Mapped[str | None] = mapped_column(String(36))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(100))
