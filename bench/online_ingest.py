@@ -11,7 +11,9 @@ Messages are the UC10 smart-meter stream (``{"timestamp", "consumption"}`` every
 ahead). Raw and online runs alternate round by round. Latency: per message, the time of
 ``learner.update`` (transformer, predict, learn; p50/p99) measured inside the worker. ``learner msg/s``:
 the same messages through ``learner.update`` in a plain loop (no broker, no threads), the learner's own
-ceiling, to tell learning cost from the cost of sharing one interpreter with paho's thread.
+ceiling, to tell learning cost from the cost of sharing one interpreter with paho's thread. ``cpu
+ratio``: messages per CPU second of this process (the broker is another process), online over raw: on
+a crowded machine the wall-clock ratio also measures how much CPU the scheduler gave each side.
 
     .venv/bin/python bench/online_ingest.py [--quick] [--rounds R] [--messages N]
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -81,8 +84,8 @@ def publish_all(port: int, payloads: list[bytes]) -> None:
     client.loop_stop()
 
 
-def drain_raw(port: int, client_id: str, count: int) -> float:
-    """Messages/s of a bare paho subscriber draining ``count`` queued messages."""
+def drain_raw(port: int, client_id: str, count: int) -> tuple[float, float]:
+    """Messages/s of a bare paho subscriber draining ``count`` queued messages, and per CPU second."""
     times: list[float] = []
     done = threading.Event()
 
@@ -93,21 +96,23 @@ def drain_raw(port: int, client_id: str, count: int) -> float:
 
     client = _client(client_id, clean=False)
     client.on_message = on_message
+    cpu = time.process_time()
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
         if not done.wait(600):
             raise RuntimeError(f"raw subscriber got {len(times)} of {count}")
+        cpu = time.process_time() - cpu
     finally:
         client.disconnect()
         client.loop_stop()
-    return (count - 1) / (times[-1] - times[0])
+    return (count - 1) / (times[-1] - times[0]), count / cpu
 
 
 def drain_online(
     port: int, client_id: str, backend: str, count: int, state: Path
-) -> tuple[float, list[float]]:
-    """Messages/s of the agent's OnlineService draining ``count`` queued messages; per-update seconds."""
+) -> tuple[float, float, list[float]]:
+    """Messages/s of the OnlineService draining ``count`` queued messages, per CPU second; update seconds."""
     config = OnlineConfig.model_validate(
         {
             "learners": [
@@ -149,16 +154,18 @@ def drain_online(
                 done.set()
 
     learner.update = timed  # type: ignore[method-assign]
+    cpu = time.process_time()
     service.start()
     try:
         if not done.wait(1200):
             raise RuntimeError(f"online service processed {len(durations)} of {count}")
+        cpu = time.process_time() - cpu
     finally:
         service.stop()
     rejected = learner.status()["rejected"]
     if rejected:
         raise RuntimeError(f"the bench stream was refused: {rejected}")
-    return (count - 1) / (first[1] - first[0]), durations
+    return (count - 1) / (first[1] - first[0]), count / cpu, durations
 
 
 def direct(backend: str, payloads: list[bytes]) -> float:
@@ -193,6 +200,8 @@ def main() -> None:
     online_rates: dict[str, list[float]] = {b: [] for b in BACKENDS}
     latencies: dict[str, list[float]] = {b: [] for b in BACKENDS}
     direct_rates: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    raw_cpu: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    online_cpu: dict[str, list[float]] = {b: [] for b in BACKENDS}
     with tempfile.TemporaryDirectory(prefix="fedge-bench-online-") as tmp, sensor_broker(Path(tmp)) as port:
         session = 0
         for round_ in range(rounds):
@@ -206,12 +215,15 @@ def main() -> None:
                     register_session(port, client_id)
                     publish_all(port, payloads)
                     if side == "raw":
-                        raw_rates[backend].append(drain_raw(port, client_id, count))
+                        rate, per_cpu = drain_raw(port, client_id, count)
+                        raw_rates[backend].append(rate)
+                        raw_cpu[backend].append(per_cpu)
                     else:
-                        rate, durations = drain_online(
+                        rate, per_cpu, durations = drain_online(
                             port, client_id, backend, count, Path(tmp) / f"state-{session}"
                         )
                         online_rates[backend].append(rate)
+                        online_cpu[backend].append(per_cpu)
                         latencies[backend].extend(durations)
                 direct_rates[backend].append(direct(backend, payloads))
                 print(
@@ -223,7 +235,7 @@ def main() -> None:
     summary: dict[str, Any] = {}
     print(
         f"\n{'backend':<8} {'raw msg/s':>10} {'online msg/s':>13} {'ratio':>6} {'learner msg/s':>14} "
-        f"{'p50 ms':>7} {'p99 ms':>7}"
+        f"{'cpu ratio':>9} {'p50 ms':>7} {'p99 ms':>7}"
     )
     for backend in BACKENDS:
         raw, online = statistics.median(raw_rates[backend]), statistics.median(online_rates[backend])
@@ -233,13 +245,19 @@ def main() -> None:
             "online_msgs_per_s": round(online),
             "ratio": round(online / raw, 3),
             "learner_only_msgs_per_s": round(statistics.median(direct_rates[backend])),
+            "raw_msgs_per_cpu_s": round(statistics.median(raw_cpu[backend])),
+            "online_msgs_per_cpu_s": round(statistics.median(online_cpu[backend])),
+            "cpu_ratio": round(
+                statistics.median(online_cpu[backend]) / statistics.median(raw_cpu[backend]), 3
+            ),
             "update_p50_ms": round(float(np.percentile(lat, 50)), 4),
             "update_p99_ms": round(float(np.percentile(lat, 99)), 4),
         }
         summary[backend] = row
         print(
             f"{backend:<8} {row['raw_msgs_per_s']:>10} {row['online_msgs_per_s']:>13} {row['ratio']:>6.2f} "
-            f"{row['learner_only_msgs_per_s']:>14} {row['update_p50_ms']:>7.3f} {row['update_p99_ms']:>7.3f}"
+            f"{row['learner_only_msgs_per_s']:>14} {row['cpu_ratio']:>9.2f} {row['update_p50_ms']:>7.3f} "
+            f"{row['update_p99_ms']:>7.3f}"
         )
     print(
         json.dumps(
@@ -253,6 +271,9 @@ def main() -> None:
                 "stream": "smart_meter (36 lags, 96 steps ahead, calendar)",
                 "backends": summary,
                 "ingest_ratio": summary["river"]["ratio"],
+                "ingest_ratio_cpu": summary["river"]["cpu_ratio"],
+                "load_average": [round(v, 1) for v in os.getloadavg()],
+                "cpus": os.cpu_count(),
                 "goal_river_ratio": 0.5,
                 "goal_met": summary["river"]["ratio"] >= 0.5,
             }
