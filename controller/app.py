@@ -21,6 +21,7 @@ from controller.api import (
     datasets,
     deployments,
     devices,
+    drift,
     fl,
     fl_audit,
     health,
@@ -30,6 +31,8 @@ from controller.api import (
     translation,
 )
 from controller.api import tokens as tokens_api
+from controller.api.audit import AuditTrail
+from controller.api.audit import router as audit_router
 from controller.api.input_guard import InputGuard
 from controller.api.openapi import install_openapi, mount_docs
 from controller.errors import ProblemError
@@ -72,6 +75,7 @@ def create_app(state: ControllerState) -> FastAPI:
     install_openapi(app)
     mount_docs(app)
     app.add_middleware(InputGuard)
+    app.add_middleware(AuditTrail, state=state)  # outermost: sees every response, even the guard's
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -121,6 +125,7 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(tokens_api.router)
+    app.include_router(audit_router)
     app.include_router(contracts.router)
     app.include_router(jobs.router)
     app.include_router(translation.router)
@@ -128,6 +133,7 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(commands.router)
     app.include_router(deployments.router)
     app.include_router(monitoring.router)
+    app.include_router(drift.router)
     app.include_router(fl.router)
     app.include_router(fl_audit.router)
     return app

@@ -127,11 +127,13 @@ def get_principal(
     if not credential.startswith(tokens.TOKEN_PREFIX) and looks_like_device_token(credential):
         principal, device = state.fleet.authenticate_device(credential)
         request.state.calling_device = device  # the row authentication read (see CallingDevice)
-        return principal
-    if credential.startswith(tokens.TOKEN_PREFIX) or state.oidc is None:
+    elif credential.startswith(tokens.TOKEN_PREFIX) or state.oidc is None:
         with state.sessions.begin() as s:
-            return tokens.authenticate(s, credential)
-    return state.oidc.verify(credential)
+            principal = tokens.authenticate(s, credential)
+    else:
+        principal = state.oidc.verify(credential)
+    request.state.principal = principal  # who, for the audit log (controller.api.audit)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
