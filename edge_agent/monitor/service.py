@@ -399,6 +399,8 @@ class MonitorService(Service):
         self._loaded: dict[tuple[str, int], str] = {}
         self._reported_dropped = 0
         self._counted_drops = 0
+        self._preloading = False
+        self._preload_thread: threading.Thread | None = None
         self._error: str | None = None
 
     def _active_key(self) -> tuple[str | None, int | None]:
@@ -416,7 +418,6 @@ class MonitorService(Service):
         log.info("metrics on %s", self.http.url)
         self._stop.clear()
         self._error = None
-        threading.Thread(target=self._preload, name="fedge-agent-evidently-import", daemon=True).start()
         self._thread = threading.Thread(target=self._loop, name="fedge-agent-monitor", daemon=True)
         self._thread.start()
 
@@ -434,6 +435,8 @@ class MonitorService(Service):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._preload_thread is not None:  # a child being spawned is closed with the rest
+            self._preload_thread.join(timeout=300)
         if self.isolated is not None:
             self.isolated.close()
         self.http.stop()
@@ -515,6 +518,12 @@ class MonitorService(Service):
             return False
         self.monitor.set_reference(model_id, version, frame, stored.reference.dataset_id)
         self._loaded[key] = stored.reference.sha256
+        if not self._preloading:  # Evidently (and its child process) only once a reference is in use
+            self._preloading = True
+            self._preload_thread = threading.Thread(
+                target=self._preload, name="fedge-agent-evidently-import", daemon=True
+            )
+            self._preload_thread.start()
         log.info("drift reference %s loaded for %s v%s", stored.reference.dataset_id, model_id, version)
         return True
 
