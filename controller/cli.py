@@ -15,7 +15,11 @@ from controller.config import ControllerSettings
 if TYPE_CHECKING:
     from controller.state import ControllerState
 
-app = typer.Typer(help="fedge controller: serve the REST API and administer it.", no_args_is_help=True)
+app = typer.Typer(
+    help="fedge controller: serve the REST API and administer it. Add --debug for tracebacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def _build(settings: ControllerSettings) -> ControllerState:
@@ -81,6 +85,13 @@ def admin_token() -> None:
     from controller.security import tokens
 
     settings = ControllerSettings()
+    if settings.database_url is None and not settings.data_dir.is_dir():
+        typer.echo(
+            f"error: no controller data in {settings.data_dir}: run `fedge-controller serve` there once, "
+            "or set FEDGE_DATA_DIR (or FEDGE_DATABASE_URL) to the controller's",
+            err=True,
+        )
+        raise typer.Exit(1)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
     with session_factory(engine).begin() as s:
@@ -102,7 +113,26 @@ def migrate_db() -> None:
 
 
 def main() -> None:
-    app()
+    """Failures are one line (exit 1), usage errors exit 2; ``--debug`` shows the traceback."""
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        if debug:
+            raise
+        typer.echo(
+            f"error: fedge-controller needs the controller extra (missing module {exc.name!r}): "
+            "pip install 'fedge[controller]'",
+            err=True,
+        )
+        sys.exit(1)
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ from controller.schemas.deployments import DeploymentOut
 from controller.schemas.fl import FlJobOut
 from controller.schemas.jobs import TERMINAL_JOB_STATES
 
-app = typer.Typer(help="fedge: datasets, models and more on a fedge controller.", no_args_is_help=True)
+app = typer.Typer(
+    help="fedge: datasets, models and more on a fedge controller. Add --debug for tracebacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 datasets_app = typer.Typer(help="Register, list and download datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="Register models, check status, download artifacts.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Mint, list and revoke API credentials (admin).", no_args_is_help=True)
@@ -57,6 +61,29 @@ def _connection(
 
 def _client() -> FedgeClient:
     return FedgeClient(_state.get("url"), _state.get("token"))
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    """A JSON object option; a usage error (exit 2) naming the option otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"not valid JSON ({exc.msg} at column {exc.colno})", param_hint=option
+        ) from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"expected a JSON object, got {type(value).__name__}", param_hint=option)
+    return value
+
+
+def _fractions(text: str, option: str) -> list[float]:
+    """Comma-separated numbers, e.g. ``0.1,0.5,1.0``."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a comma-separated list of numbers", param_hint=option
+        ) from None
 
 
 @contextmanager
@@ -104,7 +131,7 @@ def datasets_push(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Upload a dataset (streamed, with a progress bar)."""
-    meta: dict[str, Any] = json.loads(extra) if extra else {}
+    meta: dict[str, Any] = _json_object(extra, "--metadata") if extra else {}
     meta.update({"organization_id": organization_id, "samples_dimension": samples_dimension})
     if name:
         meta["name"] = name
@@ -178,7 +205,7 @@ def models_register(
     if name:
         meta["name"] = name
     if training:
-        meta["training"] = json.loads(training)
+        meta["training"] = _json_object(training, "--training")
     with _api() as fc:
         created = fc.register_model(meta, train_image=train_image)
     _emit(created.model_dump(), as_json)
@@ -261,7 +288,7 @@ def models_register_package(
             "kind": "python",
             "entrypoint": entrypoint,
             "framework": framework,
-            "hyperparameters": json.loads(hyperparameters) if hyperparameters else {},
+            "hyperparameters": _json_object(hyperparameters, "--hyperparameters") if hyperparameters else {},
         },
     }
     if name:
@@ -289,7 +316,9 @@ def models_train(
 ) -> None:
     """Start a training job (and watch it)."""
     with _api() as fc:
-        job = fc.train(model_id, json.loads(hyperparameters) if hyperparameters else None)
+        job = fc.train(
+            model_id, _json_object(hyperparameters, "--hyperparameters") if hyperparameters else None
+        )
     err.print(f"job {job.job_id} {job.status}")
     if watch:
         jobs_watch(job.job_id)
@@ -310,6 +339,66 @@ def models_translate(
     with _api() as fc:
         result = fc.translate(model_id, source_version=source_version, quantize=quantize)
     _emit(result.model_dump(mode="json"), as_json)
+
+
+@models_app.command("drift-policy")
+def models_drift_policy(
+    model_id: str,
+    on_drift: Annotated[
+        str | None, typer.Option("--on-drift", help="none | notify | retrain (omit: show the policy)")
+    ] = None,
+    retrain_with: Annotated[str, typer.Option(help="retrain: training (the model's spec) | fl")] = "training",
+    fl_spec: Annotated[
+        Path | None, typer.Option(help="JSON file: an FL job body without model/participants (with fl)")
+    ] = None,
+    debounce: Annotated[int, typer.Option(help="seconds: at most one action per model in this time")] = 600,
+    webhook: Annotated[str | None, typer.Option(help="notify: POST each action to this URL")] = None,
+    waves: Annotated[
+        str, typer.Option(help="canary waves of the retrained version, e.g. 0.5,1.0")
+    ] = "0.5,1.0",
+    no_rollback: Annotated[bool, typer.Option("--no-rollback", help="no automatic rollback")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show or set what a drift event on the model does: nothing, notify, or retrain, translate, canary."""
+    with _api() as fc:
+        if on_drift is None:
+            policy = fc.drift_policy(model_id)
+        else:
+            body: dict[str, Any] = {
+                "on_drift": on_drift,
+                "retrain_with": retrain_with,
+                "debounce_seconds": debounce,
+                "webhook_url": webhook,
+                "rollout": {
+                    "waves": [float(w) for w in waves.split(",") if w.strip()],
+                    "auto_rollback": not no_rollback,
+                },
+            }
+            if fl_spec is not None:
+                body["fl"] = json.loads(fl_spec.read_text(encoding="utf-8"))
+            policy = fc.set_drift_policy(model_id, body)
+    _emit(policy.model_dump(mode="json"), as_json)
+
+
+@models_app.command("drift-actions")
+def models_drift_actions(
+    model_id: str,
+    state: Annotated[str | None, typer.Option(help="only actions in this state")] = None,
+    limit: Annotated[int, typer.Option(help="actions per page")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What the model's drift policy did, newest first: kind, state, events folded in, each step's id."""
+    with _api() as fc:
+        page = fc.drift_actions(model_id, state=state, limit=limit)
+    if as_json:
+        _emit(page.model_dump(mode="json"), True)
+        return
+    for a in page.items:
+        steps = ", ".join(f"{k} {v}" for k, v in a.steps.items() if k not in ("devices", "participants"))
+        line = f"{a.created_at.isoformat()} {a.kind} {a.state} ({a.events} event(s), device {a.device_id})"
+        console.print(line + (f": {steps}" if steps else "") + (f" - {a.error}" if a.error else ""),
+                      highlight=False)  # fmt: skip
+    err.print(f"{len(page.items)} of {page.total} action(s)")
 
 
 @models_app.command("pull")
@@ -660,7 +749,7 @@ def deploy(
             version,
             device_ids=device or None,
             selector=_pairs(selector, "--selector") or None,
-            waves=[float(w) for w in waves.split(",")] if waves else None,
+            waves=_fractions(waves, "--waves") if waves else None,
             max_failure_ratio=max_failure_ratio,
             auto_rollback=auto_rollback,
             reference_dataset_id=reference,
@@ -1307,11 +1396,37 @@ def _mount_optional() -> None:
 
 
 def main() -> None:
+    """Run the CLI: usage errors exit 2 (click), failures exit 1 with one line; ``--debug`` (anywhere on
+    the command line) shows the traceback instead."""
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
     _mount_optional()
     try:
         app()
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:
+        if debug:
+            raise
+        err.print(f"[red]error[/red] {one_line_error(exc, _state.get('url'))}", highlight=False)
+        sys.exit(1)
+
+
+def one_line_error(exc: BaseException, url: str | None) -> str:
+    """An unexpected failure as one sentence with the fix where there is one."""
+    import httpx
+
+    target = url or "the controller (set --controller or FEDGE_URL)"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot reach {target}: {exc}. Is it running, and is the URL right?"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{target} did not answer in time ({type(exc).__name__}); try again or raise the timeout"
+    if isinstance(exc, httpx.HTTPError):
+        return f"talking to {target} failed: {exc}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)"
 
 
 if __name__ == "__main__":
