@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_agent.online.backends import Backend, Label, Task
+from edge_agent.online.base import Backend, Label, Task
 
 ModuleFactory = Callable[[int, int], nn.Module]
 

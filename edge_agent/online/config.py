@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_agent.online.backends import Label, Task
+from edge_agent.online.base import Label, Task
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 

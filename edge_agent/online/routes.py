@@ -11,10 +11,12 @@ the learner's backend.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.online.errors import ExplainerUnavailable, LearnerNotReady, Reason, RejectedInput
-from edge_agent.online.service import OnlineService
+
+if TYPE_CHECKING:
+    from edge_agent.online.service import OnlineService
 
 log = logging.getLogger("fedge.agent.online")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.online.backends import Label
+from edge_agent.online.base import Label
 from edge_agent.online.errors import Reason, RejectedInput, Repair
 
 
