@@ -173,8 +173,8 @@ class FlJobManager:
         self._lock = threading.RLock()
         self._listener = _FleetListener(self)
         fleet.events.subscribe(self._listener)
-
         self.audit = AuditTrail(sessions, chain)  # every round on chain (controller/federation/audit.py)
+
     # ---------------------------------------------------------------- lifecycle
     @property
     def engine(self) -> FederationEngine:
@@ -528,12 +528,14 @@ class FlJobManager:
         engine = self._engine
         if engine is None or not engine.deliver(job_id, report):
             self.record_report(job_id, report)  # not running in this process: store it anyway
+        return self.audit.confirmation(job_id, report)
 
     def record_report(self, job_id: str, report: Mapping[str, Any]) -> None:
         """Store one report (round metrics, participants, privacy mirror; the run summary)."""
         kind = report.get("type")
         if kind == "round":
             self._record_round(job_id, report)
+            self._audit_round(job_id, report)
         elif kind == "finished":
             summary = {
                 "final_metrics": report.get("final_metrics") or {},
@@ -541,14 +543,12 @@ class FlJobManager:
                 "flower_run_id": report.get("run_id"),
             }
             with self.sessions.begin() as s:
-        return self.audit.confirmation(job_id, report)
                 job = s.get(FlJob, job_id)
                 if job is not None:
                     job.summary = {**(job.summary or {}), **summary}
         elif kind == "failed":
             with self.sessions.begin() as s:
                 job = s.get(FlJob, job_id)
-            self._audit_round(job_id, report)
                 if job is not None:
                     job.summary = {**(job.summary or {}), "server_failure": str(report.get("reason"))[:4000]}
 
@@ -641,6 +641,16 @@ class FlJobManager:
             if phase == "evaluate":  # a round is complete once its new global model was evaluated
                 job.rounds_completed = max(job.rounds_completed, server_round)
 
+    def _audit_round(self, job_id: str, report: Mapping[str, Any]) -> None:
+        """The round's Merkle root on chain (train), or devices disputing it (evaluate)."""
+        audit = report.get("audit")
+        if not isinstance(audit, Mapping):
+            return
+        if report.get("kind") == "train":
+            self.audit.record_round(job_id, int(report["round"]), audit)
+        elif isinstance(audit.get("refused"), list):
+            self.audit.record_disputes(job_id, int(report["round"]), audit["refused"])
+
     @staticmethod
     def _mirror(
         s: Session, device_id: str, dataset: str, job_id: str, part: FlParticipant, *, refused: bool
@@ -654,16 +664,6 @@ class FlJobManager:
             row = DevicePrivacy(device_id=device_id, dataset=dataset, epsilon_spent=0.0, rounds=0, refusals=0)
             s.add(row)
         if refused:
-    def _audit_round(self, job_id: str, report: Mapping[str, Any]) -> None:
-        """The round's Merkle root on chain (train), or devices disputing it (evaluate)."""
-        audit = report.get("audit")
-        if not isinstance(audit, Mapping):
-            return
-        if report.get("kind") == "train":
-            self.audit.record_round(job_id, int(report["round"]), audit)
-        elif isinstance(audit.get("refused"), list):
-            self.audit.record_disputes(job_id, int(report["round"]), audit["refused"])
-
             row.refusals = (row.refusals or 0) + 1
         else:
             row.epsilon_spent = float(part.epsilon or 0.0)
@@ -983,7 +983,6 @@ class FlJobManager:
             raise JobFailed(f"the dataset failed its chain check: {detail}") from exc
         return path
 
-
     def _invite(
         self,
         job: FlJob,
@@ -1112,6 +1111,7 @@ class FlJobManager:
             )
         except ArtifactError as exc:
             raise JobFailed(f"cannot turn the final parameters into a program: {exc}") from exc
+        lineage = self._final_lineage(job, final)
         sha = hashlib.sha256(program.read_bytes()).hexdigest()
         dp = (job.privacy or {}).get("dp")
         epsilons = [p.epsilon for p in participants if p.rounds_trained > 0 and p.epsilon is not None]
@@ -1167,6 +1167,7 @@ class FlJobManager:
             "fl_job_id": job.id,
             "fl_chain_tx": receipt.tx_hash,
             "metrics": final_metrics,
+            **lineage,
         }
         if data.get("num_classes"):
             descriptor["classes"] = list(range(int(data["num_classes"])))
@@ -1185,7 +1186,6 @@ class FlJobManager:
         if row.sha256 != sha:
             raise JobFailed(f"the stored result's sha256 {row.sha256} differs from the recorded {sha}")
         out_summary = {
-        lineage = self._final_lineage(job, final)
             **{k: v for k, v in json.loads(json.dumps(summary, default=str)).items() if k != "type"},
             "final_metrics": final_metrics,
             "epsilon_spent": epsilon,
@@ -1202,6 +1202,22 @@ class FlJobManager:
             "summary": {**previous, **out_summary},
             "rounds_completed": rounds,
         }
+
+    def _final_lineage(self, job: FlJob, final: Path) -> dict[str, str]:
+        """The final parameters must be the last audited round's aggregate (not applicable when that is
+        a ciphertext, HE); the descriptor then names their digest."""
+        from controller.federation.artifacts import load_npz
+        from controller.federation.round_audit import params_digest
+
+        last = self.audit.last_aggregate(job.id)
+        if last is None or audit_lineage_exempt(job):
+            return {}
+        digest = params_digest(load_npz(final)).hex()
+        if digest != last:
+            raise JobFailed(
+                f"the final parameters (digest {digest}) are not the last audited aggregate {last}"
+            )
+        return {FINAL_AGGREGATE_KEY: digest}
 
     def _rounds_done(self, job_id: str) -> int:
         with self.sessions() as s:
@@ -1221,22 +1237,6 @@ def _pate_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def engine_unavailable(exc: EngineUnavailable) -> ServiceUnavailable:
     return ServiceUnavailable(str(exc), backend="federation")
-            **lineage,
-    def _final_lineage(self, job: FlJob, final: Path) -> dict[str, str]:
-        """The final parameters must be the last audited round's aggregate (not applicable when that is
-        a ciphertext, HE); the descriptor then names their digest."""
-        from controller.federation.artifacts import load_npz
-        from controller.federation.round_audit import params_digest
-
-        last = self.audit.last_aggregate(job.id)
-        if last is None or audit_lineage_exempt(job):
-            return {}
-        digest = params_digest(load_npz(final)).hex()
-        if digest != last:
-            raise JobFailed(
-                f"the final parameters (digest {digest}) are not the last audited aggregate {last}"
-            )
-        return {FINAL_AGGREGATE_KEY: digest}
 
 
 def _he_settings(privacy: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -57,10 +57,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result, Strategy
 
+from controller.federation.round_audit import RoundAuditor, is_audit_refusal
 from controller.federation.strategies import build_strategy, parse_spec
 from fedge_protocol.federation import ReplyKey, TrainKey, is_budget_refusal
 
-from controller.federation.round_audit import RoundAuditor, is_audit_refusal
 __all__ = [
     "RUN_CONFIG_DEFAULTS",
     "FederationCancelled",
@@ -124,13 +124,13 @@ class RoundReport:
     bytes_received: int
     seconds: float
     clients: list[dict[str, Any]] = field(default_factory=list)
+    audit: dict[str, Any] | None = None  # train: the round's update digests and root; evaluate: refusals
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "round", **asdict(self)}
 
 
 @dataclass(frozen=True)
-    audit: dict[str, Any] | None = None  # train: the round's update digests and root; evaluate: refusals
 class RunSummary:
     run_id: int
     job_id: str
@@ -183,6 +183,7 @@ class HttpReporter:
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
 
     def _post(self, body: dict[str, Any]) -> None:
+        self.last_reply: dict[str, Any] | None = None  # the controller's JSON answer (the audit's root)
         for attempt in range(1, self.retries + 1):
             try:
                 response = self._client.post(self.url, json=body).raise_for_status()
@@ -191,7 +192,6 @@ class HttpReporter:
                 return
             except httpx.HTTPError as exc:
                 log.warning("report %s to %s failed (try %d): %s", body["type"], self.url, attempt, exc)
-        self.last_reply: dict[str, Any] | None = None  # the controller's JSON answer (the audit's root)
                 time.sleep(0.2 * attempt)
         log.error("dropping a %s report to %s after %d tries", body["type"], self.url, self.retries)
 
@@ -238,13 +238,13 @@ class GuardedStrategy(Strategy):
         self.reporter = reporter
         self.run_id, self.job_id = run_id, job_id
         self.weighted_by_key = weighted_by_key
+        self.auditor = RoundAuditor(chain_required=isinstance(reporter, HttpReporter))  # every round on chain
         self.exhausted: set[int] = set()
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
         self._sent: dict[str, int] = {"train": 0, "evaluate": 0}
         self._started: dict[str, float] = {"train": 0.0, "evaluate": 0.0}
 
     def summary(self) -> None:
-        self.auditor = RoundAuditor(chain_required=isinstance(reporter, HttpReporter))  # every round on chain
         self.inner.summary()
 
     # configure ---------------------------------------------------------------------------------
@@ -371,6 +371,7 @@ class GuardedStrategy(Strategy):
             "budget_refused": refused,
             "rejected": rejected,
             "bytes_received": received,
+            "audit": {"refused": disputes} if disputes else None,
             "clients": [
                 {"node_id": _node(m), "metrics": dict(next(iter(m.content.metric_records.values())))}
                 for m in valid
@@ -381,7 +382,6 @@ class GuardedStrategy(Strategy):
     def _report(
         self,
         kind: str,
-            "audit": {"refused": disputes} if disputes else None,
         server_round: int,
         valid: list[Message],
         info: dict[str, Any],
@@ -414,8 +414,11 @@ class GuardedStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, info = self._sort("train", server_round, replies)
+        digests = self.auditor.digests(valid)
         arrays, metrics = self.inner.aggregate_train(server_round, valid) if valid else (None, None)
+        info["audit"] = self.auditor.on_train(server_round, digests, arrays)
         self._report("train", server_round, valid, info, metrics)
+        self.auditor.confirm(getattr(self.reporter, "last_reply", None))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -424,11 +427,8 @@ class GuardedStrategy(Strategy):
         self._report("evaluate", server_round, valid, info, metrics)
         return metrics
 
-        digests = self.auditor.digests(valid)
 
-        info["audit"] = self.auditor.on_train(server_round, digests, arrays)
 def _harmonise(replies: list[Message]) -> None:
-        self.auditor.confirm(getattr(self.reporter, "last_reply", None))
     """Keep only the metric keys every reply has (Flower's strategies refuse differing keys)."""
     if not replies:
         return
