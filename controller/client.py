@@ -39,6 +39,7 @@ from controller.registry.schemas import (
 from controller.schemas.commands import CommandOut, CommandPage, TelemetryPage
 from controller.schemas.deployments import DeploymentCreated, DeploymentOut, DeploymentPage
 from controller.schemas.devices import DeviceOut, EnrollmentTokenOut
+from controller.schemas.drift import DriftActionPage, DriftPolicyIn, DriftPolicyOut
 from controller.schemas.events import DeviceEventPage
 from controller.schemas.fl import (
     TERMINAL_FL_STATES,
@@ -526,6 +527,26 @@ class FedgeClient:
             params["model_id"] = model_id
         raw = self._json("GET", paths.EVENTS.format(device_id=device_id), params=params)
         return DeviceEventPage.model_validate(raw)
+
+    # ---------------------------------------------------------------- drift policy
+    def set_drift_policy(self, model_id: str, policy: DriftPolicyIn | dict[str, Any]) -> DriftPolicyOut:
+        """Set what a drift event on the model does (``on_drift``: none, notify, retrain)."""
+        body = policy.model_dump(mode="json") if isinstance(policy, DriftPolicyIn) else policy
+        raw = self._json("PUT", f"/v1/models/{model_id}/drift-policy", json=body)
+        return DriftPolicyOut.model_validate(raw)
+
+    def drift_policy(self, model_id: str) -> DriftPolicyOut:
+        return DriftPolicyOut.model_validate(self._json("GET", f"/v1/models/{model_id}/drift-policy"))
+
+    def drift_actions(
+        self, model_id: str, *, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> DriftActionPage:
+        """What the model's drift policy did, newest first (steps: job, translated version, deployment)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state:
+            params["state"] = state
+        raw = self._json("GET", f"/v1/models/{model_id}/drift-actions", params=params)
+        return DriftActionPage.model_validate(raw)
 
     # ---------------------------------------------------------- federated learning
     def fl_run(self, spec: FlJobIn | dict[str, Any]) -> FlJobCreated:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
     from controller.fleet.devices import Fleet
+    from controller.fleet.drift_policy import DriftLoop
     from controller.training.manager import JobManager
 
 log = logging.getLogger("fedge.controller")
@@ -44,6 +45,8 @@ class ControllerState:
     commands: Commands
     jobs: JobManager
     federation: FlJobManager
+    drift: DriftLoop
+    """Drift policies: acts on drift events (notify, retrain -> translate -> canary) on its own thread."""
     messaging: FleetMessaging | None = None
     """MQTT push of desired states and commands; None when the controller runs without a broker."""
     oidc: OidcVerifier | None = None
@@ -59,6 +62,7 @@ class ControllerState:
         if self.messaging is not None:
             self.messaging.stop()
             self.messaging = None
+        self.drift.stop()
         self.rollouts.stop()
         self.jobs.stop()
         self.federation.stop()
@@ -103,6 +107,7 @@ def build_state(
     from controller.fleet.commands import Commands
     from controller.fleet.deployments import Rollouts
     from controller.fleet.devices import Fleet
+    from controller.fleet.drift_policy import DriftLoop
     from controller.training.factory import make_runner
     from controller.training.manager import JobManager
 
@@ -113,6 +118,11 @@ def build_state(
         last_seen_write_seconds=settings.last_seen_write_seconds,
     )
     commands = Commands(sessions, fleet, keep_per_device=settings.telemetry_keep_per_device)
+    jobs = JobManager(settings, sessions, registry, make_runner(settings))
+    federation = FlJobManager(settings, sessions, registry, chain, fleet, commands)
+    rollouts = Rollouts(sessions, fleet)
+    drift = DriftLoop(settings, sessions, registry, jobs, federation, rollouts)
+    commands.on_event = drift.submit
     state = ControllerState(
         settings=settings,
         engine=engine,
@@ -121,10 +131,11 @@ def build_state(
         registry=registry,
         chain=chain,
         fleet=fleet,
-        rollouts=Rollouts(sessions, fleet),
+        rollouts=rollouts,
         commands=commands,
-        jobs=JobManager(settings, sessions, registry, make_runner(settings)),
-        federation=FlJobManager(settings, sessions, registry, chain, fleet, commands),
+        jobs=jobs,
+        federation=federation,
+        drift=drift,
         oidc=oidc,
         generated_admin_token=generated,
         owns_chain=owns_chain,
@@ -140,4 +151,5 @@ def build_state(
     if start_jobs:  # without workers this process only queues jobs (another replica runs them)
         state.jobs.start()
         state.federation.start()
+        state.drift.start()  # acts on drift events (its actions start jobs, so only where jobs run)
     return state

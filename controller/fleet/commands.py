@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -100,6 +101,8 @@ class Commands:
         self.registry = fleet.registry
         self._policies: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self.on_event: Callable[[str, int, dict[str, Any]], object] | None = None
+        """Called after commit with each newly stored device event (the drift loop's non-blocking submit)."""
 
     # ----------------------------------------------------------------- policies
     def grid_policy(self, mv: ModelVersion) -> dict[str, Any]:
@@ -304,6 +307,8 @@ class Commands:
                     s.add(device_event(device_id, seq, body))
         except SqlIntegrityError:
             return False
+        if self.on_event is not None and is_event(body):
+            self.on_event(device_id, seq, body)
         if kind == TelemetryType.COMMAND and isinstance(command_id, str):
             self._acknowledge(device_id, command_id, body)
         if self.keep_per_device > 0:
