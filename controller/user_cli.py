@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from controller import profiles
 from controller.client import FedgeAPIError, FedgeClient
 from controller.schemas.commands import CommandOut
 from controller.schemas.deployments import DeploymentOut
@@ -55,12 +56,83 @@ _state: dict[str, Any] = {}
 def _connection(
     controller: Annotated[str | None, typer.Option(envvar="FEDGE_URL", help="controller URL")] = None,
     token: Annotated[str | None, typer.Option(envvar="FEDGE_TOKEN", help="API token")] = None,
+    profile: Annotated[
+        str | None, typer.Option(envvar="FEDGE_PROFILE", help="saved connection (`fedge login`)")
+    ] = None,
 ) -> None:
-    _state["url"], _state["token"] = controller, token
+    _state["url"], _state["token"], _state["profile"] = controller, token, profile
 
 
 def _client() -> FedgeClient:
-    return FedgeClient(_state.get("url"), _state.get("token"))
+    """A client for --controller/--token (or FEDGE_URL/FEDGE_TOKEN), else the chosen or default profile."""
+    url, token = _state.get("url"), _state.get("token")
+    if url is None or token is None:
+        try:
+            saved = profiles.resolve(_state.get("profile"))
+        except profiles.ProfileError as exc:
+            err.print(f"[red]error[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        if saved is not None:
+            url = url or saved.url
+            token = token or saved.token
+            _state["url"] = url
+    return FedgeClient(url, token)
+
+
+@app.command("login")
+def login(
+    url: Annotated[str, typer.Argument(help="the controller's URL, e.g. https://fedge.example:8400")],
+    token: Annotated[
+        str | None, typer.Option(envvar="FEDGE_TOKEN", help="API token (asked for when not given)")
+    ] = None,
+    profile: Annotated[str, typer.Option("--profile", help="name of this connection")] = profiles.DEFAULT,
+    default: Annotated[bool, typer.Option(help="make it the default profile")] = False,
+    check: Annotated[bool, typer.Option(help="check the URL and token against the controller first")] = True,
+) -> None:
+    """Save a controller URL and token as a profile (0600 file; see `fedge profiles`)."""
+    if token is None:
+        token = typer.prompt("API token", hide_input=True)
+    if check:  # reachable, and the token authenticates (a 403 is fine: a valid token of another role)
+        with FedgeClient(url, token) as fc:
+            fc.health()
+            try:
+                fc.list_models(limit=1)
+            except FedgeAPIError as exc:
+                if exc.status == 401:
+                    err.print(f"[red]error[/red] {url} refused the token: {exc.detail}", highlight=False)
+                    raise typer.Exit(1) from None
+    path = profiles.save(profile, url, token, default)
+    err.print(f"saved profile {profile!r} ({url}) in {path}", highlight=False)
+
+
+@app.command("profiles")
+def profiles_list(
+    remove: Annotated[str | None, typer.Option("--remove", help="delete this profile")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The saved connections (tokens never shown)."""
+    try:
+        if remove is not None:
+            if not profiles.remove(remove):
+                err.print(f"[red]error[/red] no profile {remove!r}", highlight=False)
+                raise typer.Exit(1)
+            err.print(f"removed profile {remove!r}", highlight=False)
+        default, saved = profiles.listing()
+    except profiles.ProfileError as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    rows = [
+        {"name": p.name, "url": p.url, "default": p.name == default, "token": bool(p.token)} for p in saved
+    ]
+    if as_json:
+        _emit({"profiles": rows}, True)
+        return
+    table = Table("profile", "url", "default", "token")
+    for r in rows:
+        table.add_row(
+            str(r["name"]), str(r["url"]), "yes" if r["default"] else "", "saved" if r["token"] else ""
+        )
+    console.print(table)
 
 
 def _json_object(text: str, option: str) -> dict[str, Any]:
@@ -785,6 +857,30 @@ def _deployment_table(dep: DeploymentOut) -> Table:
     return table
 
 
+def _deployment_id(fc: FedgeClient, value: str) -> str:
+    """A full deployment id from a unique prefix (the list shows 8 characters); a one-line error otherwise."""
+    if len(value) >= 36:
+        return value
+    found: list[str] = []
+    offset = 0
+    while True:
+        page = fc.deployments(limit=500, offset=offset)
+        found += [d.id for d in page.items if d.id.startswith(value)]
+        offset += len(page.items)
+        if not page.items or offset >= page.total or len(found) > 1:
+            break
+    if not found:
+        err.print(f"[red]error[/red] no deployment id starts with {value!r}", highlight=False)
+        raise typer.Exit(1)
+    if len(found) > 1:
+        err.print(
+            f"[red]error[/red] {value!r} is ambiguous: {', '.join(found[:5])}: give more characters",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    return found[0]
+
+
 @deployments_app.command("list")
 def deployments_list(
     state: Annotated[
@@ -817,9 +913,9 @@ def deployments_show(
     deployment_id: str,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """One deployment: its waves and every device's state."""
+    """One deployment: its waves and every device's state (a unique id prefix is enough)."""
     with _api() as fc:
-        dep = fc.deployment(deployment_id)
+        dep = fc.deployment(_deployment_id(fc, deployment_id))
     if as_json:
         _emit(dep.model_dump(mode="json"), True)
         return
@@ -839,6 +935,7 @@ def deployments_watch(
     from rich.live import Live
 
     with _api() as fc:
+        deployment_id = _deployment_id(fc, deployment_id)
         dep = fc.deployment(deployment_id)
         with Live(_deployment_table(dep), console=console, refresh_per_second=4) as live:
             while dep.state == "rolling":
@@ -860,7 +957,7 @@ def deployments_cancel(
     """Stop a rolling deployment: devices not reached are cancelled, devices still installing get their
     previous model back, installed ones keep it unless --rollback."""
     with _api() as fc:
-        dep = fc.cancel_deployment(deployment_id, rollback)
+        dep = fc.cancel_deployment(_deployment_id(fc, deployment_id), rollback)
     if as_json:
         _emit(dep.model_dump(mode="json"), True)
         return

@@ -250,3 +250,16 @@ def test_continuous_deployment_reaches_devices_enrolling_later(
         json={"model_id": model, "version": version, "device_ids": [late.device_id], "continuous": True},
     )
     assert no_selector.status_code == 422 and no_selector.json()["field"] == "continuous"
+
+
+def test_cli_accepts_the_short_ids_its_tables_show(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    (a,) = _devices(live, http, tmp_path, 1)
+    model, version = upload_onnx(http, add_model(1.0))
+    dep = deploy(http, model, version, [a.device_id])
+    shown = fedge_cli(live, "deployments", "show", dep[:8], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == dep
+    missing = fedge_cli(live, "deployments", "show", "zzzzzzzz")
+    assert missing.returncode == 1 and "no deployment id starts with" in missing.stderr
