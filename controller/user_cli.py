@@ -770,6 +770,42 @@ def devices_telemetry(
             console.print(f"seq {rec.seq} {rec.type}: {json.dumps(body)}", highlight=False)
 
 
+@devices_app.command("metrics")
+def devices_metrics(
+    device_id: str,
+    last: Annotated[int, typer.Option(min=1, max=1000, help="how many monitor summaries")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The device monitor's latest summaries (inferences, latency, ME/MAE/MAPE/bias, drift), newest last."""
+    from fedge_protocol.documents import TelemetryType
+
+    kind = TelemetryType.MONITOR.value
+    with _api() as fc:
+        total = fc.telemetry(device_id, type=kind, limit=1).total
+        page = fc.telemetry(device_id, type=kind, limit=last, offset=max(total - last, 0))
+    if as_json:
+        _emit({"device_id": device_id, "total": total, "items": [t.body for t in page.items]}, True)
+        return
+
+    def num(value: Any, fmt: str = ".4g") -> str:
+        return "" if value is None else format(value, fmt)
+
+    table = Table("at", "model", "inferences", "p50 ms", "p99 ms", "dropped", "MAE", "MAPE", "bias", "drift")
+    for t in page.items:
+        b, errors = t.body, t.body.get("errors") or {}
+        model = f"{str(b.get('model_id') or '')[:8]} v{b.get('version')}" if b.get("model_id") else ""
+        drift = "" if b.get("drift") is None else ("yes" if b["drift"] else "no")
+        if b.get("drift_share") is not None:
+            drift += f" ({b['drift_share']:.0%})"
+        table.add_row(
+            str(b.get("at", "")), model, str(b.get("inferences", "")), num(b.get("latency_p50_ms")),
+            num(b.get("latency_p99_ms")), str(b.get("dropped", "")), num(errors.get("mae")),
+            num(errors.get("mape")), num(errors.get("bias")), drift,
+        )  # fmt: skip
+    console.print(table)
+    err.print(f"{len(page.items)} of {total} summar{'y' if total == 1 else 'ies'}")
+
+
 @devices_app.command("events")
 def devices_events(
     device_id: str,
