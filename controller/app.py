@@ -28,6 +28,7 @@ from controller.api import (
     jobs,
     models,
     monitoring,
+    seed_compat,
     translation,
 )
 from controller.api import tokens as tokens_api
@@ -136,4 +137,5 @@ def create_app(state: ControllerState) -> FastAPI:
     app.include_router(drift.router)
     app.include_router(fl.router)
     app.include_router(fl_audit.router)
+    app.include_router(seed_compat.router)  # the seed's section 4.3 calls as written
     return app

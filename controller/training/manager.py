@@ -113,27 +113,43 @@ class JobManager:
     # -------------------------------------------------------------------- API
     def submit(self, model_id: str, hyperparameters: dict[str, Any], created_by: str) -> Job:
         """Queue a training job for a registered model."""
+        return self._submit(model_id, hyperparameters, created_by, refuse_unrunnable=True)
+
+    def submit_or_fail(self, model_id: str, hyperparameters: dict[str, Any], created_by: str) -> Job:
+        """Like :meth:`submit`, but a model this controller's runner cannot train (a container image on
+        the 'local' runner) gets a job recorded ``failed`` with the reason instead of a 422: for callers
+        whose registration starts training (the seed's ``POST /model``), the outcome is the job's."""
+        return self._submit(model_id, hyperparameters, created_by, refuse_unrunnable=False)
+
+    def _submit(
+        self, model_id: str, hyperparameters: dict[str, Any], created_by: str, *, refuse_unrunnable: bool
+    ) -> Job:
         model = self.registry.get_model(model_id)
         if not model.training:
             raise Unprocessable(f"model {model_id} has no training spec", field="training")
+        unrunnable = None
         if model.training.get("kind") == "container" and self.settings.job_runner == "local":
-            raise Unprocessable(
+            unrunnable = (
                 "this model trains in a container image; the controller runs jobs with the 'local' runner "
-                "(set FEDGE_JOB_RUNNER=container)",
-                field="training.kind",
+                "(set FEDGE_JOB_RUNNER=container)"
             )
+            if refuse_unrunnable:
+                raise Unprocessable(unrunnable, field="training.kind")
         params = {**(model.training.get("hyperparameters") or {}), **hyperparameters}
         with self.sessions.begin() as s:
             job = Job(
                 model_id=model_id,
-                state=JobState.QUEUED.value,
+                state=JobState.QUEUED.value if unrunnable is None else JobState.FAILED.value,
                 runner=self.runner.name,
                 hyperparameters=params,
                 metrics={},
                 created_by=created_by,
             )
+            if unrunnable is not None:
+                job.error, job.finished_at = unrunnable, utcnow()
             s.add(job)
-        self._wake.set()
+        if unrunnable is None:
+            self._wake.set()
         return job
 
     def get(self, job_id: str) -> Job:
