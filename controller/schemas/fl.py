@@ -117,11 +117,17 @@ class FlSecureAggregationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_shares: int | None = Field(
-        default=None, ge=3, le=10_000, description="Shamir shares of each device's secrets (3..min_clients, "
+        default=None,
+        ge=3,
+        le=10_000,
+        description="Shamir shares of each device's secrets (3..min_clients, "
         "odd unless it equals the eligible devices; default min_clients, made odd)",
     )
     reconstruction_threshold: int | None = Field(
-        default=None, ge=2, le=10_000, description="shares that rebuild a dropped device's secret (more than "
+        default=None,
+        ge=2,
+        le=10_000,
+        description="shares that rebuild a dropped device's secret (more than "
         "half of num_shares, fewer than all; default num_shares // 2 + 1)",
     )
     clipping_range: float = Field(default=8.0, gt=0, le=1e6, description="weighted parameters are clipped "

@@ -93,9 +93,7 @@ class S3ArtifactStore(ArtifactStore):
                     started = upload.initiated_time
                     if started is not None and started.timestamp() >= started_before:
                         continue  # may still be in flight (another replica)
-                    self.client._abort_multipart_upload(
-                        bucket, upload.object_name, str(upload.upload_id)
-                    )
+                    self.client._abort_multipart_upload(bucket, upload.object_name, str(upload.upload_id))
                     aborted += 1
                 if not page.is_truncated:
                     return aborted
