@@ -385,12 +385,18 @@ def models_train(
     model_id: str,
     hyperparameters: Annotated[str | None, typer.Option(help="JSON object merged over the spec's")] = None,
     watch: Annotated[bool, typer.Option(help="follow progress until the job ends")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the queued job as JSON (no watching)")
+    ] = False,
 ) -> None:
     """Start a training job (and watch it)."""
     with _api() as fc:
         job = fc.train(
             model_id, _json_object(hyperparameters, "--hyperparameters") if hyperparameters else None
         )
+    if as_json:
+        _emit(job.model_dump(mode="json"), True)
+        return
     err.print(f"job {job.job_id} {job.status}")
     if watch:
         jobs_watch(job.job_id)
@@ -541,10 +547,16 @@ def jobs_watch(job_id: str) -> None:
 
 
 @jobs_app.command("list")
-def jobs_list(model_id: Annotated[str | None, typer.Option("--model")] = None) -> None:
+def jobs_list(
+    model_id: Annotated[str | None, typer.Option("--model")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
     """Jobs, newest first."""
     with _api() as fc:
         rows = fc.jobs(model_id)
+    if as_json:
+        _emit([j.model_dump(mode="json") for j in rows], True)
+        return
     table = Table("job_id", "model", "status", "progress", "version", "error")
     for j in rows:
         table.add_row(j.job_id, j.model_id[:8], j.status, f"{(j.progress or 0):.0%}",
@@ -561,10 +573,16 @@ def jobs_logs(job_id: str, follow: Annotated[bool, typer.Option("-f", "--follow"
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: str) -> None:
+def jobs_cancel(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
     """Cancel a queued or running job."""
     with _api() as fc:
         job = fc.cancel_job(job_id)
+    if as_json:
+        _emit(job.model_dump(mode="json"), True)
+        return
     err.print(f"job {job_id}: {job.status}")
 
 
@@ -588,23 +606,32 @@ def models_push_artifact(
 @tokens_app.command("create")
 def tokens_create(
     name: str,
-    role: Annotated[str, typer.Option(help="admin | developer | job")] = "developer",
+    role: Annotated[str, typer.Option(help="admin | operator | developer | job")] = "developer",
     ttl: Annotated[int | None, typer.Option(help="lifetime in seconds")] = None,
     model_id: Annotated[str | None, typer.Option(help="for job tokens: the model it may write")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Mint a credential; prints the token once."""
     with _api() as fc:
         created = fc.create_token(name, role, ttl_seconds=ttl, model_id=model_id)
+    if as_json:
+        _emit(created.model_dump(mode="json"), True)
+        return
     expires = created.model_dump(mode="json")["expires_at"]  # as the route's JSON spells it
     err.print(f"id {created.id} role {created.role} expires {expires}")
     console.print(created.token)
 
 
 @tokens_app.command("list")
-def tokens_list() -> None:
+def tokens_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
     """List credentials (never their secrets)."""
     with _api() as fc:
         rows = fc.list_tokens()
+    if as_json:
+        _emit([r.model_dump(mode="json") for r in rows], True)
+        return
     table = Table("id", "name", "role", "subject", "active", "expires", "revoked")
     for r in (row.model_dump(mode="json") for row in rows):  # timestamps as the route's JSON spells them
         table.add_row(
@@ -620,10 +647,16 @@ def tokens_list() -> None:
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(token_id: str) -> None:
+def tokens_revoke(
+    token_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
     """Revoke a credential now."""
     with _api() as fc:
         fc.revoke_token(token_id)
+    if as_json:
+        _emit({"id": token_id, "revoked": True}, True)
+        return
     err.print(f"revoked {token_id}")
 
 
@@ -641,10 +674,14 @@ def _pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
 def devices_token(
     labels: Annotated[list[str] | None, typer.Option("--labels", "--label", help="k=v (repeatable)")] = None,
     ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 3600,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Mint a one-time enrollment token; prints it once."""
     with _api() as fc:
         created = fc.enrollment_token(_pairs(labels, "--labels"), ttl)
+    if as_json:
+        _emit(created.model_dump(mode="json"), True)
+        return
     err.print(f"expires {created.model_dump(mode='json')['expires_at']}")
     console.print(created.token)
 
@@ -673,10 +710,16 @@ def devices_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
 
 
 @devices_app.command("revoke")
-def devices_revoke(device_id: str) -> None:
+def devices_revoke(
+    device_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
     """Revoke a device: it is cut off the API at once."""
     with _api() as fc:
         fc.revoke_device(device_id)
+    if as_json:
+        _emit({"device_id": device_id, "revoked": True}, True)
+        return
     err.print(f"revoked {device_id}")
 
 

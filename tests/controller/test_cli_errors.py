@@ -73,3 +73,25 @@ def test_admin_token_without_a_data_dir_says_what_to_do(tmp_path: Path) -> None:
     line = _one_line_error(proc)
     assert "no controller data in" in line and "fedge-controller serve" in line
     assert not (tmp_path / "nowhere").exists()  # nothing created by a failed admin command
+
+
+# Commands whose output is a stream, a file or an interactive view rather than a result document.
+NO_JSON = {"login", "jobs watch", "jobs logs", "models get", "models pull", "deployments watch"}
+
+
+def test_every_command_but_streams_and_files_has_json() -> None:
+    from typer.main import get_command
+
+    from controller.user_cli import app
+
+    def walk(command: object, prefix: list[str]) -> list[tuple[str, bool]]:
+        children = getattr(command, "commands", None)
+        if children is not None:
+            return [row for name, sub in children.items() for row in walk(sub, [*prefix, name])]
+        flags = [o for p in getattr(command, "params", []) for o in p.opts]
+        return [(" ".join(prefix), "--json" in flags)]
+
+    rows = walk(get_command(app), [])
+    assert len(rows) > 40
+    missing = sorted(name for name, has in rows if not has and name not in NO_JSON)
+    assert missing == [], f"commands without --json: {missing}"
