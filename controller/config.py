@@ -77,6 +77,13 @@ class ControllerSettings(BaseSettings):
         ge=0,
         description="Telemetry records kept per device (the newest by outbox sequence); 0 keeps all.",
     )
+    device_cert_seconds: int = Field(
+        default=365 * 86400,
+        ge=10,
+        le=3650 * 86400,
+        description="Lifetime of device certificates (enrollment and renewal; agents renew before expiry, "
+        "see docs/agent.md). Seconds, so that tests can use a short one.",
+    )
     last_seen_write_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -1,6 +1,7 @@
 """Local inference API on loopback, standard library only (``pip install fedge[agent]`` stays small).
 
-GET /healthz, GET /v1/model (active model id, version, sha256), POST /v1/infer with
+GET /healthz, GET /v1/model (active model id, version, sha256), GET /v1/status (revoked or not,
+certificate; ``edge_agent.lifecycle``), POST /v1/infer with
 ``{inputs: {name: list}}`` or ``{image: base64}`` / ``{images: [...]}`` (see ``runtime.hooks``);
 ``/v1/online/...`` when online learners are configured (``edge_agent.online.routes``).
 """
@@ -17,6 +18,7 @@ from edge_agent.runtime.hooks import BadRequest, InferenceService
 from edge_agent.runtime.session import InferenceError, ModelRuntime
 
 if TYPE_CHECKING:
+    from edge_agent.lifecycle import Lifecycle
     from edge_agent.online.routes import OnlineRoutes
 
 MAX_BODY = 64 * 1024 * 1024
@@ -28,8 +30,11 @@ def make_server(
     port: int = 0,
     service: InferenceService | None = None,
     online: OnlineRoutes | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> ThreadingHTTPServer:
-    """A server bound to ``host:port`` (port 0: any free one); call ``serve_forever`` to run it."""
+    """A server bound to ``host:port`` (port 0: any free one); call ``serve_forever`` to run it.
+    ``lifecycle``: ``GET /v1/status`` (revoked or not, certificate), and inference refused once revoked
+    (unless it keeps serving)."""
     svc = service or InferenceService(runtime)
 
     class Handler(BaseHTTPRequestHandler):
@@ -57,6 +62,9 @@ def make_server(
             active = runtime.active
             if self.path == "/healthz":
                 self._send(200, {"status": "ok", "model_loaded": active is not None})
+            elif self.path == "/v1/status" and lifecycle is not None:
+                model = None if active is None else {"model_id": active.model_id, "version": active.version}
+                self._send(200, {**lifecycle.status(), "model": model})
             elif self.path == "/v1/model":
                 if active is None:
                     self._problem(404, "Not found", "no model is active on this device yet")
@@ -77,6 +85,9 @@ def make_server(
                 return
             if self.path != "/v1/infer":
                 self._problem(404, "Not found", f"no route {self.path}")
+                return
+            if lifecycle is not None and not lifecycle.serving:
+                self._problem(403, "Device revoked", "the controller revoked this device; it serves no model")
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
@@ -122,9 +133,10 @@ class LocalApi(Service):
         port: int,
         service: InferenceService | None = None,
         online: OnlineRoutes | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.runtime, self.host, self.port, self.service = runtime, host, port, service
-        self.online = online
+        self.online, self.lifecycle = online, lifecycle
         self.server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -135,7 +147,9 @@ class LocalApi(Service):
         return f"http://{self.host}:{port}"
 
     def start(self) -> None:
-        self.server = make_server(self.runtime, self.host, self.port, self.service, self.online)
+        self.server = make_server(
+            self.runtime, self.host, self.port, self.service, self.online, self.lifecycle
+        )
         self._thread = serve_in_thread(self.server)
 
     def stop(self) -> None:

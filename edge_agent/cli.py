@@ -117,11 +117,20 @@ def _agent_services(
     from edge_agent.api import LocalApi
     from edge_agent.deploy.agent import Agent, DeployLoop
     from edge_agent.grid import CommandRunner
+    from edge_agent.lifecycle import Lifecycle
     from edge_agent.link.mqtt import MqttLink
     from edge_agent.runtime.hooks import InferenceService
     from edge_agent.runtime.session import ModelRuntime
 
-    agent = Agent(settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox)
+    lifecycle = Lifecycle(  # revocation (persisted) and certificate renewal
+        settings.state_dir,
+        keep_serving_when_revoked=settings.keep_serving_when_revoked,
+        renew_fraction=settings.cert_renew_fraction,
+        renew_retry_seconds=settings.cert_renew_retry,
+    )
+    agent = Agent(
+        settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox, lifecycle=lifecycle
+    )
     inference = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
     supernode = None
     if settings.fl_enabled:
@@ -140,7 +149,12 @@ def _agent_services(
 
     online = online_from_settings(settings)  # FEDGE_AGENT_ONLINE_CONFIG: /v1/online, sensor feeds
     api = LocalApi(
-        agent.runtime, settings.api_host, settings.api_port, inference, online.routes() if online else None
+        agent.runtime,
+        settings.api_host,
+        settings.api_port,
+        inference,
+        online.routes() if online else None,
+        lifecycle=lifecycle,
     )
     services: list[Service] = [DeployLoop(agent, settings.poll_interval, settings.max_backoff), api]
     if online is not None:
@@ -153,7 +167,7 @@ def _agent_services(
         services.insert(1, monitor)
         for learner in online.learners.values() if online is not None else ():
             monitor.watch_learner(learner)  # prequential (y_true, y_pred): ME/MAE/MAPE/bias, ADWIN/PH
-    if settings.mqtt and identity.broker_url:
+    if settings.mqtt and identity.broker_url and not lifecycle.revoked:
         agent.mqtt = MqttLink(
             identity,
             settings.state_dir,
@@ -166,6 +180,9 @@ def _agent_services(
             on_command=agent.receive_command,
         )
         services.append(agent.mqtt)
+        mqtt_link = agent.mqtt
+        lifecycle.on_revoked(mqtt_link.stop)  # a revoked device stops reconnecting to the broker
+        lifecycle.on_renewed(lambda: mqtt_link.reload_certificate(settings.state_dir))
     if supernode is not None:
         services.append(supernode)
     services.append(agent.commands)

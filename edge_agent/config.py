@@ -24,6 +24,13 @@ class AgentSettings(BaseSettings):
         default=None, description="ONNX Runtime providers in order of preference (default: auto)"
     )
     http_timeout: float = Field(default=30.0, gt=0)
+    keep_serving_when_revoked: bool = Field(
+        default=False, description="serve the last model after the controller revoked the device"
+    )
+    cert_renew_fraction: float = Field(
+        default=0.3, gt=0, lt=1, description="renew the certificate when less than this share of it is left"
+    )
+    cert_renew_retry: float = Field(default=60.0, gt=0, description="seconds between failed renewal tries")
     preprocess: str | None = Field(
         default=None,
         description="module:function turning image requests into model inputs (default: built-in)",

@@ -27,6 +27,8 @@ from fedge_common.files import atomic_write
 from fedge_protocol import Enrollment, EnrollRequest, paths
 
 KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE = "device.key", "device.pem", "ca.pem", "identity.json"
+REVOKED_FILE = "revoked.json"
+"""Written when the controller revoked the device (edge_agent.lifecycle); a new enrollment removes it."""
 
 
 class EnrollmentError(Exception):
@@ -91,6 +93,10 @@ class DeviceIdentity:
         der = self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
         return signing_input + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def csr(self) -> str:
+        """A PEM CSR signed with the device key (certificate renewal keeps the key)."""
+        return make_csr(self._key)
 
     def exchange(self, peer: ec.EllipticCurvePublicKey) -> bytes:
         """ECDH shared secret with a peer P-256 key (to open keys sealed to this device)."""
@@ -176,4 +182,5 @@ def enroll(
         "broker_url": answer.broker_url,
     }
     atomic_write(state_dir / IDENTITY_FILE, json.dumps(meta, indent=2).encode())
+    (state_dir / REVOKED_FILE).unlink(missing_ok=True)  # a new enrollment: no longer revoked
     return DeviceIdentity.load(state_dir)

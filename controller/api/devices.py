@@ -27,6 +27,7 @@ from controller.errors import Forbidden
 from controller.schemas.devices import DeviceOut, EnrollmentTokenOut, EnrollmentTokenRequest
 from controller.security.principal import Role
 from fedge_protocol import DEVICE_AUDIENCE, Enrollment, EnrollRequest, StatusReport, paths
+from fedge_protocol.lifecycle import CertificateRenewal, RenewedCertificate
 
 router = APIRouter(tags=["fleet"])
 DEFAULT_POLL_SECONDS = 10.0
@@ -140,6 +141,23 @@ def report_status(device_id: OwnDevicePath, body: StatusReport, rollouts: Rollou
     """A device reports the outcome of applying its desired state (drives rollouts)."""
     rollouts.report(device_id, body.model_dump())
     return Response(status_code=204)
+
+
+@router.post(
+    paths.CERTIFICATE,
+    status_code=201,
+    response_model=RenewedCertificate,
+    responses={
+        401: {"description": "revoked device (problem type device-revoked) or expired certificate"},
+        422: {"description": "malformed CSR, or its key is not the device's key"},
+    },
+)
+def renew_certificate(
+    device_id: OwnDevicePath, body: CertificateRenewal, devices: DevicesDep
+) -> RenewedCertificate:
+    """A device renews its certificate before it expires: a CSR signed with its own key (the key stays;
+    a foreign key is refused) for a new certificate with a new serial and validity."""
+    return devices.renew_certificate(device_id, body.csr)
 
 
 @router.get(

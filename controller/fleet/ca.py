@@ -32,19 +32,23 @@ class CsrRejected(ValueError):
 class DeviceCA:
     """Loads (or creates on first start) the device CA under ``<data_dir>/fleet``."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, cert_seconds: int = CERT_DAYS * 86400
+    ) -> None:
         self._key = key
         self.certificate = cert
+        self.cert_seconds = cert_seconds
+        """Lifetime of the device certificates it signs (FEDGE_DEVICE_CERT_SECONDS)."""
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> DeviceCA:
+    def load_or_create(cls, directory: Path, cert_seconds: int = CERT_DAYS * 86400) -> DeviceCA:
         directory.mkdir(parents=True, exist_ok=True)
         key_path, cert_path = directory / "device-ca.key", directory / "device-ca.pem"
         if key_path.exists() and cert_path.exists():
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise ValueError(f"{key_path} is not an EC private key")
-            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()), cert_seconds)
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedge device CA")])
         now = dt.datetime.now(dt.UTC)
@@ -78,7 +82,7 @@ class DeviceCA:
         )
         atomic_write(key_path, pem)  # owner only (0600)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return cls(key, cert)
+        return cls(key, cert, cert_seconds)
 
     @property
     def certificate_pem(self) -> str:
@@ -96,14 +100,15 @@ class DeviceCA:
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
             raise CsrRejected("device keys must be EC P-256 (secp256r1)")
         now = dt.datetime.now(dt.UTC)
+        backdate = min(300, self.cert_seconds // 10)  # clock skew, without eating a short test lifetime
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
             .issuer_name(self.certificate.subject)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+            .not_valid_before(now - dt.timedelta(seconds=backdate))
+            .not_valid_after(now + dt.timedelta(seconds=self.cert_seconds))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(

@@ -23,8 +23,10 @@ from controller.fleet.ca import CsrRejected, DeviceCA
 from controller.fleet.desired import DesiredDocument, DesiredDocuments, DesiredPoll, payload_etag, source_key
 from controller.fleet.events import FleetEvents
 from controller.fleet.references import reference_for
+from controller.fleet.renewal import DeviceRevoked, check_not_expired, renew_certificate
 from controller.security.principal import Principal, Role
 from fedge_protocol import DEVICE_AUDIENCE, MAX_DEVICE_TOKEN_SECONDS, DesiredState, ModelReference, paths
+from fedge_protocol.lifecycle import RenewedCertificate
 
 if TYPE_CHECKING:
     from controller.registry.service import Registry
@@ -164,9 +166,11 @@ class Fleet:
             if device is None:
                 raise Unauthorized("unknown device")
             if device.status != ACTIVE:
-                raise Unauthorized(f"device {device_id} has been revoked")
+                raise DeviceRevoked(device_id)  # its own problem type: the agent stops, not retries
             cert_pem = device.certificate
-        key = x509.load_pem_x509_certificate(cert_pem.encode()).public_key()
+        certificate = x509.load_pem_x509_certificate(cert_pem.encode())
+        check_not_expired(device_id, certificate, utcnow())
+        key = certificate.public_key()
         try:
             claims = jwt.decode(
                 credential,
@@ -208,6 +212,10 @@ class Fleet:
                 device.status, device.revoked_at = REVOKED, utcnow()
         self.documents.forget(device_id)
         self.events.device_revoked(device_id)
+
+    def renew_certificate(self, device_id: str, csr_pem: str) -> RenewedCertificate:
+        """A new certificate for the device's own key (:mod:`controller.fleet.renewal`)."""
+        return renew_certificate(self.sessions, self.ca, device_id, csr_pem)
 
     def touch(self, device_id: str, last_seen_at: dt.datetime | None = None) -> None:
         """Heartbeat (a poll or telemetry from the device): ``last_seen_at`` is written at most once per

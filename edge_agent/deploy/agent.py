@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.deploy.executor import REJECTED, Executor, Outcome
 from edge_agent.deploy.plan import Desired, plan
 from edge_agent.deploy.slots import SlotStore
-from edge_agent.link.client import Backoff, ControllerLink, LinkError
+from edge_agent.lifecycle import Lifecycle
+from edge_agent.link.client import Backoff, ControllerLink, DeviceRevoked, LinkError
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Entry, Outbox
 from edge_agent.process import Service, UpdateLock
@@ -52,8 +53,16 @@ class Agent:
     """Runs device commands (``grid-run``); when set, every loop also polls for pending ones."""
     update_lock: UpdateLock = field(default_factory=UpdateLock)
     """Held by work that must not see a model swap; deployments wait for it (see the module doc)."""
+    lifecycle: Lifecycle | None = None
+    """Revocation (persisted) and certificate renewal (:mod:`edge_agent.lifecycle`); default: one for
+    ``state_dir`` that refuses inference once revoked."""
 
     def __post_init__(self) -> None:
+        if self.lifecycle is None:
+            self.lifecycle = Lifecycle(self.state_dir)
+        self.link.on_revoked = self.lifecycle.mark_revoked
+        if self.lifecycle.revoked and getattr(self.link, "revoked", None) is None:
+            self.link.revoked = "revoked before this start"  # nothing is sent to the controller any more
         self.slots = SlotStore(self.state_dir)
         self._wake = threading.Event()
         self._pushed: dict[str, Any] | None = None
@@ -242,16 +251,23 @@ class Agent:
         """Poll until ``stop`` is set: the poll interval (jittered) after success, backoff after errors;
         a pushed desired state or a (re)connected broker wakes the loop early."""
         backoff = Backoff(interval, max_backoff)
+        assert self.lifecycle is not None
         while not stop.is_set():
             self._wake.clear()
+            if self.lifecycle.revoked:  # revoked: no request any more (edge_agent.lifecycle)
+                self._sleep(stop, 3600.0)
+                continue
             pushed = self.take_pushed()
             try:
+                self.lifecycle.maybe_renew(self.link)
                 if pushed is not None:
                     self.apply(pushed)
                 else:
                     self.step()
                 self.poll_commands()
                 wait = backoff.success()
+            except DeviceRevoked:
+                continue  # the link marked it revoked (logged once); the loop idles from now on
             except LinkError as exc:
                 wait = backoff.failure()
                 log.warning("controller unreachable (%s); retrying in %.1fs", exc, wait)

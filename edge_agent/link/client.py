@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import httpx
 from edge_agent.identity import DeviceIdentity
 from edge_agent.link.signed import verify_command, verify_desired_state
 from fedge_protocol import TelemetryPost, paths
+from fedge_protocol.lifecycle import DEVICE_REVOKED, CertificateRenewal, RenewedCertificate, problem_type
 
 
 class LinkError(Exception):
@@ -24,6 +26,24 @@ class LinkError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DeviceRevoked(LinkError):
+    """The controller says this device is revoked (problem type ``device-revoked``): stop, do not retry.
+    Once seen, the link refuses every later request without sending it."""
+
+
+def _revocation(resp: httpx.Response) -> str | None:
+    """The detail of a device-revoked problem, else None."""
+    if resp.status_code not in (401, 403) or "json" not in resp.headers.get("content-type", ""):
+        return None
+    try:
+        body = json.loads(resp.read())
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("type") != problem_type(DEVICE_REVOKED):
+        return None
+    return str(body.get("detail") or DEVICE_REVOKED)
 
 
 class DeviceAuth(httpx.Auth):
@@ -70,8 +90,16 @@ class ControllerLink:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.identity = identity
+        self.revoked: str | None = None
+        """The controller's revocation detail once it said the device is revoked (then nothing is sent)."""
+        self.on_revoked: Callable[[str], None] | None = None
+        self._auth = DeviceAuth(identity, ttl)
         self.http = httpx.Client(
-            base_url=identity.api_url, auth=DeviceAuth(identity, ttl), timeout=timeout, transport=transport
+            base_url=identity.api_url,
+            auth=self._auth,
+            timeout=timeout,
+            transport=transport,
+            event_hooks={"request": [self._refuse_if_revoked], "response": [self._watch_revocation]},
         )
         self.etag: str | None = None
         self.last: dict[str, Any] | None = None
@@ -79,6 +107,35 @@ class ControllerLink:
 
     def close(self) -> None:
         self.http.close()
+
+    def _refuse_if_revoked(self, _request: httpx.Request) -> None:
+        if self.revoked is not None:
+            raise DeviceRevoked(f"device revoked: {self.revoked}", 401)
+
+    def _watch_revocation(self, resp: httpx.Response) -> None:
+        detail = _revocation(resp)
+        if detail is None:
+            return
+        first = self.revoked is None
+        self.revoked = detail
+        if first and self.on_revoked is not None:
+            self.on_revoked(detail)
+        raise DeviceRevoked(f"device revoked: {detail}", resp.status_code)
+
+    def use_identity(self, identity: DeviceIdentity) -> None:
+        """Switch to a reloaded identity (a renewed certificate; the key is the same)."""
+        self.identity = self._auth.identity = identity
+
+    def renew_certificate(self, csr: str) -> dict[str, Any]:
+        """POST a CSR signed with the device key; the controller's answer (:class:`RenewedCertificate`)."""
+        try:
+            resp = self.http.post(
+                self._path(paths.CERTIFICATE), json=CertificateRenewal(csr=csr).model_dump()
+            )
+        except httpx.HTTPError as exc:
+            raise LinkError(f"certificate renewal: {exc}") from exc
+        self._check(resp, "certificate renewal")
+        return RenewedCertificate.model_validate_json(resp.content).model_dump(mode="json")
 
     def _path(self, template: str, **params: Any) -> str:
         """A device route of the protocol for this device."""

@@ -105,6 +105,12 @@ class MqttLink(Service):
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
+    def reload_certificate(self, state_dir: Path) -> None:
+        """After a certificate renewal: the next TLS handshake presents the new certificate (mqtts)."""
+        context = getattr(self.client, "_ssl_context", None)  # set by tls_set; None without TLS
+        if context is not None:
+            context.load_cert_chain(str(state_dir / CERT_FILE), str(state_dir / KEY_FILE))
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
