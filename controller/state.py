@@ -113,7 +113,7 @@ def build_state(
 
     fleet = Fleet(
         sessions,
-        DeviceCA.load_or_create(settings.data_dir / "fleet"),
+        DeviceCA.load_or_create(settings.data_dir / "fleet", settings.device_cert_seconds),
         registry,
         last_seen_write_seconds=settings.last_seen_write_seconds,
     )
