@@ -415,7 +415,11 @@ def models_translate(
 ) -> None:
     """Translate a trained model to ONNX, validated against the source on held-out samples."""
     with _api() as fc:
-        result = fc.translate(model_id, source_version=source_version, quantize=quantize)
+        if as_json:
+            result = fc.translate(model_id, source_version=source_version, quantize=quantize)
+        else:  # the controller answers when export, validation (and int8) are done: say it is working
+            with err.status(f"translating {model_id[:8]}: export to ONNX, validate against the source"):
+                result = fc.translate(model_id, source_version=source_version, quantize=quantize)
     _emit(result.model_dump(mode="json"), as_json)
 
 
@@ -906,7 +910,17 @@ def deploy(
             reference_dataset_id=reference,
         ).deployment_id
         err.print(f"deployment {deployment_id}")
-        result = fc.wait_deployment(deployment_id) if watch else fc.deployment(deployment_id)
+        if watch and not as_json:  # a live per-wave table while it rolls
+            from rich.live import Live
+
+            result = fc.deployment(deployment_id)
+            with Live(_deployment_table(result), console=err, refresh_per_second=4) as live:
+                while result.state == "rolling":
+                    time.sleep(1.0)
+                    result = fc.deployment(deployment_id)
+                    live.update(_deployment_table(result))
+        else:
+            result = fc.wait_deployment(deployment_id) if watch else fc.deployment(deployment_id)
     if as_json:
         _emit(result.model_dump(mode="json"), True)
     else:

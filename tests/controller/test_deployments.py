@@ -263,3 +263,38 @@ def test_cli_accepts_the_short_ids_its_tables_show(
     assert json.loads(shown.stdout)["id"] == dep
     missing = fedge_cli(live, "deployments", "show", "zzzzzzzz")
     assert missing.returncode == 1 and "no deployment id starts with" in missing.stderr
+
+
+def test_deploy_watch_shows_the_waves_until_it_settles(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (a,) = _devices(live, http, tmp_path, 1)
+    model, version = upload_onnx(http, add_model(1.0))
+    env = {
+        **os.environ,
+        "FEDGE_URL": live.url,
+        "FEDGE_TOKEN": ADMIN["Authorization"].split()[1],
+        "COLUMNS": "200",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.user_cli", "deploy", model, "--version", str(version),
+         "--device", a.device_id, "--watch"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (page := http.get("/v1/deployments", headers=ADMIN).json())["items"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1.5)  # the watcher is showing the rolling table
+        _report(http, a, page["items"][0]["id"], "succeeded")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "wave" in err and "succeeded" in out and "Traceback" not in err
