@@ -303,6 +303,7 @@ def models_list(
 def models_status(model_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Status, training digest and versions of a model."""
     with _api() as fc:
+        model_id = _model_id(fc, model_id)
         meta = fc.model_metadata(model_id)
     if as_json:
         console.print_json(meta.model_dump_json())
@@ -322,6 +323,7 @@ def models_get(
 ) -> None:
     """Download a model's artifact (SHA-256 verified). Exit 1 with a message if not trained yet."""
     with _api() as fc:
+        model_id = _model_id(fc, model_id)
         params = {k: v for k, v in {"version": version, "kind": kind}.items() if v is not None}
         total = fc.content_length(f"/v1/models/{model_id}", params or None)
         with _bar(total, f"download {model_id[:8]}") as bar:
@@ -391,6 +393,7 @@ def models_train(
 ) -> None:
     """Start a training job (and watch it)."""
     with _api() as fc:
+        model_id = _model_id(fc, model_id)
         job = fc.train(
             model_id, _json_object(hyperparameters, "--hyperparameters") if hyperparameters else None
         )
@@ -415,6 +418,7 @@ def models_translate(
 ) -> None:
     """Translate a trained model to ONNX, validated against the source on held-out samples."""
     with _api() as fc:
+        model_id = _model_id(fc, model_id)
         if as_json:
             result = fc.translate(model_id, source_version=source_version, quantize=quantize)
         else:  # the controller answers when export, validation (and int8) are done: say it is working
@@ -493,6 +497,7 @@ def models_pull(
     """Download a model version in a format; the SHA-256 is checked against the chain record."""
     models_get(model_id, output, version=version, kind=None if version else fmt)
     with _api() as fc:
+        model_id = _model_id(fc, model_id)
         prov = fc.model_provenance(model_id)
         sha = hashlib_file(output)
     matches = [v for v in prov.versions if v.sha256_chain == sha]
@@ -899,6 +904,7 @@ def deploy(
 ) -> None:
     """Deploy a model version to devices (ids and/or label selector), optionally in waves."""
     with _api() as fc:
+        model_id = _model_id(fc, model_id)
         deployment_id = fc.deploy(
             model_id,
             version,
@@ -948,6 +954,25 @@ def _deployment_table(dep: DeploymentOut) -> Table:
         counts = [str(sum(t.state == st for t in targets) or "") for st in states]
         table.add_row(f"{wave + 1}{marker}", str(len(targets)), *counts)
     return table
+
+
+def _model_id(fc: FedgeClient, value: str) -> str:
+    """A full model id from a unique prefix (tables show 8 characters); a one-line error otherwise."""
+    if len(value) >= 36:
+        return value
+    found: list[str] = []
+    offset = 0
+    while True:
+        page = fc.list_models(limit=500, offset=offset)
+        found += [m.model_id for m in page.items if m.model_id.startswith(value)]
+        offset += len(page.items)
+        if not page.items or offset >= page.total or len(found) > 1:
+            break
+    if len(found) != 1:
+        what = "no model id starts with" if not found else "ambiguous model id prefix"
+        err.print(f"[red]error[/red] {what} {value!r}" + (f": {', '.join(found[:5])}" if found else ""))
+        raise typer.Exit(1)
+    return found[0]
 
 
 def _deployment_id(fc: FedgeClient, value: str) -> str:

@@ -263,6 +263,9 @@ def test_cli_accepts_the_short_ids_its_tables_show(
     assert json.loads(shown.stdout)["id"] == dep
     missing = fedge_cli(live, "deployments", "show", "zzzzzzzz")
     assert missing.returncode == 1 and "no deployment id starts with" in missing.stderr
+    status = fedge_cli(live, "models", "status", model[:8])  # the jobs/deployments tables show 8
+    assert status.returncode == 0 and model in status.stdout, status.stderr
+    assert fedge_cli(live, "models", "status", "zzzzzzzz").returncode == 1
 
 
 def test_deploy_watch_shows_the_waves_until_it_settles(
