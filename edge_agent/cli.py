@@ -191,8 +191,10 @@ def _agent_services(
 
 @app.command()
 def status(state_dir: StateDir) -> None:
-    """Print identity, active/previous model, the last desired state and the FL SuperNode (JSON)."""
+    """Print identity, active/previous model, the last desired state, the FL SuperNode and the revocation
+    marker, if any (JSON)."""
     from edge_agent.deploy.slots import SlotStore
+    from edge_agent.identity import REVOKED_FILE
     from edge_agent.learning.supernode import read_status
 
     meta_path = state_dir / "identity.json"
@@ -205,6 +207,9 @@ def status(state_dir: StateDir) -> None:
         "failed": slots.read("failed"),
         "desired": json.loads(desired_path.read_text()) if desired_path.exists() else None,
         "supernode": read_status(state_dir),
+        "revoked": json.loads(revoked.read_text())
+        if (revoked := state_dir / REVOKED_FILE).exists()
+        else None,
     }
     typer.echo(json.dumps(out, indent=2))
 

@@ -266,8 +266,9 @@ class Agent:
                     self.step()
                 self.poll_commands()
                 wait = backoff.success()
-            except DeviceRevoked:
-                continue  # the link marked it revoked (logged once); the loop idles from now on
+            except DeviceRevoked as exc:
+                self.lifecycle.mark_revoked(str(exc))  # done by the link already: a no-op then
+                continue  # revoked (logged once): the loop idles from now on
             except LinkError as exc:
                 wait = backoff.failure()
                 log.warning("controller unreachable (%s); retrying in %.1fs", exc, wait)

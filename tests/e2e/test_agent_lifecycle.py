@@ -269,3 +269,63 @@ def test_the_agent_renews_before_expiry_and_keeps_working_after_the_old_certific
             stale_link.close()
         assert r.status_code == 401
         assert r.json()["type"] == problem_type(DEVICE_CERTIFICATE_EXPIRED)
+
+
+def test_the_real_agent_process_stops_for_good_when_revoked(
+    controller: Live, http: httpx.Client, tmp_path: Path
+) -> None:
+    """``fedge-agent run`` (deploy loop, local API, MQTT link to the embedded broker, command worker): one
+    log line for the revocation, no retries on HTTP or MQTT afterwards, a clean exit on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fixtures.services import free_port
+
+    state_dir = tmp_path / "agent"
+    identity = enroll(controller[0].url, enrollment_token(http), state_dir, facts={})
+    assert identity.broker_url  # the agent connects to the broker too
+    port = free_port()
+    env = {**os.environ, "FEDGE_AGENT_MQTT_MIN_BACKOFF": "1", "FEDGE_AGENT_MQTT_MAX_BACKOFF": "1"}
+    args = ["run", "--state-dir", str(state_dir), "--api-port", str(port), "--poll-interval", "0.2"]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def status() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(base + "/v1/status", timeout=2) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except OSError:
+            return None
+
+    try:
+        _until(lambda: (status() or {}).get("state") == "active")
+        assert http.delete(f"/v1/devices/{identity.device_id}", headers=ADMIN).status_code == 204
+        _until(lambda: (status() or {}).get("state") == DEVICE_STATUS_REVOKED)
+        time.sleep(3.0)  # 15 poll intervals, 3 broker reconnect delays
+        assert (status() or {}).get("serving") is False
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        out, _ = agent.communicate(timeout=15)
+    assert agent.returncode == 0, out
+    lines = out.splitlines()
+    revoked = [i for i, line in enumerate(lines) if "revoked this device" in line]
+    assert len(revoked) == 1, out
+    after = lines[revoked[0] + 1 :]
+    assert not [line for line in after if "unreachable" in line or "broker refused" in line], out
+    shown = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "status", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert identity.device_id in json.loads(shown.stdout)["revoked"]["detail"]
