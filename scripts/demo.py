@@ -10,9 +10,12 @@ handed over to real ``fedge-agent run`` processes with FL enabled, each with its
 (written on the device side by ``simulator.fl``, never uploaded) and a privacy budget; a 3-round FedAvg
 job with local DP-SGD runs through their ``flower-supernode`` children (node auth with the enrolled keys,
 TLS with the pinned CA) while they keep serving; the result is registered (SHA-256, chain record), the
-run is recorded on chain, and the result is translated to ONNX and rolled out in canary waves. Data
-persists: a second run lists the first run's datasets and reuses the agents enrolled by the first run
-(they move to the new model; their privacy ledgers keep counting).
+run is recorded on chain, and the result is translated to ONNX and rolled out in canary waves. Last, a
+short streaming run (``scripts/demo_streaming.py``): a simulated smart meter publishes a SimBench-shaped
+load stream over MQTT, an agent's online learner forecasts and learns, the stream's level shifts +20 % and
+the monitor's drift alarm reaches the controller (MAPE, windows to detect, a plot). Data persists: a
+second run lists the first run's datasets and reuses the agents enrolled by the first run (they move to
+the new model; their privacy ledgers keep counting).
 """
 
 from __future__ import annotations
@@ -787,6 +790,9 @@ def main() -> None:
         with FedgeClient(url, token) as fc:
             agents = deploy_to_agents(fc, url, token, data_dir, model.model_id, translation)
             federated_learning(fc, data_dir, ds.dataset_id, agents)
+        from demo_streaming import streaming  # scripts/ is on the path: this file runs as a script
+
+        streaming(url, token, data_dir)
         console.print(
             f"[green]done[/green] in {time.monotonic() - began:.0f} s: {earlier.total + 1} datasets now "
             "registered; run `make demo` again to see this run's dataset listed from the persisted store "
