@@ -456,12 +456,12 @@ def models_drift_policy(
                 "debounce_seconds": debounce,
                 "webhook_url": webhook,
                 "rollout": {
-                    "waves": [float(w) for w in waves.split(",") if w.strip()],
+                    "waves": _fractions(waves, "--waves"),
                     "auto_rollback": not no_rollback,
                 },
             }
             if fl_spec is not None:
-                body["fl"] = json.loads(fl_spec.read_text(encoding="utf-8"))
+                body["fl"] = _json_object(fl_spec.read_text(encoding="utf-8"), "--fl-spec")
             policy = fc.set_drift_policy(model_id, body)
     _emit(policy.model_dump(mode="json"), as_json)
 

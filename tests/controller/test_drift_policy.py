@@ -207,6 +207,12 @@ def test_cli_sets_and_shows_the_policy(live: LiveServer, http: httpx.Client) -> 
     assert json.loads(shown.stdout)["on_drift"] == "notify"
     listed = fedge_cli(live, "models", "drift-actions", model_id)
     assert listed.returncode == 0 and "0 of 0 action(s)" in listed.stderr
+    bad = fedge_cli(live, "models", "drift-policy", model_id, "--on-drift", "notify", "--waves", "half")
+    assert bad.returncode == 2 and "--waves" in bad.stderr  # a usage error, nothing sent
+    refused = fedge_cli(
+        live, "models", "drift-policy", model_id, "--on-drift", "notify", "--waves", "0.5,0.2"
+    )
+    assert refused.returncode == 1 and "422" in refused.stderr
 
 
 # --------------------------------------------------------------------------------------------- retrain
