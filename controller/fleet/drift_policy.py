@@ -302,16 +302,17 @@ class DriftLoop:
 
     def _start_retrain(self, action_id: str, model_id: str, policy: DriftPolicyIn) -> None:
         devices = self.running_devices(model_id)
+        self._steps(action_id, devices=devices)
         try:
             if policy.retrain_with == "fl":
                 if not devices:
                     raise Unprocessable(f"no active device runs model {model_id}; an FL job needs them")
                 assert policy.fl is not None
                 fl_job, chosen = self.federation.submit(self._fl_request(model_id, policy.fl, devices), ACTOR)
-                self._steps(action_id, devices=devices, fl_job_id=fl_job.id, participants=chosen)
+                self._steps(action_id, fl_job_id=fl_job.id, participants=chosen)
             else:
                 job = self.jobs.submit(model_id, {}, ACTOR)
-                self._steps(action_id, devices=devices, job_id=job.id)
+                self._steps(action_id, job_id=job.id)
         except ProblemError as exc:
             self._fail(action_id, f"could not start the retrain: {exc.detail}")
         except Exception as exc:  # an engine that is not there (EngineUnavailable) and the like

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from controller.db.models import Device as DeviceRow
+from controller.fleet.drift_policy import OPEN
 from controller.state import build_state
 from edge_agent.identity import DeviceIdentity, enroll
 from fedge_protocol import DriftDetector, TelemetryType, paths
@@ -213,6 +214,56 @@ def test_cli_sets_and_shows_the_policy(live: LiveServer, http: httpx.Client) -> 
         live, "models", "drift-policy", model_id, "--on-drift", "notify", "--waves", "0.5,0.2"
     )
     assert refused.returncode == 1 and "422" in refused.stderr
+
+
+def _settled(http: httpx.Client, model_id: str) -> dict[str, Any]:
+    _until(lambda: bool(_actions(http, model_id)) and _actions(http, model_id)[0]["state"] not in OPEN, 120)
+    (action,) = _actions(http, model_id)
+    return action
+
+
+def test_a_retrain_the_controller_cannot_start_records_why(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    device = _device(live, http, tmp_path)
+    ds = http.post(
+        "/v1/datasets",
+        headers=ADMIN,
+        files={"dataset": ("d.npz", b"data", "application/octet-stream")},
+        data={"metadata": json.dumps({"organization_id": "org-1", "samples_dimension": "(4,)"})},
+    ).json()["dataset_id"]
+    body = {
+        "model_params": {"developer_id": "dev-1", "organization_id": "org-1"},
+        "data_params": {"dataset_id": ds},
+        "training": {"kind": "container", "image": "registry.example/trainer:1"},
+    }
+    r = http.post("/v1/models", headers=ADMIN, json=body)
+    assert r.status_code == 201, r.text
+    model_id, version = upload_onnx(http, add_model(1.0), str(r.json()["model_id"]))
+    assert _policy(http, model_id, on_drift="retrain").status_code == 200
+    _drift(http, device, 1, model_id, version)
+
+    action = _settled(http, model_id)
+
+    assert action["state"] == "failed" and "container" in action["error"]  # the local runner's refusal
+    assert "job_id" not in action["steps"]
+    assert http.get("/v1/jobs", params={"model_id": model_id}, headers=ADMIN).json() == []
+
+
+def test_an_fl_retrain_without_devices_running_the_model_records_why(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    device = _device(live, http, tmp_path)  # enrolled, but runs no model
+    model_id, version = upload_onnx(http, add_model(1.0))
+    r = _policy(http, model_id, on_drift="retrain", retrain_with="fl", fl={"rounds": 2, "local_epochs": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["fl"] == {"rounds": 2, "local_epochs": 1}
+    _drift(http, device, 1, model_id, version)
+
+    action = _settled(http, model_id)
+
+    assert action["state"] == "failed" and "no active device runs model" in action["error"]
+    assert "fl_job_id" not in action["steps"] and action["steps"]["devices"] == []
 
 
 # --------------------------------------------------------------------------------------------- retrain
