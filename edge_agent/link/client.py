@@ -110,7 +110,7 @@ class ControllerLink:
 
     def _refuse_if_revoked(self, _request: httpx.Request) -> None:
         if self.revoked is not None:
-            raise DeviceRevoked(f"device revoked: {self.revoked}", 401)
+            raise DeviceRevoked(f"not sent, the device is revoked (401 earlier): {self.revoked}", 401)
 
     def _watch_revocation(self, resp: httpx.Response) -> None:
         detail = _revocation(resp)
@@ -120,7 +120,8 @@ class ControllerLink:
         self.revoked = detail
         if first and self.on_revoked is not None:
             self.on_revoked(detail)
-        raise DeviceRevoked(f"device revoked: {detail}", resp.status_code)
+        where = f"{resp.request.method} {resp.request.url.path}"
+        raise DeviceRevoked(f"{where}: {resp.status_code} {detail}", resp.status_code)
 
     def use_identity(self, identity: DeviceIdentity) -> None:
         """Switch to a reloaded identity (a renewed certificate; the key is the same)."""
