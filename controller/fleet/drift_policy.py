@@ -63,6 +63,9 @@ OPEN = (TRAINING, TRANSLATING)
 STATES = (NOTIFIED, TRAINING, TRANSLATING, DEPLOYED, FAILED)
 _TERMINAL_JOB = ("succeeded", "failed", "cancelled")
 NONE_POLICY = DriftPolicyIn(on_drift="none")
+STARTLESS_SECONDS = 60.0
+"""A retrain action with no job after this long was cut short before its job started (it is failed, so it
+no longer holds the model's later events)."""
 
 Event = tuple[str, int, dict[str, Any]]
 
@@ -342,7 +345,12 @@ class DriftLoop:
     def _advance(self, action_id: str) -> bool:
         row = self.get_action(action_id)
         state, version, error = self._job_outcome(row.steps)
-        if state is None or state not in _TERMINAL_JOB:
+        if state is None:  # no job recorded: a controller that stopped between the action and its job
+            if utcnow() - row.updated_at > dt.timedelta(seconds=STARTLESS_SECONDS):
+                self._fail(action_id, "the controller stopped before the retrain job started", TRAINING)
+                return True
+            return False
+        if state not in _TERMINAL_JOB:
             return False
         if state != "succeeded" or version is None:
             self._fail(action_id, f"the retrain job {state}: {error or 'no new version'}", only_from=TRAINING)

@@ -361,3 +361,26 @@ def test_retrain_trains_translates_and_rolls_out_a_canary_to_the_devices_running
             assert row is not None and (row.desired or {})["version"] == steps["translated_version"]
             other = s.get(DeviceRow, idle.device_id)
             assert other is not None and not other.desired
+
+
+def test_a_retrain_cut_short_before_its_job_is_failed_and_frees_the_model(
+    live: LiveServer, http: httpx.Client
+) -> None:
+    import datetime as dt
+
+    from controller.db.models import DriftAction, utcnow
+
+    model_id, _ = upload_onnx(http, add_model(1.0))
+    old = utcnow() - dt.timedelta(minutes=5)
+    with live.state.sessions.begin() as s:
+        row = DriftAction(model_id=model_id, kind="retrain", state="training", device_id="d", event_seq=1,
+                          events=1, steps={}, created_at=old, updated_at=old)  # fmt: skip
+        s.add(row)
+        s.flush()
+        action_id = row.id
+
+    live.state.drift.advance()
+
+    (action,) = _actions(http, model_id)
+    assert (action["id"], action["state"]) == (action_id, "failed")
+    assert "before the retrain job started" in action["error"]
