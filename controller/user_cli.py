@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -956,47 +956,40 @@ def _deployment_table(dep: DeploymentOut) -> Table:
     return table
 
 
-def _model_id(fc: FedgeClient, value: str) -> str:
-    """A full model id from a unique prefix (tables show 8 characters); a one-line error otherwise."""
+def _unique_prefix(kind: str, value: str, pages: Callable[[int], tuple[list[str], int]]) -> str:
+    """The one full id starting with ``value`` (tables show 8 characters), paging through ``pages(offset)``
+    -> (ids, total); a one-line error (exit 1) when none or several match."""
     if len(value) >= 36:
         return value
     found: list[str] = []
     offset = 0
     while True:
-        page = fc.list_models(limit=500, offset=offset)
-        found += [m.model_id for m in page.items if m.model_id.startswith(value)]
-        offset += len(page.items)
-        if not page.items or offset >= page.total or len(found) > 1:
+        ids, total = pages(offset)
+        found += [i for i in ids if i.startswith(value)]
+        offset += len(ids)
+        if not ids or offset >= total or len(found) > 1:
             break
     if len(found) != 1:
-        what = "no model id starts with" if not found else "ambiguous model id prefix"
+        what = f"no {kind} id starts with" if not found else f"ambiguous {kind} id prefix"
         err.print(f"[red]error[/red] {what} {value!r}" + (f": {', '.join(found[:5])}" if found else ""))
         raise typer.Exit(1)
     return found[0]
 
 
+def _model_id(fc: FedgeClient, value: str) -> str:
+    def pages(offset: int) -> tuple[list[str], int]:
+        page = fc.list_models(limit=500, offset=offset)
+        return [m.model_id for m in page.items], page.total
+
+    return _unique_prefix("model", value, pages)
+
+
 def _deployment_id(fc: FedgeClient, value: str) -> str:
-    """A full deployment id from a unique prefix (the list shows 8 characters); a one-line error otherwise."""
-    if len(value) >= 36:
-        return value
-    found: list[str] = []
-    offset = 0
-    while True:
+    def pages(offset: int) -> tuple[list[str], int]:
         page = fc.deployments(limit=500, offset=offset)
-        found += [d.id for d in page.items if d.id.startswith(value)]
-        offset += len(page.items)
-        if not page.items or offset >= page.total or len(found) > 1:
-            break
-    if not found:
-        err.print(f"[red]error[/red] no deployment id starts with {value!r}", highlight=False)
-        raise typer.Exit(1)
-    if len(found) > 1:
-        err.print(
-            f"[red]error[/red] {value!r} is ambiguous: {', '.join(found[:5])}: give more characters",
-            highlight=False,
-        )
-        raise typer.Exit(1)
-    return found[0]
+        return [d.id for d in page.items], page.total
+
+    return _unique_prefix("deployment", value, pages)
 
 
 @deployments_app.command("list")
