@@ -120,8 +120,10 @@ def _lenient(raw: str, schema: type[BaseModel], field: str) -> Any:
 
 
 class _SeedForm:
-    """The seed's multipart parts as the native intake expects them: the small fields (sent first, as
-    the seed's curl calls do) are collected, ``metadata`` validated, and handed on before the file part."""
+    """The seed's multipart parts as the native intake expects them: the small fields are collected,
+    ``metadata`` made strict JSON and validated, and handed on before the file part when they came first
+    (then a bad one stops the upload before a byte is stored), else after it (the seed's dataset call sends
+    the file first; the intake removes the stored object when the metadata is refused)."""
 
     def __init__(self, parts: AsyncIterator[UploadPart], schema: type[BaseModel], model: bool) -> None:
         self._parts = parts
@@ -130,23 +132,25 @@ class _SeedForm:
 
     async def __aiter__(self) -> AsyncIterator[UploadPart]:
         fields: dict[str, str] = {}
-        flushed = False
+        flushed = file_seen = False
         async for part in self._parts:
             if isinstance(part, FieldPart):
-                if flushed:
-                    raise Unprocessable(f"send form field '{part.name}' before the file", field=part.name)
                 text = str(part.value)
                 if found := forbidden_text(text, part.name):
                     raise Unprocessable(f"form field '{found[0]}' contains {found[1]}", field=found[0])
-                fields[part.name] = text
+                if flushed:  # after the metadata was handed on: a plain field, judged by the intake
+                    yield FieldPart(part.name, text)
+                else:
+                    fields[part.name] = text
                 continue
-            if not flushed:
+            file_seen = True
+            if not flushed and "metadata" in fields:  # validated before a byte of the file is stored
                 flushed = True
                 for ready in self._fields(fields, file_coming=True):
                     yield ready
             yield part
-        if not flushed:
-            for ready in self._fields(fields, file_coming=False):
+        if not flushed:  # metadata after the file (curl sends parts in the order given): judged now
+            for ready in self._fields(fields, file_coming=file_seen):
                 yield ready
 
     def _fields(self, fields: dict[str, str], *, file_coming: bool) -> list[FieldPart]:

@@ -52,11 +52,13 @@ def _wait(api: Api, job_id: str, timeout: float = 300) -> dict[str, Any]:
 def _seed_dataset(api: Api, path: str = "/dataset") -> tuple[str, bytes]:
     """Section 4.3 step 1 (a digits .npz stands in for mnist-original.mat, which is not shipped)."""
     data = digits_npz()
-    r = api.client.post(
+    r = api.client.post(  # the parts in curl's order: the file first, then the metadata
         path,
         headers=api.admin,
-        files={"dataset": ("mnist-original.mat", data)},
-        data={"metadata": SEED_DATASET_METADATA},
+        files=[
+            ("dataset", ("mnist-original.mat", data)),
+            ("metadata", (None, SEED_DATASET_METADATA.encode())),
+        ],
         follow_redirects=False,
     )
     assert r.status_code == 201, r.text
@@ -223,13 +225,13 @@ def test_bad_seed_metadata_is_a_precise_422_and_leaves_nothing(any_api: Api) -> 
     assert api.client.get("/v1/models", headers=api.admin).json()["total"] == before
     assert api.client.get("/v1/jobs", headers=api.admin).json() == []
 
-    r = api.client.post(
-        "/dataset",
-        headers=api.admin,
-        files={"dataset": ("d", b"1")},
-        data={"metadata": '{"samples_dimension": "x"}'},
-    )
-    assert r.status_code == 422 and r.json()["field"] == "metadata.organization_id"
+    bad = '{"samples_dimension": "x",}'
+    for parts in (
+        [("dataset", ("d", b"1")), *_form(metadata=bad)],
+        [*_form(metadata=bad), ("dataset", ("d", b"1"))],
+    ):
+        r = api.client.post("/dataset", headers=api.admin, files=parts)
+        assert r.status_code == 422 and r.json()["field"] == "metadata.organization_id", r.text
     assert api.client.get("/v1/datasets", headers=api.admin).json()["total"] == 1
 
 
