@@ -148,6 +148,15 @@ def test_the_seed_sentence_until_trained(api: Api) -> None:
     got = api.client.get(f"/model/{model_id}", headers=api.admin)
     assert got.status_code == 200 and got.json() == not_trained_text(model_id)
     assert got.json() == f"Model {model_id} has not been trained yet. Please, try again later."
+    # seed table 16 POST /train/{id}: the native job submission (this model has no training spec)
+    r = api.client.post(f"/train/{model_id}", headers=api.admin)
+    assert r.status_code == 422 and r.json()["field"] == "training"
+    # seed table 10 PUT /model/{id}: a training result stored as a version, then served by GET /model/{id}
+    stored = api.client.put(f"/model/{model_id}", headers=api.admin, content=b"weights")
+    assert stored.status_code == 201 and stored.json()["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert api.client.get(f"/model/{model_id}/", headers=api.admin).content == b"weights"
+    developer = api.token("developer")
+    assert api.client.put(f"/model/{model_id}", headers=developer, content=b"x").status_code == 403
 
 
 def test_seed_walkthrough_trains_downloads_and_translates(api_e2e: Api) -> None:
