@@ -162,7 +162,12 @@ class _MultipartParts:
         except UnicodeDecodeError as exc:
             raise Unprocessable(f"form field '{name}' is not UTF-8", field=name) from exc
         schema = self._form.json.get(name)
-        return parse_json_field(value, schema, name) if schema is not None else value
+        if schema is not None:
+            return parse_json_field(value, schema, name)
+        found = forbidden_text(value, name)
+        if found:
+            raise Unprocessable(f"form field '{name}' contains {found[1]}", field=name)
+        return value
 
     async def _next_event(self) -> tuple[str, bytes] | None:
         """The next parser event, reading the body as needed; None once the body has ended."""

@@ -43,7 +43,9 @@ def test_forbidden_text_finds_the_first_bad_string_or_key() -> None:
         ('{"model_params": {"x\\u001b": 1}}', "body.model_params.x\x1b"),
     ],
 )
-def test_json_body_with_unstorable_text_is_422_and_nothing_written(any_api: Api, raw: str, field: str) -> None:
+def test_json_body_with_unstorable_text_is_422_and_nothing_written(
+    any_api: Api, raw: str, field: str
+) -> None:
     resp = any_api.client.post(
         "/v1/models", headers={**any_api.admin, "content-type": "application/json"}, content=raw.encode()
     )
@@ -68,7 +70,9 @@ def test_nul_in_multipart_metadata_is_422_and_stores_nothing(any_api: Api) -> No
 
 def test_control_characters_in_path_and_query_are_422(any_api: Api) -> None:
     _problem(any_api.client.get("/v1/models/abc%00def", headers=any_api.admin), 422, "path")
-    _problem(any_api.client.get("/v1/models?dataset_id=a%00b", headers=any_api.admin), 422, "query.dataset_id")
+    _problem(
+        any_api.client.get("/v1/models?dataset_id=a%00b", headers=any_api.admin), 422, "query.dataset_id"
+    )
     _problem(any_api.client.get("/v1/datasets/%1b", headers=any_api.admin), 422, "path")
 
 
@@ -78,3 +82,18 @@ def test_clean_input_with_tabs_and_newlines_still_works(any_api: Api) -> None:
     dataset_id = resp.json()["dataset_id"]
     meta = any_api.client.get(f"/v1/datasets/{dataset_id}/metadata", headers=any_api.admin).json()
     assert json.dumps(meta).count("line one") == 1
+
+
+def test_nul_in_a_plain_form_field_is_422_and_registers_nothing(any_api: Api) -> None:
+    dataset_id = any_api.push_dataset(b"abc", META).json()["dataset_id"]
+    meta = {
+        "model_params": {"developer_id": "d", "organization_id": "o"},
+        "data_params": {"dataset_id": dataset_id},
+    }
+    resp = any_api.client.post(
+        "/v1/models",
+        headers=any_api.admin,
+        files=[("metadata", (None, json.dumps(meta).encode())), ("train_image", (None, b"img\x00:1"))],
+    )
+    _problem(resp, 422, "train_image")
+    assert _count(any_api, Model) == 0
