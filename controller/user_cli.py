@@ -903,14 +903,16 @@ def deploy(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Deploy a model version to devices (ids and/or label selector), optionally in waves."""
+    fractions = _fractions(waves, "--waves") if waves else None  # usage errors before any request
+    labels = _pairs(selector, "--selector") or None
     with _api() as fc:
         model_id = _model_id(fc, model_id)
         deployment_id = fc.deploy(
             model_id,
             version,
             device_ids=device or None,
-            selector=_pairs(selector, "--selector") or None,
-            waves=_fractions(waves, "--waves") if waves else None,
+            selector=labels,
+            waves=fractions,
             max_failure_ratio=max_failure_ratio,
             auto_rollback=auto_rollback,
             reference_dataset_id=reference,
