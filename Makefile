@@ -30,7 +30,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DO_NOT_TRACK := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup system demo test lint typecheck bench clean lock
+.PHONY: setup system demo test test-heavy lint typecheck bench clean lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -74,8 +74,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The default suite (under 20 minutes on 2 cores) leaves out the longest end-to-end runs (marker `heavy`:
+# SecAgg+ and FedPATE through real SuperNodes, FLARE cancellation, certificate renewal on Mosquitto);
+# `make test-heavy` runs those, and .ci/run runs both.
 test: setup lint typecheck
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -m "not heavy" $(PYTEST_ARGS)
+
+test-heavy: setup
+	$(PY) -m pytest -p no:cacheprovider -m heavy $(PYTEST_ARGS)
 
 bench: setup
 	@for b in bench/*.py; do case $$b in */_*) continue;; esac; echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; done

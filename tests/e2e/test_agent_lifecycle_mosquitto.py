@@ -30,6 +30,7 @@ def short_lived_mosquitto(
         yield fleet
 
 
+@pytest.mark.heavy
 def test_a_renewed_certificate_is_presented_to_mosquitto_after_the_old_one_expired(
     short_lived_mosquitto: Fleet, tmp_path: Path
 ) -> None:

@@ -50,7 +50,7 @@ from fedge_protocol.federation import NodeKey
 from tests.conftest import ADMIN_TOKEN, LiveServer
 from tests.controller.federation.fl_helpers import register_digits_model, write_partition
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 BIN = Path(sys.executable).parent
 TAG = uuid.uuid4().hex  # every process this module starts carries it (cleanup by PID)

@@ -125,6 +125,7 @@ def test_a_two_client_nvflare_job_runs_to_a_registered_model_with_a_chain_record
     )
 
 
+@pytest.mark.heavy
 def test_a_running_nvflare_job_is_cancelled_and_its_processes_stopped(ctl: Ctl) -> None:
     job_id = ctl.submit(rounds=200)
     deadline = time.monotonic() + 180
@@ -163,6 +164,7 @@ def test_the_job_api_refuses_what_nvflare_does_not_run_and_names_a_missing_extra
     assert ctl.client.get("/v1/fl/jobs", headers=ADMIN).json()["total"] == 0  # nothing was queued
 
 
+@pytest.mark.heavy
 def test_the_flare_child_ends_when_the_controller_that_started_it_dies(tmp_path: Path) -> None:
     """The child runs in its own session (cancel stops its tree): a controller killed with SIGKILL must not
     leave FLARE running."""

@@ -36,7 +36,7 @@ from tests.controller.federation.test_flower_e2e import (
     start_supernode,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture(scope="module")
