@@ -75,7 +75,8 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The default suite (under 20 minutes on 2 cores) leaves out the longest end-to-end runs (marker `heavy`:
-# SecAgg+ and FedPATE through real SuperNodes, FLARE cancellation, certificate renewal on Mosquitto);
+# SecAgg+, FedPATE and the audited Flower job through real SuperNodes, FLARE cancellation, certificate
+# renewal, the drift loop's retrain, the CLI simulation);
 # `make test-heavy` runs those, and .ci/run runs both.
 test: setup lint typecheck
 	$(PY) -m pytest -p no:cacheprovider -m "not heavy" $(PYTEST_ARGS)

@@ -40,6 +40,7 @@ def _fedge(tmp: Path, *args: str, timeout: float = 60, prelude: str = "") -> sub
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_three_device_two_round_private_simulation_prints_every_round_as_json(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     output = tmp_path / "final.npz"

@@ -311,6 +311,7 @@ def _job_done(http: httpx.Client, job_id: str) -> dict[str, Any]:
     return job
 
 
+@pytest.mark.heavy
 def test_retrain_trains_translates_and_rolls_out_a_canary_to_the_devices_running_the_model(
     trained_live: LiveServer, tmp_path: Path
 ) -> None:

@@ -233,6 +233,7 @@ def short_lived(tmp_path_factory: pytest.TempPathFactory, shared_evm: ChainBacke
     state.close()
 
 
+@pytest.mark.heavy
 def test_the_agent_renews_before_expiry_and_keeps_working_after_the_old_certificate_expired(
     short_lived: Live, tmp_path: Path
 ) -> None:

@@ -39,7 +39,7 @@ from edge_agent.identity import make_csr
 from tests.conftest import ADMIN_TOKEN, LiveServer, fedge_cli
 from tests.controller.federation.fl_helpers import ADMIN, register_digits_model, write_partition
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 BIN = Path(sys.executable).parent
 TAG = uuid.uuid4().hex  # every process this module starts carries it (cleanup by PID)
