@@ -245,8 +245,9 @@ def datasets_get(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="download to this file")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show a dataset's metadata; with -o, download it (SHA-256 verified)."""
+    """Show a dataset's metadata; with -o, download it (SHA-256 verified). A unique id prefix is enough."""
     with _api() as fc:
+        dataset_id = _dataset_id(fc, dataset_id)
         meta = fc.dataset_metadata(dataset_id)
         if output is None:
             _emit(meta.model_dump(), as_json)
@@ -984,6 +985,14 @@ def _model_id(fc: FedgeClient, value: str) -> str:
         return [m.model_id for m in page.items], page.total
 
     return _unique_prefix("model", value, pages)
+
+
+def _dataset_id(fc: FedgeClient, value: str) -> str:
+    def pages(offset: int) -> tuple[list[str], int]:
+        page = fc.list_datasets(limit=500, offset=offset)
+        return [d.dataset_id for d in page.items], page.total
+
+    return _unique_prefix("dataset", value, pages)
 
 
 def _deployment_id(fc: FedgeClient, value: str) -> str:

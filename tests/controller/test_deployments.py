@@ -266,6 +266,9 @@ def test_cli_accepts_the_short_ids_its_tables_show(
     status = fedge_cli(live, "models", "status", model[:8])  # the jobs/deployments tables show 8
     assert status.returncode == 0 and model in status.stdout, status.stderr
     assert fedge_cli(live, "models", "status", "zzzzzzzz").returncode == 1
+    dataset = http.get(f"/v1/models/{model}/metadata", headers=ADMIN).json()["data_params"]["dataset_id"]
+    got = fedge_cli(live, "datasets", "get", dataset[:8], "--json")  # the models table shows 8
+    assert got.returncode == 0 and dataset in got.stdout, got.stderr
 
 
 def test_deploy_watch_shows_the_waves_until_it_settles(
