@@ -301,12 +301,22 @@ def _model_bytes(plan: JobPlan) -> int:
 
 def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
     """End this process when the controller that started it is gone (it runs in a session of its own, so
-    a killed controller would otherwise leave it running; FLARE's workers end with their parent, this)."""
+    a killed controller would otherwise leave it running), and FLARE's process tree with it: its simulator
+    server and client workers run in sessions of their own and would outlive this process."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval)
-        os._exit(3)
+        try:
+            import psutil  # type: ignore[import-untyped]
+
+            tree = psutil.Process().children(recursive=True)
+            for proc in tree:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            psutil.wait_procs(tree, timeout=10)
+        finally:
+            os._exit(3)
 
     threading.Thread(target=watch, name="fedge-parent-watch", daemon=True).start()
 
@@ -522,7 +532,7 @@ class _Tree:
 
     def scan(self) -> None:
         try:
-            import psutil  # type: ignore[import-untyped]
+            import psutil
         except ImportError:  # nvflare depends on psutil; without it only the group is stopped
             return
         with contextlib.suppress(psutil.Error):

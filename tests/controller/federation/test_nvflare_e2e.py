@@ -200,8 +200,13 @@ def test_the_flare_child_ends_when_the_controller_that_started_it_dies(tmp_path:
     )
     assert controller.stdout is not None
     child = psutil.Process(int(controller.stdout.readline()))
+    tree: list[psutil.Process] = []
     try:
-        time.sleep(2)
+        deadline = time.monotonic() + 60
+        while len(tree) < 3 and time.monotonic() < deadline:  # FLARE's server and both client workers
+            with contextlib.suppress(psutil.Error):
+                tree = child.children(recursive=True)
+            time.sleep(0.2)
         os.kill(controller.pid, signal.SIGKILL)
         controller.wait(10)
         deadline = time.monotonic() + 30
@@ -210,7 +215,12 @@ def test_the_flare_child_ends_when_the_controller_that_started_it_dies(tmp_path:
                 break
             time.sleep(0.2)
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        _, alive = psutil.wait_procs(tree, timeout=30)  # and FLARE's tree with it (own sessions)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
     finally:
+        for p in tree:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         with contextlib.suppress(psutil.Error):
             for p in [*child.children(recursive=True), child]:
                 p.kill()
