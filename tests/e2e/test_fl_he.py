@@ -40,7 +40,6 @@ from tests.e2e.test_fl import QUIET, AgentProc, _healthy
 from tests.fixtures.services import free_port, wait_for
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("tenseal")
 
 TAG = uuid.uuid4().hex
 BUDGET, EPSILON, DELTA = 20.0, 8.0, 1e-5

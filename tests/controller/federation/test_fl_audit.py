@@ -22,9 +22,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
-pytest.importorskip("flwr")
-
 from flwr.app import (
     Array,
     ArrayRecord,

@@ -305,7 +305,7 @@ def _revoked_key_is_refused(fed: Federation, device: Device, params: dict[str, A
 
 def test_the_cli_lists_and_watches_fl_jobs_as_json(fed: Federation) -> None:
     if not FIRST_JOB:
-        pytest.skip("needs the job of the previous test")
+        pytest.fail("needs the job of the previous test, which did not finish: run the module whole")
     job_id = FIRST_JOB[0]
     watched = fedge_cli(fed.live, "fl", "watch", job_id, "--json")
     assert watched.returncode == 0, watched.stderr
@@ -361,7 +361,7 @@ def _logs(fed: Federation) -> str:
 
 def test_the_result_is_the_stored_program_and_translates_to_onnx(fed: Federation, tmp_path: Path) -> None:
     if not FIRST_JOB:
-        pytest.skip("needs the job of the previous test")
+        pytest.fail("needs the job of the previous test, which did not finish: run the module whole")
     with FedgeClient(fed.live.url, ADMIN_TOKEN) as fc:
         job = fc.fl_job(FIRST_JOB[0])
         assert job.result is not None
@@ -379,7 +379,7 @@ def test_every_round_of_the_job_is_on_chain_and_its_audit_verifies(fed: Federati
     """docs/fl-audit.md under real SuperNodes: each device's audit mod checked its inclusion proof against
     the root read back from the chain (its receipts), and ``fedge fl audit`` verifies the whole job."""
     if not FIRST_JOB:
-        pytest.skip("needs the job of the previous test")
+        pytest.fail("needs the job of the previous test, which did not finish: run the module whole")
     from tests.controller.federation.test_fl_audit import check_job_audit
 
     check_job_audit(fed.live, FIRST_JOB[0], {d.id: d.dir for d in fed.devices[:2]})

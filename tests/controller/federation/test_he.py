@@ -13,10 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-pytest.importorskip("flwr")
-pytest.importorskip("tenseal")
-
 import tenseal as ts
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp

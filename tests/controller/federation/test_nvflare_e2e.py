@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-pytest.importorskip("nvflare")
-
 from controller.app import create_app
 from controller.chain.base import ChainBackend
 from controller.config import ControllerSettings

@@ -12,9 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-pytest.importorskip("flwr")
-
 from fastapi.testclient import TestClient
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 

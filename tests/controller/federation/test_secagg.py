@@ -14,9 +14,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-
-pytest.importorskip("flwr")
-
 from flwr.app import Context
 
 from controller.federation.secagg import (

@@ -10,9 +10,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-pytest.importorskip("flwr")
-
 from flwr.app import (
     Array,
     ArrayRecord,

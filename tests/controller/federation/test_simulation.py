@@ -12,9 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("flwr")
-pytest.importorskip("ray")
-
 from simulator.fl.flower import simulate
 from simulator.fl.partition import make_federated_digits
 

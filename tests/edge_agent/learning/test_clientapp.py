@@ -8,10 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("flwr")
-pytest.importorskip("opacus")
-
 from flwr.app import (
     Array,
     ArrayRecord,

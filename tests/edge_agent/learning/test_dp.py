@@ -7,8 +7,6 @@ import warnings
 
 import pytest
 
-pytest.importorskip("opacus")
-
 from edge_agent.learning import dp
 from edge_agent.learning.data import LocalData
 from edge_agent.learning.models import resolve_factory

@@ -4,6 +4,7 @@ and the ``fedge-agent privacy`` / ``status`` output."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -258,7 +259,7 @@ def test_a_device_without_data_refuses(setup: Setup) -> None:
 
 
 def test_the_budget_check_counts_other_jobs_spend_but_not_the_joining_jobs_own(setup: Setup) -> None:
-    pytest.importorskip("numpy")
+    importlib.import_module("numpy")
     from edge_agent.learning.ledger import PrivacyLedger
 
     ledger = PrivacyLedger(setup.state / "privacy" / "digits.json", budget_epsilon=2.5, dataset="digits")
@@ -364,7 +365,7 @@ def test_fedge_agent_status_shows_the_supernode(setup: Setup) -> None:
 
 
 def test_fedge_agent_run_hosts_the_supernode_only_when_fl_is_on(setup: Setup) -> None:
-    pytest.importorskip("onnxruntime")
+    importlib.import_module("onnxruntime")
     from edge_agent.cli import _agent_services
     from edge_agent.config import AgentSettings
     from edge_agent.identity import DeviceIdentity

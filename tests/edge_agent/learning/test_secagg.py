@@ -4,10 +4,6 @@ whole protocol against the real ClientApp runs in tests/controller/federation/te
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("flwr")
-
 from flwr.app import ConfigRecord, Context, Error, Message, Metadata, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 

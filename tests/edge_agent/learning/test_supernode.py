@@ -11,6 +11,7 @@ ClientApp (the device's, wrapped in the round-lock mod) holds the agent's update
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -213,13 +214,13 @@ def test_the_node_config_carries_the_clientapp_keys_and_parses_as_flower_reads_i
         "fedge-privacy-accountant": "prv",
         "fedge-require-dp": True,
     }
-    flwr_config = pytest.importorskip("flwr.common.config")
+    flwr_config = importlib.import_module("flwr.common.config")
     assert flwr_config.parse_config_args([str(path)]) == config
 
 
 def test_the_node_config_keys_are_the_clientapps() -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("flwr")
+    importlib.import_module("torch")
+    importlib.import_module("flwr")
     from edge_agent.learning import clientapp, roundlock
 
     assert (sn.NODE_DATA_PATH, sn.NODE_STATE_DIR, sn.NODE_DATASET_ID) == (
@@ -475,10 +476,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
-    pytest.importorskip("flwr")
     program = Path(sys.executable).parent / "flower-superlink"
-    if not program.exists():
-        pytest.skip("flower-superlink is not installed next to this interpreter")
+    assert program.exists(), (
+        "flower-superlink is not installed next to this interpreter (make setup installs it)"
+    )
     import httpx
     from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
@@ -686,7 +687,7 @@ ROUND_APP = {
 def test_a_real_round_runs_in_a_clientapp_that_holds_the_update_lock_and_stop_leaves_nothing(
     superlink: Link, tmp_path: Path
 ) -> None:
-    pytest.importorskip("torch")
+    importlib.import_module("torch")
     import hashlib
 
     from flwr.cli.build import build_fab_from_disk
