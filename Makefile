@@ -56,7 +56,7 @@ lock: | $(PY)
 	    '# Regenerate with `make lock` (overrides in requirements/overrides.txt); do not edit by hand.'; \
 	  grep -v '^# fedge lock:\|^# Installed by `make setup`\|^# Regenerate with `make lock`' $(LOCK); } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
-	! grep -i -E '^(nvidia|triton|cuda)' $(LOCK)
+	! grep -i -E '^(nvidia|triton==|cuda)' $(LOCK)
 	grep -q '^torch==2.13.0+cpu$$' $(LOCK)
 
 system:
