@@ -41,6 +41,11 @@ APT_CHECKS=(
     # packaging tests: lint packaging/install-agent.sh, verify packaging/systemd/fedge-agent.service
     "shellcheck|have shellcheck"
     "systemd|have systemd-analyze"
+    # images and the compose stack (make images / make stack / make test-stack): podman with runc, and
+    # debootstrap for the registry-free base image (packaging/images/build-base.sh)
+    "podman|have podman"
+    "runc|have runc"
+    "debootstrap|have debootstrap"
 )
 
 apt_missing=()
