@@ -37,6 +37,7 @@ from controller.api.audit import router as audit_router
 from controller.api.input_guard import InputGuard
 from controller.api.openapi import install_openapi, mount_docs
 from controller.errors import ProblemError
+from controller.observability.metrics import install_metrics
 from controller.state import ControllerState
 
 log = logging.getLogger("fedge.controller")
@@ -77,6 +78,7 @@ def create_app(state: ControllerState) -> FastAPI:
     mount_docs(app)
     app.add_middleware(InputGuard)
     app.add_middleware(AuditTrail, state=state)  # outermost: sees every response, even the guard's
+    install_metrics(app, state)  # GET /metrics; its HTTP middleware wraps even the audit trail
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:

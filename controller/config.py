@@ -164,6 +164,11 @@ class ControllerSettings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Initial admin token on first start (automation). Else one is generated."
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, GET /metrics needs Authorization: Bearer <metrics_token> (else it is open, "
+        "like /healthz; docs/metrics.md).",
+    )
     oidc_issuer: str | None = Field(default=None, description="Enable OIDC bearer JWTs from this issuer.")
     oidc_audience: str | None = None
     oidc_role_claim: str = Field(default="fedge_role", description="Claim (dotted path) holding the role.")

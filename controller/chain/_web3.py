@@ -30,6 +30,7 @@ from controller.chain.contracts import ALL_CONTRACTS, DATASET_RECORD, MODEL_RECO
 from controller.chain.errors import ChainError, ChainUnavailable, InvalidRecord, RecordNotFound
 from controller.chain.keys import ControllerKey
 from controller.chain.seed import ContractKind, SeedContracts
+from controller.observability.metrics import timed_chain_tx
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Web3ChainBackend(ChainBackend):
         self.registry_address = to_checksum_address(address)
         self._registry = self._w3.eth.contract(address=self.registry_address, abi=load_contract(REGISTRY).abi)
 
+    @timed_chain_tx
     def _transact(
         self, to: str | None, data: bytes, *, value: int = 0, label: str | None = None
     ) -> TxReceipt:

@@ -15,12 +15,14 @@ import logging
 from sqlalchemy import select
 
 from controller.db.models import Dataset, Model, ModelVersion, utcnow
+from controller.observability.metrics import counted_reconcile
 from controller.registry.catalog import PENDING
 from controller.registry.intake import Intake
 
 log = logging.getLogger("fedge.registry")
 
 
+@counted_reconcile
 def reconcile(intake: Intake, grace_seconds: int) -> dict[str, int]:
     """Remove stale pending rows (with their objects) and unreferenced old objects; counts by kind."""
     sessions, store, buckets = intake.sessions, intake.store, intake.buckets

@@ -18,6 +18,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.observability.metrics import counted_publish
+
 log = logging.getLogger("fedge.broker")
 
 SERVICE_USER = "fedge-controller"
@@ -96,6 +98,7 @@ class Broker(ABC):
             self._client = None
         self._connected.clear()
 
+    @counted_publish
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Publish; True when the broker acknowledged it (QoS 1) within 5 s."""
         if self._client is None:

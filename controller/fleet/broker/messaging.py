@@ -15,6 +15,7 @@ from controller.fleet.broker.base import Broker
 from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
 from controller.fleet.devices import ACTIVE, Fleet
+from controller.observability.metrics import counted_receive
 from fedge_protocol import Leaf, OutboxMessage, StatusReport, device_topic, every_device, split_device_topic
 
 log = logging.getLogger("fedge.broker.messaging")
@@ -117,6 +118,7 @@ class FleetMessaging:
             self._last_seq[device_id] = seq
             return True
 
+    @counted_receive
     def _on_message(self, topic: str, payload: bytes) -> None:
         found = split_device_topic(topic)
         if found is None:

@@ -1,0 +1,1 @@
+"""Controller observability: Prometheus metrics (:mod:`controller.observability.metrics`)."""
