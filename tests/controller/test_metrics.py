@@ -4,6 +4,7 @@ hooks, and the optional bearer token."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -135,3 +136,22 @@ def test_metrics_token_protects_the_endpoint(
             assert "/metrics" not in client.get("/openapi.json").json()["paths"]
     finally:
         state.close()
+
+
+def test_chain_transaction_failures_are_counted_by_error_class() -> None:
+    from controller.chain.errors import ChainUnavailable
+    from controller.observability.metrics import CHAIN_TX_FAILURES, CHAIN_TX_SECONDS, timed_chain_tx
+
+    @timed_chain_tx
+    def transact(fail: bool) -> str:
+        if fail:
+            raise ChainUnavailable("node down")
+        return "receipt"
+
+    failures = CHAIN_TX_FAILURES.labels("ChainUnavailable")._value.get()
+    failed = CHAIN_TX_SECONDS.labels("failed")._sum.get()
+    assert transact(False) == "receipt"
+    with pytest.raises(ChainUnavailable):
+        transact(True)
+    assert CHAIN_TX_FAILURES.labels("ChainUnavailable")._value.get() == failures + 1
+    assert CHAIN_TX_SECONDS.labels("failed")._sum.get() > failed
