@@ -16,8 +16,10 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 
+from controller import cli as controller_cli
 from controller.api.health import router as health_router
 from controller.config import ControllerSettings
 from edge_agent.config import AgentSettings
@@ -33,6 +35,8 @@ EXTERNAL_VALUES: dict[str, Any] = {
     "image": {"repository": "registry.example.org/fedge/controller", "tag": "1.2.3"},
     "publicUrl": "https://fedge.example.org",
     "logFormat": "json",
+    "tls": {"existingSecret": "fedge-tls"},
+    "forwardedAllowIps": "10.0.0.0/8",
     "existingSecret": "fedge-credentials",
     "storage": {
         "backend": "s3",
@@ -57,7 +61,14 @@ EXTERNAL_VALUES: dict[str, Any] = {
         "pvc": "fedge-jobs",
     },
     "oidc": {"issuer": "https://idp.example.org", "audience": "fedge", "defaultRole": "developer"},
-    "metrics": {"auth": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {
+        "auth": True,
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "prometheus"},
+            "tlsConfig": {"serverName": "fedge.fedge.svc"},
+        },
+    },
     "networkPolicy": {
         "enabled": True,
         "ingressFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}],
@@ -116,6 +127,8 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
                             "path": {"type": "string", "pattern": "^/"},
                             "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
                             "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "tlsConfig": {"type": "object"},
                             "authorization": {
                                 "type": "object",
                                 "required": ["type", "credentials"],
@@ -202,6 +215,16 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Contr
     return ControllerSettings(_env_file=None)  # type: ignore[call-arg]
 
 
+def check_serve_args(args: list[str]) -> dict[str, str]:
+    """Every argument is an option of `fedge-controller serve` (as --name=value)."""
+    command = typer.main.get_command(controller_cli.app)
+    serve = command.commands["serve"]  # type: ignore[attr-defined]
+    options = {opt for param in serve.params for opt in param.opts}
+    parsed = dict(arg.split("=", 1) for arg in args)
+    assert set(parsed) <= options, sorted(set(parsed) - options)
+    return parsed
+
+
 def health_paths() -> set[str]:
     return {route.path for route in health_router.routes}  # type: ignore[attr-defined]
 
@@ -240,7 +263,8 @@ def test_controller_defaults_render_embedded_single_replica(
     (container,) = pod["containers"]
     assert container["image"] == "localhost/fedge-controller:dev"
     assert container["command"] == ["fedge-controller", "serve"]
-    assert not any(a.startswith("--log-format") for a in container["args"])
+    assert check_serve_args(container["args"]) == {"--log-level": "info"}
+    assert "scheme" not in container["readinessProbe"]["httpGet"]
 
     # probes: the controller's real liveness and readiness routes, on the named API port
     paths = health_paths()
@@ -278,7 +302,19 @@ def test_controller_external_endpoints_existing_secret(
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "registry.example.org/fedge/controller:1.2.3"
-    assert "--log-format=json" in container["args"]
+    assert check_serve_args(container["args"]) == {
+        "--log-level": "info",
+        "--log-format": "json",
+        "--tls-cert": "/etc/fedge/tls/tls.crt",
+        "--tls-key": "/etc/fedge/tls/tls.key",
+        "--forwarded-allow-ips": "10.0.0.0/8",
+    }
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    (tls_mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    assert tls_mount["mountPath"] == "/etc/fedge/tls" and tls_mount["readOnly"] is True
+    (tls_volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls_volume["secret"]["secretName"] == "fedge-tls"
     assert pod["automountServiceAccountToken"] is True  # the Kubernetes job runner calls the API
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
     assert refs == {"fedge-credentials"}
@@ -341,6 +377,7 @@ def test_controller_external_endpoints_existing_secret(
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
     (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"serverName": "fedge.fedge.svc"}
     assert endpoint["authorization"] == {
         "type": "Bearer",
         "credentials": {"name": "fedge-credentials", "key": "metrics-token"},
