@@ -3,7 +3,9 @@
 GET /healthz, GET /v1/model (active model id, version, sha256), GET /v1/status (revoked or not,
 certificate; ``edge_agent.lifecycle``), POST /v1/infer with
 ``{inputs: {name: list}}`` or ``{image: base64}`` / ``{images: [...]}`` (see ``runtime.hooks``);
-``/v1/online/...`` when online learners are configured (``edge_agent.online.routes``).
+``/v1/online/...`` when online learners are configured (``edge_agent.online.routes``); ``/v2/...``: the
+Open Inference Protocol (KServe v2, ``edge_agent.api_v2``). HTTP/1.1 keep-alive with TCP_NODELAY (no
+Nagle / delayed-ACK stalls on a reused connection).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.api_v2 import V2Routes
+from edge_agent.api_v2 import matches as v2_matches
 from edge_agent.process import Service
 from edge_agent.runtime.hooks import BadRequest, InferenceService
 from edge_agent.runtime.session import InferenceError, ModelRuntime
@@ -36,9 +40,12 @@ def make_server(
     ``lifecycle``: ``GET /v1/status`` (revoked or not, certificate), and inference refused once revoked
     (unless it keeps serving)."""
     svc = service or InferenceService(runtime)
+    v2_routes = V2Routes(svc, lifecycle)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "fedge-agent"
+        protocol_version = "HTTP/1.1"  # keep-alive: every reply carries Content-Length
+        disable_nagle_algorithm = True  # TCP_NODELAY on each connection
 
         def log_message(self, format: str, *args: Any) -> None:
             return
@@ -53,9 +60,30 @@ def make_server(
             self.wfile.write(data)
 
         def _problem(self, status: int, title: str, detail: str) -> None:
+            if status == 413:
+                self.close_connection = True  # the body was not read: the connection cannot be reused
             self._send(status, {"type": "about:blank", "title": title, "status": status, "detail": detail})
 
+        def _v2(self, method: str) -> None:
+            body = b""
+            if method == "POST":
+                size = int(self.headers.get("Content-Length") or 0)
+                if size > MAX_BODY:
+                    self._problem(413, "Payload too large", f"body over {MAX_BODY} bytes")
+                    return
+                body = self.rfile.read(size)
+            status, headers, data = v2_routes.handle(method, self.path, self.headers, body)
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_GET(self) -> None:
+            if v2_matches(self.path):
+                self._v2("GET")
+                return
             if online is not None and online.matches(self.path):
                 self._send(*online.handle("GET", self.path))
                 return
@@ -76,6 +104,9 @@ def make_server(
                 self._problem(404, "Not found", f"no route {self.path}")
 
         def do_POST(self) -> None:
+            if v2_matches(self.path):
+                self._v2("POST")
+                return
             if online is not None and online.matches(self.path):
                 size = int(self.headers.get("Content-Length") or 0)
                 if size > MAX_BODY:

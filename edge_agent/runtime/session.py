@@ -99,21 +99,33 @@ class ModelRuntime:
             self._active = None
 
     def infer(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        active = self._active  # one read: a concurrent swap cannot change the session under this call
+        """``{name: nested list}`` in, ``{name: nested list}`` out (``/v1/infer``): a layer over ``run``."""
+        active = self._active
         if active is None:
             raise InferenceError("no model is active on this device yet")
-        session = active.session
         feed = {}
-        for i in session.get_inputs():
+        for i in active.session.get_inputs():
             if i.name not in inputs:
                 raise InferenceError(f"missing input '{i.name}'")
             try:
                 feed[i.name] = np.asarray(inputs[i.name], dtype=_dtype(i.type))
             except (ValueError, TypeError) as exc:
                 raise InferenceError(f"input '{i.name}': {exc}") from exc
+        _, outputs = self.run(feed, active=active)
+        return {n: r.tolist() for n, r in outputs.items()}
+
+    def run(
+        self, feed: dict[str, np.ndarray], names: Sequence[str] | None = None, active: Active | None = None
+    ) -> tuple[Active, dict[str, np.ndarray]]:
+        """Arrays in, arrays out on the active model (or ``active``: the one a caller already read); the
+        outputs named (default: all, in the model's order). Returns the model that ran and its outputs."""
+        active = active or self._active  # one read: a concurrent swap cannot change the session in use
+        if active is None:
+            raise InferenceError("no model is active on this device yet")
+        session = active.session
+        wanted = list(names) if names else [o.name for o in session.get_outputs()]
         try:
-            results = session.run(None, feed)
+            results = session.run(wanted, feed)
         except Exception as exc:  # ORT's own exception types (shape/type errors)
             raise InferenceError(str(exc)) from exc
-        names = [o.name for o in session.get_outputs()]
-        return {n: np.asarray(r).tolist() for n, r in zip(names, results, strict=True)}
+        return active, {n: np.asarray(r) for n, r in zip(wanted, results, strict=True)}
