@@ -212,7 +212,7 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Contr
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return ControllerSettings(_env_file=None)  # type: ignore[call-arg]
+    return ControllerSettings(_env_file=None)
 
 
 def check_serve_args(args: list[str]) -> dict[str, str]:
@@ -410,7 +410,7 @@ def test_controller_external_endpoints_existing_secret(
 
 
 def test_controller_generated_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    values = {
+    values: dict[str, Any] = {
         "database": {"url": "postgresql+psycopg://u:p@pg:5432/fedge"},
         "adminToken": "fedge_admin-initial",
         "chain": {"privateKey": "0x" + "22" * 32},
@@ -486,7 +486,7 @@ def test_agent_defaults_daemonset(tmp_path: Path) -> None:
 
 
 def test_agent_gpu_nodes_tokens(tmp_path: Path) -> None:
-    values = {
+    values: dict[str, Any] = {
         "controllerUrl": "https://fedge.example.org",
         "gpu": {"enabled": True, "count": 2, "runtimeClassName": "nvidia"},
         "gpuImage": {"repository": "registry.example.org/fedge/agent", "tag": "cuda-1"},
