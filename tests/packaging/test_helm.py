@@ -349,6 +349,11 @@ def test_controller_external_endpoints_existing_secret(
     assert settings.max_upload_bytes == 4294967296
     (volume,) = [v for v in pod["volumes"] if v["name"] == "data"]
     assert volume["persistentVolumeClaim"]["claimName"] == "fedge-data"
+    # the job dirs: the runner's claim, mounted where PvcJobDir expects them (<data_dir>/jobs)
+    (jobs_mount,) = [m for m in container["volumeMounts"] if m["name"] == "jobs"]
+    assert Path(jobs_mount["mountPath"]) == settings.data_dir / "jobs"
+    (jobs_volume,) = [v for v in pod["volumes"] if v["name"] == "jobs"]
+    assert jobs_volume["persistentVolumeClaim"]["claimName"] == settings.k8s_job_pvc
 
     # an external broker: no MQTT port on the pod or the Service
     service = one(docs, "Service")
@@ -442,6 +447,7 @@ def test_controller_generated_secret(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"chain": {"backend": "jsonrpc"}}, "chain.rpcUrl is required"),
         ({"storage": {"backend": "s3"}}, "storage.s3.endpoint is required"),
         ({"mqtt": {"backend": "mosquitto"}}, "mqtt.host is required"),
+        ({"jobs": {"runner": "kubernetes"}}, "jobs.pvc is required"),
     ],
 )
 def test_controller_refuses_incomplete_backends(tmp_path: Path, values: dict[str, Any], message: str) -> None:
