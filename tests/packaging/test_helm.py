@@ -206,6 +206,7 @@ def resolve_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ControllerSettings:
     known = {f"FEDGE_{name.upper()}" for name in ControllerSettings.model_fields}
+    assert env.pop("HOME") == "/tmp"  # the one variable besides the settings (read-only root filesystem)
     unknown = sorted(set(env) - known)
     assert not unknown, f"variables the controller does not read: {unknown}"
     for name in [n for n in os.environ if n.startswith("FEDGE_")]:
