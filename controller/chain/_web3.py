@@ -30,7 +30,7 @@ from controller.chain.contracts import ALL_CONTRACTS, DATASET_RECORD, MODEL_RECO
 from controller.chain.errors import ChainError, ChainUnavailable, InvalidRecord, RecordNotFound
 from controller.chain.keys import ControllerKey
 from controller.chain.seed import ContractKind, SeedContracts
-from controller.observability.metrics import timed_chain_tx
+from controller.observability.events import timed_chain_tx
 
 log = logging.getLogger(__name__)
 

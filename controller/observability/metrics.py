@@ -5,12 +5,13 @@ Three sources, every name ``fedge_controller_*`` (the table with labels and mean
 - **HTTP** (per app, :class:`HttpMetrics`, a pure ASGI middleware): requests by route *template*
   (``/v1/models/{model_id}``, never the raw path; ``unmatched`` for a path no route has), method and status,
   their latency, and the request/response body bytes (uploads, downloads) by route.
-- **Process events** (process-wide, recorded by small hooks in the code that does the work): chain
-  transactions (:func:`timed_chain_tx` on the web3 backends' ``_transact``), MQTT messages by topic leaf
-  (:class:`fedge_protocol.topics.Leaf`; :func:`counted_publish` on ``Broker.publish``, :func:`counted_receive`
-  on ``FleetMessaging._on_message``) and start-up reconciliation removals (:func:`counted_reconcile`).
-  These metrics are registered in no registry of their own; each app's registry exposes them through
-  :class:`_ProcessCollector`, so reconciliation (which runs before the app exists) is counted too.
+- **Process events** (process-wide, :mod:`controller.observability.events`, recorded by small hooks in
+  the code that does the work): chain transactions (``timed_chain_tx`` on the web3 backends'
+  ``_transact``), MQTT messages by topic leaf (:class:`fedge_protocol.topics.Leaf`; ``counted_publish`` on
+  ``Broker.publish``, ``counted_receive`` on ``FleetMessaging._on_message``) and start-up reconciliation
+  removals (``counted_reconcile``). They are registered in no registry of their own; each app's registry
+  exposes them through ``ProcessCollector``, so reconciliation (which runs before the app exists) is
+  counted too.
 - **Database state** (:class:`DbStateCollector`): gauges computed at scrape time with one aggregate query
   each (``GROUP BY``), so every replica reports the same, current numbers: devices online, devices by status,
   deployments, training jobs and FL jobs by state.
@@ -26,12 +27,11 @@ The route is kept out of the OpenAPI document (it is the scraper's, not the API'
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -41,7 +41,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from controller.errors import Unauthorized
-from fedge_protocol.topics import Leaf, split_device_topic
+from controller.observability.events import ProcessCollector
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedge.controller.metrics")
 
-P = ParamSpec("P")
-R = TypeVar("R")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -60,115 +58,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UNMATCHED = "unmatched"
 """The route label of a request no route matched (a 404 on an unknown path): raw paths never become labels."""
-OTHER_LEAF = "other"
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-CHAIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 ONLINE_POLLS = 3
 """A device is online while last seen within this many poll intervals (as ``GET /v1/devices`` reports)."""
-
-# ----------------------------------------------------------------------------- process-wide events
-CHAIN_TX_SECONDS = Histogram(
-    "fedge_controller_chain_tx_seconds",
-    "Chain transactions: simulate, sign, send and await the receipt (seconds), by outcome.",
-    ["outcome"],
-    buckets=CHAIN_BUCKETS,
-    registry=None,
-)
-CHAIN_TX_FAILURES = Counter(
-    "fedge_controller_chain_tx_failures",
-    "Chain transactions that raised (revert, node unavailable, nonce exhausted), by error class.",
-    ["error"],
-    registry=None,
-)
-MQTT_RECEIVED = Counter(
-    "fedge_controller_mqtt_messages_received",
-    "MQTT messages the controller received from devices, by topic leaf (fedge_protocol.topics.Leaf).",
-    ["leaf"],
-    registry=None,
-)
-MQTT_PUBLISHED = Counter(
-    "fedge_controller_mqtt_messages_published",
-    "MQTT messages the controller published, by topic leaf and outcome (ok: acknowledged; failed).",
-    ["leaf", "outcome"],
-    registry=None,
-)
-RECONCILE_REMOVED = Counter(
-    "fedge_controller_reconcile_removed",
-    "What start-up reconciliation removed (stale pending rows, orphan objects, incomplete uploads), by kind.",
-    ["kind"],
-    registry=None,
-)
-_PROCESS_METRICS = (CHAIN_TX_SECONDS, CHAIN_TX_FAILURES, MQTT_RECEIVED, MQTT_PUBLISHED, RECONCILE_REMOVED)
-
-
-def topic_leaf(topic: str) -> str:
-    """The :class:`Leaf` of a fleet topic (``fedge/devices/{id}/{leaf}``); ``other`` for anything else."""
-    found = split_device_topic(topic)
-    if found is None or found[1] not in Leaf.__members__.values():
-        return OTHER_LEAF
-    return found[1]
-
-
-def timed_chain_tx(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a chain backend's transaction method: its latency and failures."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        started = time.perf_counter()
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            CHAIN_TX_SECONDS.labels("failed").observe(time.perf_counter() - started)
-            CHAIN_TX_FAILURES.labels(type(exc).__name__).inc()
-            raise
-        CHAIN_TX_SECONDS.labels("ok").observe(time.perf_counter() - started)
-        return result
-
-    return wrapper
-
-
-def counted_publish(fn: Callable[..., bool]) -> Callable[..., bool]:
-    """Decorate ``Broker.publish(self, topic, ...) -> bool``."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, topic: str, *args: Any, **kwargs: Any) -> bool:
-        ok = fn(self, topic, *args, **kwargs)
-        MQTT_PUBLISHED.labels(topic_leaf(topic), "ok" if ok else "failed").inc()
-        return ok
-
-    return wrapper
-
-
-def counted_receive(fn: Callable[..., None]) -> Callable[..., None]:
-    """Decorate a message handler ``(self, topic, payload)``."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, topic: str, *args: Any, **kwargs: Any) -> None:
-        MQTT_RECEIVED.labels(topic_leaf(topic)).inc()
-        fn(self, topic, *args, **kwargs)
-
-    return wrapper
-
-
-def counted_reconcile(fn: Callable[P, dict[str, int]]) -> Callable[P, dict[str, int]]:
-    """Decorate the reconciliation: add its removal counts by kind."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> dict[str, int]:
-        removed = fn(*args, **kwargs)
-        for kind, n in removed.items():
-            RECONCILE_REMOVED.labels(kind).inc(n)
-        return removed
-
-    return wrapper
-
-
-class _ProcessCollector(Collector):
-    """Exposes the process-wide event metrics in one app's registry."""
-
-    def collect(self) -> Iterator[Metric]:
-        for metric in _PROCESS_METRICS:
-            yield from metric.collect()
 
 
 # ----------------------------------------------------------------------------- database state
@@ -300,7 +192,7 @@ class HttpMetrics:
 def build_registry(state: ControllerState) -> CollectorRegistry:
     """A fresh registry with the process-wide event metrics and the database gauges of ``state``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ProcessCollector())
+    registry.register(ProcessCollector())
     registry.register(DbStateCollector(state))
     return registry
 

@@ -15,7 +15,7 @@ import logging
 from sqlalchemy import select
 
 from controller.db.models import Dataset, Model, ModelVersion, utcnow
-from controller.observability.metrics import counted_reconcile
+from controller.observability.events import counted_reconcile
 from controller.registry.catalog import PENDING
 from controller.registry.intake import Intake
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.app import create_app
 from controller.chain.base import ChainBackend
 from controller.db.models import Dataset
-from controller.observability.metrics import (
+from controller.observability.events import (
     MQTT_PUBLISHED,
     MQTT_RECEIVED,
     counted_publish,
@@ -140,7 +140,7 @@ def test_metrics_token_protects_the_endpoint(
 
 def test_chain_transaction_failures_are_counted_by_error_class() -> None:
     from controller.chain.errors import ChainUnavailable
-    from controller.observability.metrics import CHAIN_TX_FAILURES, CHAIN_TX_SECONDS, timed_chain_tx
+    from controller.observability.events import CHAIN_TX_FAILURES, CHAIN_TX_SECONDS, timed_chain_tx
 
     @timed_chain_tx
     def transact(fail: bool) -> str:

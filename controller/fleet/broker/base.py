@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.observability.metrics import counted_publish
+from controller.observability.events import counted_publish
 
 log = logging.getLogger("fedge.broker")
 

@@ -15,7 +15,7 @@ from controller.fleet.broker.base import Broker
 from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
 from controller.fleet.devices import ACTIVE, Fleet
-from controller.observability.metrics import counted_receive
+from controller.observability.events import counted_receive
 from fedge_protocol import Leaf, OutboxMessage, StatusReport, device_topic, every_device, split_device_topic
 
 log = logging.getLogger("fedge.broker.messaging")
