@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
@@ -33,13 +33,35 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (FEDGE_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (FEDGE_PORT)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_format: Annotated[str, typer.Option(help="log lines: text or json (one object a line)")] = "text",
+    tls_cert: Annotated[Path | None, typer.Option(help="serve HTTPS with this PEM certificate")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the certificate's PEM key")] = None,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (docs/tls.md)")
+    ] = True,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(help="proxies trusted for X-Forwarded-* (default: $FORWARDED_ALLOW_IPS, 127.0.0.1)"),
+    ] = None,
 ) -> None:
     """Run the controller (embedded defaults under FEDGE_DATA_DIR unless configured)."""
     import uvicorn
 
     from controller.app import create_app
+    from fedge_common import logs
+    from fedge_common.tls import TlsConfigError, check_server_pair
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format not in logs.FORMATS:
+        raise typer.BadParameter("text or json", param_hint="--log-format")
+    logs.configure(log_format, log_level)
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key")
+    if tls_cert is not None and tls_key is not None:
+        try:
+            check_server_pair(tls_cert, tls_key)
+        except TlsConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
     settings = ControllerSettings()
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
@@ -53,8 +75,10 @@ def serve(
         )
         sys.stderr.flush()
         state.generated_admin_token = None
+    scheme = "https" if tls_cert is not None else "http"
     typer.echo(
-        f"fedge controller on http://{settings.host}:{settings.port} (data in {settings.data_dir})", err=True
+        f"fedge controller on {scheme}://{settings.host}:{settings.port} (data in {settings.data_dir})",
+        err=True,
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler it found:
     # this one, so the state is closed (job workers, the broker, the FL SuperLink the controller
@@ -67,7 +91,17 @@ def serve(
 
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
-        uvicorn.run(create_app(state), host=settings.host, port=settings.port, log_level=log_level)
+        uvicorn.run(
+            create_app(state),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            log_config=None,  # fedge_common.logs configured the loggers (access lines included)
+            ssl_certfile=str(tls_cert) if tls_cert is not None else None,
+            ssl_keyfile=str(tls_key) if tls_key is not None else None,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
     except SystemExit:
         if not stopped_by:
             raise

@@ -4,7 +4,6 @@ run)."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,9 +19,21 @@ if TYPE_CHECKING:
     from edge_agent.link.client import ControllerLink
     from edge_agent.link.outbox import Outbox
     from edge_agent.process import Service
+    from edge_agent.runtime.session import ModelRuntime
 
 app = typer.Typer(help="fedge edge agent.", no_args_is_help=True)
 StateDir = Annotated[Path, typer.Option("--state-dir", envvar="FEDGE_AGENT_STATE_DIR", help="agent state")]
+ControllerCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--controller-ca",
+        envvar="FEDGE_AGENT_CONTROLLER_CA",
+        help="PEM CA the controller's TLS certificate must chain to (pinned; kept from enrollment)",
+    ),
+]
+LogFormatOpt = Annotated[
+    str | None, typer.Option("--log-format", help="text (default) or json (FEDGE_AGENT_LOG_FORMAT)")
+]
 
 
 @app.command()
@@ -53,14 +64,20 @@ def enroll(
     token: Annotated[str, typer.Option("--token", help="one-time enrollment token")],
     state_dir: StateDir,
     label: Annotated[list[str] | None, typer.Option("--label", help="k=v (repeatable)")] = None,
+    controller_ca: ControllerCa = None,
 ) -> None:
     """Make a device key here, enroll with a one-time token, store the credentials (0600)."""
     from edge_agent.identity import EnrollmentError
     from edge_agent.identity import enroll as do_enroll
+    from edge_agent.tls import controller_verify, pin_controller_ca
+    from fedge_common.tls import TlsConfigError
 
     try:
-        identity = do_enroll(controller, token, state_dir, _labels(label or []))
-    except EnrollmentError as exc:
+        verify = controller_verify(state_dir, controller_ca)
+        identity = do_enroll(controller, token, state_dir, _labels(label or []), verify=verify)
+        if controller_ca is not None:  # later runs pin the same CA
+            pin_controller_ca(state_dir, controller_ca)
+    except (EnrollmentError, TlsConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(json.dumps({"device_id": identity.device_id, "state_dir": str(state_dir)}))
@@ -71,6 +88,8 @@ def run(
     state_dir: StateDir,
     api_port: Annotated[int | None, typer.Option("--api-port", help="local inference API port")] = None,
     poll_interval: Annotated[float | None, typer.Option(help="seconds between polls")] = None,
+    controller_ca: ControllerCa = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Serve the local inference API and reconcile the desired state until stopped."""
     from edge_agent.config import AgentSettings
@@ -78,20 +97,31 @@ def run(
     from edge_agent.link.client import ControllerLink
     from edge_agent.link.outbox import Outbox
     from edge_agent.process import AgentProcess, ServiceError
+    from edge_agent.tls import controller_verify
+    from fedge_common import logs
+    from fedge_common.tls import TlsConfigError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, object] = {"state_dir": state_dir}
+    if controller_ca is not None:
+        overrides["controller_ca"] = controller_ca
+    if log_format is not None:
+        if log_format not in logs.FORMATS:
+            raise typer.BadParameter("text or json", param_hint="--log-format")
+        overrides["log_format"] = log_format
     if api_port is not None:
         overrides["api_port"] = api_port
     if poll_interval is not None:
         overrides["poll_interval"] = poll_interval
     settings = AgentSettings(**overrides)  # type: ignore[arg-type]
+    logs.configure(settings.log_format)
     try:
         identity = DeviceIdentity.load(settings.state_dir)
-    except EnrollmentError as exc:
+        verify = controller_verify(settings.state_dir, settings.controller_ca)
+    except (EnrollmentError, TlsConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    link = ControllerLink(identity, timeout=settings.http_timeout, ttl=settings.token_ttl)
+    logs.set_process_fields(device_id=identity.device_id)
+    link = ControllerLink(identity, timeout=settings.http_timeout, ttl=settings.token_ttl, verify=verify)
     outbox = Outbox.in_state_dir(settings.state_dir)
     try:
         services, api = _agent_services(settings, identity, link, outbox)
@@ -104,6 +134,19 @@ def run(
     finally:
         outbox.close()
         link.close()
+
+
+def _runtime(settings: AgentSettings) -> ModelRuntime:
+    """The model runtime; metered (edge_agent.metrics) unless FEDGE_AGENT_METRICS=false or
+    prometheus-client is missing."""
+    from edge_agent.monitor.metrics import prometheus_available
+    from edge_agent.runtime.session import ModelRuntime
+
+    if not settings.metrics or prometheus_available() is not None:
+        return ModelRuntime(settings.providers)
+    from edge_agent.metrics import DeviceMetrics, MeteredRuntime
+
+    return MeteredRuntime(settings.providers, DeviceMetrics())
 
 
 def _agent_services(
@@ -120,7 +163,6 @@ def _agent_services(
     from edge_agent.lifecycle import Lifecycle
     from edge_agent.link.mqtt import MqttLink
     from edge_agent.runtime.hooks import InferenceService
-    from edge_agent.runtime.session import ModelRuntime
 
     lifecycle = Lifecycle(  # revocation (persisted) and certificate renewal
         settings.state_dir,
@@ -128,9 +170,12 @@ def _agent_services(
         renew_fraction=settings.cert_renew_fraction,
         renew_retry_seconds=settings.cert_renew_retry,
     )
-    agent = Agent(
-        settings.state_dir, link, ModelRuntime(settings.providers), outbox=outbox, lifecycle=lifecycle
-    )
+    agent = Agent(settings.state_dir, link, _runtime(settings), outbox=outbox, lifecycle=lifecycle)
+    metrics = getattr(agent.runtime, "metrics", None)  # edge_agent.metrics: GET /metrics
+    if metrics is not None:
+        from edge_agent.metrics import hook
+
+        hook(metrics, agent, outbox)
     inference = InferenceService.from_paths(agent.runtime, settings.preprocess, settings.postprocess)
     supernode = None
     if settings.fl_enabled:
@@ -161,7 +206,14 @@ def _agent_services(
         services.insert(1, online)  # learners resumed before the API serves them
     from edge_agent.monitor.service import monitor_from_settings
 
-    monitor = monitor_from_settings(settings, agent.runtime, link, agent.record_telemetry)
+    monitor = monitor_from_settings(
+        settings, agent.runtime, link, agent.record_telemetry, metrics.metrics if metrics else None
+    )
+    if monitor is None and metrics is not None:  # GET /metrics without the monitor
+        from edge_agent.metrics import MetricsService
+
+        host, port = settings.metrics_host, settings.metrics_port
+        services.insert(1, MetricsService(metrics, settings.state_dir, host, port))
     if monitor is not None:  # inference -> bounded queue -> drift, metrics (GET /metrics), events
         inference.observer = monitor.observer
         services.insert(1, monitor)

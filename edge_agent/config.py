@@ -24,6 +24,16 @@ class AgentSettings(BaseSettings):
         default=None, description="ONNX Runtime providers in order of preference (default: auto)"
     )
     http_timeout: float = Field(default=30.0, gt=0)
+    controller_ca: Path | None = Field(
+        default=None,
+        description="PEM CA the controller's TLS certificate must chain to (pinned; default: the one "
+        "pinned at enrollment in <state_dir>/controller-ca.pem, else the system store)",
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="log lines: text or JSON")
+    metrics: bool = Field(
+        default=True,
+        description="serve GET /metrics on metrics_host:metrics_port even with the monitor off",
+    )
     keep_serving_when_revoked: bool = Field(
         default=False, description="serve the last model after the controller revoked the device"
     )

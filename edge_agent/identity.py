@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from fedge_common.files import atomic_write
+from fedge_common.tls import describe as tls_describe
 from fedge_protocol import Enrollment, EnrollRequest, paths
 
 KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE = "device.key", "device.pem", "ca.pem", "identity.json"
@@ -128,8 +130,10 @@ def enroll(
     facts: dict[str, Any] | None = None,
     *,
     transport: httpx.BaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> DeviceIdentity:
-    """Make a key pair here, send a CSR with the one-time token, check and store what comes back."""
+    """Make a key pair here, send a CSR with the one-time token, check and store what comes back.
+    ``verify``: the pinned controller CA's context (:func:`edge_agent.tls.controller_verify`)."""
     from edge_agent.facts import hardware_facts
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -141,8 +145,13 @@ def enroll(
         labels=labels or {},
         facts=facts if facts is not None else hardware_facts(),
     )
-    with httpx.Client(base_url=controller.rstrip("/"), timeout=30, transport=transport) as client:
-        resp = client.post(paths.ENROLLMENTS, json=body.model_dump())
+    try:
+        with httpx.Client(
+            base_url=controller.rstrip("/"), timeout=30, transport=transport, verify=verify
+        ) as client:
+            resp = client.post(paths.ENROLLMENTS, json=body.model_dump())
+    except httpx.HTTPError as exc:
+        raise EnrollmentError(f"enrollment at {controller}: {tls_describe(exc)}") from exc
     if resp.status_code != 201:
         raise EnrollmentError(f"enrollment refused ({resp.status_code}): {_problem_detail(resp)}")
     try:

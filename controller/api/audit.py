@@ -25,6 +25,7 @@ from controller.api.deps import Admin, Offset, SessionsDep
 from controller.db.models import AuditRecord
 from controller.schemas.audit import AuditOut, AuditPage
 from controller.security.principal import Principal, Role
+from fedge_common import logs
 
 if TYPE_CHECKING:
     from controller.state import ControllerState
@@ -65,6 +66,7 @@ class AuditTrail:
         sent = _header(scope, b"x-request-id")
         request_id = sent if sent and _REQUEST_ID.match(sent) else uuid.uuid4().hex
         status = 500
+        token = logs.request_id.set(request_id)  # every line this request logs carries it
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -80,6 +82,7 @@ class AuditTrail:
                 principal = (scope.get("state") or {}).get("principal")
                 if not (isinstance(principal, Principal) and principal.role in SKIPPED_ROLES):
                     await self._record(scope, principal, status, request_id)
+            logs.request_id.reset(token)
 
     async def _record(self, scope: Scope, principal: Any, status: int, request_id: str) -> None:
         client = scope.get("client")

@@ -29,6 +29,7 @@ from edge_agent.link.mqtt import MqttLink
 from edge_agent.link.outbox import Entry, Outbox
 from edge_agent.process import Service, UpdateLock
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime
+from fedge_common import logs
 from fedge_common.files import atomic_write
 from fedge_protocol import DeploymentStatus, Leaf, StatusReport
 
@@ -53,6 +54,8 @@ class Agent:
     """Runs device commands (``grid-run``); when set, every loop also polls for pending ones."""
     update_lock: UpdateLock = field(default_factory=UpdateLock)
     """Held by work that must not see a model swap; deployments wait for it (see the module doc)."""
+    metrics: Any = None
+    """:class:`edge_agent.metrics.DeviceMetrics` when GET /metrics is served: outcomes, reachability."""
     lifecycle: Lifecycle | None = None
     """Revocation (persisted) and certificate renewal (:mod:`edge_agent.lifecycle`); default: one for
     ``state_dir`` that refuses inference once revoked."""
@@ -153,6 +156,10 @@ class Agent:
     def apply(self, payload: dict[str, Any], changed: bool = True) -> Outcome | None:
         """Plan and execute a verified desired-state payload (polled or pushed)."""
         desired = Desired.from_payload(payload)
+        with logs.bound(deployment_id=desired.deployment_id):  # on every line of this deployment
+            return self._apply(payload, desired, changed)
+
+    def _apply(self, payload: dict[str, Any], desired: Desired, changed: bool) -> Outcome | None:
         if changed:
             if desired.revision < self._seen_revision():
                 log.warning("ignoring desired state revision %s (older than seen)", desired.revision)
@@ -206,6 +213,8 @@ class Agent:
             active_version=active.version if active else None,
         )
         body = report.model_dump(mode="json", exclude={"seq"})
+        if self.metrics is not None:
+            self.metrics.deployment(outcome.state)
         if self.outbox is not None:
             self.outbox.append(Leaf.STATE, body)
             self.flush()
@@ -266,11 +275,15 @@ class Agent:
                     self.step()
                 self.poll_commands()
                 wait = backoff.success()
+                if self.metrics is not None:
+                    self.metrics.reachable = True
             except DeviceRevoked as exc:
                 self.lifecycle.mark_revoked(str(exc))  # done by the link already: a no-op then
                 continue  # revoked (logged once): the loop idles from now on
             except LinkError as exc:
                 wait = backoff.failure()
+                if self.metrics is not None:
+                    self.metrics.reachable = False
                 log.warning("controller unreachable (%s); retrying in %.1fs", exc, wait)
             self.flush()
             self._sleep(stop, wait)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import httpx
 
 from edge_agent.identity import DeviceIdentity
 from edge_agent.link.signed import verify_command, verify_desired_state
+from fedge_common.tls import describe as tls_describe
 from fedge_protocol import TelemetryPost, paths
 from fedge_protocol.lifecycle import DEVICE_REVOKED, CertificateRenewal, RenewedCertificate, problem_type
 
@@ -88,6 +90,7 @@ class ControllerLink:
         timeout: float = 30.0,
         ttl: int = 300,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.identity = identity
         self.revoked: str | None = None
@@ -99,6 +102,7 @@ class ControllerLink:
             auth=self._auth,
             timeout=timeout,
             transport=transport,
+            verify=verify,  # the pinned controller CA (edge_agent.tls.controller_verify)
             event_hooks={"request": [self._refuse_if_revoked], "response": [self._watch_revocation]},
         )
         self.etag: str | None = None
@@ -152,7 +156,7 @@ class ControllerLink:
         try:
             resp = self.http.get(self._path(paths.DESIRED_STATE), headers=headers)
         except httpx.HTTPError as exc:
-            raise LinkError(f"desired state: {exc}") from exc
+            raise LinkError(f"desired state: {tls_describe(exc)}") from exc
         if resp.status_code == 304:
             self.not_modified += 1
             return Poll(304, False, self.last, self.etag)

@@ -137,6 +137,8 @@ class Monitor:
         self.config = config or MonitorConfig()
         self.record = record
         self.check = check
+        self.observe_latency = True
+        """False when the runtime observes fedge_agent_inference_seconds (edge_agent.metrics)."""
         self.watches: dict[tuple[str, int], ModelWatch] = {}
         self.events: list[dict[str, Any]] = []
         """Every event raised (newest last, at most 100 kept), whether or not ``record`` took it."""
@@ -167,7 +169,8 @@ class Monitor:
             if obs.latency_s is not None:
                 w.inferences += 1
                 w.latencies.append(obs.latency_s)
-                self.metrics.inference_seconds.labels(*labels).observe(obs.latency_s)
+                if self.observe_latency:  # else the runtime observes it (edge_agent.metrics)
+                    self.metrics.inference_seconds.labels(*labels).observe(obs.latency_s)
             if obs.features is not None and w.data is not None:
                 try:
                     self._data_drift(w, feature_rows(obs.features))
@@ -380,13 +383,16 @@ class MonitorService(Service):
         summary_seconds: float = 60.0,
         refresh_seconds: float = 2.0,
         isolate: bool = True,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.runtime = runtime
-        self.metrics = AgentMetrics()
+        self.metrics = metrics or AgentMetrics()
+        """Given: the process's registry (edge_agent.metrics), whose runtime times inference itself."""
         self.isolated = ProcessDriftCheck() if isolate else None
         """Drift checks in a child process (True: inference keeps its latency while a window is checked)."""
         self.monitor = Monitor(self.metrics, config, record, self.isolated or data_drift)
+        self.monitor.observe_latency = metrics is None
         self.queue = ObservationQueue(queue_size)
         self.observer = MonitorObserver(self.queue, self._active_key)
         self.references = ReferenceStore(state_dir, fetcher)
@@ -569,7 +575,11 @@ class MonitorService(Service):
 
 
 def monitor_from_settings(
-    settings: AgentSettings, runtime: ModelRuntime, fetcher: Fetcher | None, record: Record | None
+    settings: AgentSettings,
+    runtime: ModelRuntime,
+    fetcher: Fetcher | None,
+    record: Record | None,
+    metrics: AgentMetrics | None = None,
 ) -> MonitorService | None:
     """The monitor of ``fedge-agent run`` (None, with a warning, when it is off or its extra is missing)."""
     from edge_agent.monitor.metrics import prometheus_available
@@ -598,4 +608,5 @@ def monitor_from_settings(
         port=settings.metrics_port,
         queue_size=settings.monitor_queue_size,
         summary_seconds=settings.monitor_summary_seconds,
+        metrics=metrics,
     )

@@ -60,6 +60,47 @@ def test_dashboard_queries_only_exported_metrics(
     assert len(queried) >= 6
 
 
+def _queried(dashboard: dict[str, Any]) -> set[str]:
+    queried: set[str] = set()
+    for expr in _expressions(dashboard):
+        queried |= set(METRIC.findall(expr))
+    return queried
+
+
+def test_the_agent_dashboard_queries_only_what_fedge_agent_run_exports(tmp_path: Path) -> None:
+    """agent.json (device: latency, outcomes, links) against the process registry of ``fedge-agent run``
+    (edge_agent.metrics) after a model ran, was refused once and a deployment outcome was counted."""
+    from edge_agent.link.outbox import Outbox
+    from edge_agent.metrics import DeviceMetrics, MeteredRuntime, MetricsService
+    from edge_agent.runtime.session import InferenceError
+    from tests.e2e.helpers import add_model
+
+    metrics = DeviceMetrics()
+    runtime = MeteredRuntime(None, metrics)
+    (tmp_path / "m.onnx").write_bytes(add_model())
+    runtime.swap("m", 1, "00" * 32, tmp_path / "m.onnx")
+    runtime.infer({"x": [[1.0, 2.0, 3.0, 4.0]]})
+    with pytest.raises(InferenceError):
+        runtime.infer({"x": [[1.0]]})
+    metrics.deployment("succeeded")
+    metrics.outbox = Outbox.in_state_dir(tmp_path)
+    service = MetricsService(metrics, tmp_path)
+    service.start()
+    try:
+        exported = _exported(service.http.url)
+    finally:
+        service.stop()
+        metrics.outbox.close()
+    dashboard = json.loads((DASHBOARDS / "agent.json").read_text())
+    for panel in dashboard["panels"]:
+        assert all(METRIC.findall(t["expr"]) for t in panel["targets"]), panel["title"]
+    queried = _queried(dashboard)
+    missing = sorted(queried - exported)
+    assert not missing, f"agent.json queries metrics fedge-agent run does not export: {missing}"
+    for name in ("deployments_total", "outbox_depth", "controller_reachable", "mqtt_connected"):
+        assert f"fedge_agent_{name}" in queried
+
+
 def test_the_dashboards_cover_the_seeds_figures() -> None:
     text = {n: (DASHBOARDS / n).read_text() for n in ("agent-performance.json", "agent-drift.json")}
     for metric in ("me", "mae", "mape", "bias"):
