@@ -124,7 +124,9 @@ def get_principal(
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    if not credential.startswith(tokens.TOKEN_PREFIX) and looks_like_device_token(credential):
+    if not credential.startswith(tokens.TOKEN_PREFIX) and (
+        state.fleet.credentials.known(credential) or looks_like_device_token(credential)
+    ):
         principal, device = state.fleet.authenticate_device(credential)
         request.state.calling_device = device  # the row authentication read (see CallingDevice)
     elif credential.startswith(tokens.TOKEN_PREFIX) or state.oidc is None:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.db.models import Device, EnrollmentToken, ModelVersion, new_id, utcnow
 from controller.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
 from controller.fleet.ca import CsrRejected, DeviceCA
+from controller.fleet.credentials import CredentialCache, VerifiedCredential
 from controller.fleet.desired import DesiredDocument, DesiredDocuments, DesiredPoll, payload_etag, source_key
 from controller.fleet.events import FleetEvents
 from controller.fleet.references import reference_for
@@ -76,6 +77,8 @@ class Fleet:
         self.events = events or FleetEvents()
         self.last_seen_write_seconds = last_seen_write_seconds
         self.documents = DesiredDocuments()
+        self.credentials = CredentialCache()
+        """Verified device JWTs (:mod:`controller.fleet.credentials`): a reused token skips the crypto."""
         self._enrolled_hooks: list[Callable[[Session, Device], None]] = []
 
     def on_enrolled(self, hook: Callable[[Session, Device], None]) -> None:
@@ -154,22 +157,30 @@ class Fleet:
     def authenticate_device(self, credential: str) -> tuple[Principal, Device]:
         """:meth:`authenticate`, also returning the device row it read (detached), so that a device route
         need not read it again."""
-        try:
-            unverified = jwt.decode(credential, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"malformed device token: {exc}") from exc
-        device_id = unverified.get("sub")
-        if not isinstance(device_id, str) or unverified.get("iss") != device_id:
-            raise Unauthorized("device token needs iss = sub = device id")
-        with self.sessions() as s:
+        now = utcnow()
+        cached = self.credentials.get(credential, now.timestamp())
+        if cached is not None:
+            device_id = cached.device_id
+        else:
+            try:
+                unverified = jwt.decode(credential, options={"verify_signature": False})
+            except jwt.PyJWTError as exc:
+                raise Unauthorized(f"malformed device token: {exc}") from exc
+            device_id = unverified.get("sub")
+            if not isinstance(device_id, str) or unverified.get("iss") != device_id:
+                raise Unauthorized("device token needs iss = sub = device id")
+        with self.sessions() as s:  # the one read of the row: revocation (any replica) is seen at once
             device = s.get(Device, device_id)
             if device is None:
                 raise Unauthorized("unknown device")
             if device.status != ACTIVE:
+                self.credentials.forget_device(device_id)
                 raise DeviceRevoked(device_id)  # its own problem type: the agent stops, not retries
             cert_pem = device.certificate
+        if cached is not None and cached.cert_serial == device.cert_serial:
+            return Principal(subject=device_id, role=Role.DEVICE, via="device"), device
         certificate = x509.load_pem_x509_certificate(cert_pem.encode())
-        check_not_expired(device_id, certificate, utcnow())
+        check_not_expired(device_id, certificate, now)
         key = certificate.public_key()
         try:
             claims = jwt.decode(
@@ -184,11 +195,15 @@ class Fleet:
             raise Unauthorized("device token has expired") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid device token: {exc}") from exc
-        now = utcnow().timestamp()
-        if claims["exp"] - claims["iat"] > MAX_DEVICE_TOKEN_SECONDS or claims["exp"] - now > (
+        if claims["iss"] != device_id or claims["sub"] != device_id:
+            raise Unauthorized("device token needs iss = sub = device id")
+        ts = now.timestamp()
+        if claims["exp"] - claims["iat"] > MAX_DEVICE_TOKEN_SECONDS or claims["exp"] - ts > (
             MAX_DEVICE_TOKEN_SECONDS + CLOCK_LEEWAY_SECONDS
         ):
             raise Unauthorized("device token lives longer than 5 minutes")
+        until = min(float(claims["exp"]), certificate.not_valid_after_utc.timestamp())
+        self.credentials.put(credential, VerifiedCredential(device_id, device.cert_serial, until))
         return Principal(subject=device_id, role=Role.DEVICE, via="device"), device
 
     # ----------------------------------------------------------------- devices
@@ -211,6 +226,7 @@ class Fleet:
             if device.status != REVOKED:
                 device.status, device.revoked_at = REVOKED, utcnow()
         self.documents.forget(device_id)
+        self.credentials.forget_device(device_id)
         self.events.device_revoked(device_id)
 
     def renew_certificate(self, device_id: str, csr_pem: str) -> RenewedCertificate:
