@@ -220,3 +220,30 @@ def test_serve_refuses_a_key_that_is_not_the_certificates_in_one_line(tmp_path: 
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is not the key of" in errors[0], done.stderr
     assert not (tmp_path / "data").exists()  # refused before the controller touched its data
+
+
+def test_fedge_agent_enroll_with_controller_ca_pins_it_for_later_runs(
+    tls_controller: TlsController, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    c = tls_controller
+    with httpx.Client(base_url=c.url, verify=pinned_context(c.ca)) as http:
+        token = enrollment_token(http)
+    runner = CliRunner()
+    base = ["enroll", "--controller", c.url, "--token", token]
+    refused = runner.invoke(
+        app, [*base, "--state-dir", str(tmp_path / "a"), "--controller-ca", str(c.other_ca)]
+    )
+    assert refused.exit_code == 1
+    assert "not signed by the pinned CA" in refused.output
+    assert not (tmp_path / "a" / CONTROLLER_CA_FILE).exists()
+    done = runner.invoke(
+        app, [*base, "--state-dir", str(tmp_path / "b")], env={"FEDGE_AGENT_CONTROLLER_CA": str(c.ca)}
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output.strip().splitlines()[-1])["state_dir"] == str(tmp_path / "b")
+    assert (tmp_path / "b" / CONTROLLER_CA_FILE).read_bytes() == c.ca.read_bytes()
+    assert controller_verify(tmp_path / "b") is not True  # a pinned context, not the system store
