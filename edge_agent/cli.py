@@ -190,6 +190,8 @@ def _agent_services(
     agent.commands = CommandRunner(
         settings.state_dir, link, agent.record_telemetry, agent.update_lock, fl=supernode
     )
+    if metrics is not None and supernode is not None:  # the FL client's gauges on GET /metrics
+        metrics.fl_status = supernode.status
     from edge_agent.online.service import online_from_settings
 
     online = online_from_settings(settings)  # FEDGE_AGENT_ONLINE_CONFIG: /v1/online, sensor feeds

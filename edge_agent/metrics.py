@@ -10,7 +10,9 @@ prediction errors, online learners' prequential errors) plus, in :class:`DeviceM
 - ``fedge_agent_deployments_total{status}``: outcomes the agent reported, by the protocol's status word
   (:class:`fedge_protocol.DeploymentStatus`);
 - ``fedge_agent_outbox_depth``, ``fedge_agent_controller_reachable`` (the newest poll got an answer),
-  ``fedge_agent_mqtt_connected`` (read when scraped).
+  ``fedge_agent_mqtt_connected`` (read when scraped);
+- with FL enabled, the FL client's ``fedge_agent_fl_supernode_state{state}``, ``fedge_agent_fl_jobs``,
+  ``fedge_agent_fl_rounds_in_progress``, ``fedge_agent_fl_supernode_recent_crashes`` (read when scraped).
 
 With the monitor on, the monitor serves this registry (its port, ``<state_dir>/monitor.json``); with it off,
 :class:`MetricsService` does, on the same ``metrics_host``/``metrics_port`` and file.
@@ -78,6 +80,28 @@ class _LinkCollector:
             "1 while the broker link is connected (0 also without a broker)",
             1.0 if mqtt is not None and mqtt.connected.is_set() else 0.0,
         )
+        if o.fl_status is not None:  # the FL client (SuperNode service), when FL is enabled
+            yield from _fl_families(o.fl_status())
+
+
+def _fl_families(status: dict[str, Any]) -> Iterator[Metric]:
+    from prometheus_client.core import GaugeMetricFamily
+
+    state = GaugeMetricFamily(
+        "fedge_agent_fl_supernode_state", "1 for the FL SuperNode's current state", labels=("state",)
+    )
+    state.add_metric((str(status.get("state")),), 1.0)
+    yield state
+    for name, doc, key in (
+        ("fedge_agent_fl_jobs", "FL jobs the device takes part in", "jobs"),
+        ("fedge_agent_fl_rounds_in_progress", "FL rounds holding the update lock now", "rounds_in_progress"),
+    ):
+        yield GaugeMetricFamily(name, doc, float(len(status.get(key) or ())))
+    yield GaugeMetricFamily(
+        "fedge_agent_fl_supernode_recent_crashes",
+        "SuperNode crashes within the restart window",
+        float(status.get("recent_crashes") or 0),
+    )
 
 
 class DeviceMetrics:
@@ -106,6 +130,8 @@ class DeviceMetrics:
         self.outbox: Outbox | None = None
         self.mqtt: Callable[[], MqttLink | None] | None = None
         self.reachable = False
+        self.fl_status: Callable[[], dict[str, Any]] | None = None
+        """The FL SuperNode service's ``status`` (edge_agent.learning.supernode), read when scraped."""
         r.register(_LinkCollector(self))
 
     # hooks (ModelRuntime, Agent)

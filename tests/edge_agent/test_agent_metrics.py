@@ -144,3 +144,23 @@ def test_with_the_monitor_one_registry_serves_both_and_counts_each_inference_onc
         assert not [k for k in scrape(url) if k[0] == "fedge_agent_active_model"]
     finally:
         monitor.stop()
+
+
+def test_the_fl_clients_gauges_join_the_registry_when_fl_is_enabled(tmp_path: Path) -> None:
+    from edge_agent.learning.supernode import SupernodeService
+
+    metrics = DeviceMetrics()
+    service = MetricsService(metrics, tmp_path)
+    service.start()
+    try:
+        assert not [k for k in scrape(service.http.url) if k[0].startswith("fedge_agent_fl_")]  # FL off
+        supernode = SupernodeService(tmp_path, None)  # not in a job: idle, no rounds
+        metrics.fl_status = supernode.status
+        got = scrape(service.http.url)
+    finally:
+        service.stop()
+    state = str(supernode.status()["state"])
+    assert value(got, "fedge_agent_fl_supernode_state", state=state) == 1.0
+    assert value(got, "fedge_agent_fl_jobs") == 0.0
+    assert value(got, "fedge_agent_fl_rounds_in_progress") == 0.0
+    assert value(got, "fedge_agent_fl_supernode_recent_crashes") == 0.0

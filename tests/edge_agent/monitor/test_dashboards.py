@@ -70,6 +70,7 @@ def _queried(dashboard: dict[str, Any]) -> set[str]:
 def test_the_agent_dashboard_queries_only_what_fedge_agent_run_exports(tmp_path: Path) -> None:
     """agent.json (device: latency, outcomes, links) against the process registry of ``fedge-agent run``
     (edge_agent.metrics) after a model ran, was refused once and a deployment outcome was counted."""
+    from edge_agent.learning.supernode import SupernodeService
     from edge_agent.link.outbox import Outbox
     from edge_agent.metrics import DeviceMetrics, MeteredRuntime, MetricsService
     from edge_agent.runtime.session import InferenceError
@@ -84,6 +85,7 @@ def test_the_agent_dashboard_queries_only_what_fedge_agent_run_exports(tmp_path:
         runtime.infer({"x": [[1.0]]})
     metrics.deployment("succeeded")
     metrics.outbox = Outbox.in_state_dir(tmp_path)
+    metrics.fl_status = SupernodeService(tmp_path, None).status  # FL enabled, not in a job
     service = MetricsService(metrics, tmp_path)
     service.start()
     try:
@@ -97,7 +99,7 @@ def test_the_agent_dashboard_queries_only_what_fedge_agent_run_exports(tmp_path:
     queried = _queried(dashboard)
     missing = sorted(queried - exported)
     assert not missing, f"agent.json queries metrics fedge-agent run does not export: {missing}"
-    for name in ("deployments_total", "outbox_depth", "controller_reachable", "mqtt_connected"):
+    for name in ("deployments_total", "outbox_depth", "controller_reachable", "mqtt_connected", "fl_jobs"):
         assert f"fedge_agent_{name}" in queried
 
 
