@@ -266,6 +266,18 @@ class Rollouts:
             )
         )
 
+    @staticmethod
+    def _wave_counts(s: Session, dep: Deployment, wave: int) -> dict[str, int]:
+        """A wave's targets counted by state: one aggregate query (a status report does not load the wave's
+        targets, so a rollout of N devices costs O(N) rows in all, not O(N^2)). The session flushes the
+        reporting target's new state first (autoflush)."""
+        rows = s.execute(
+            select(DeploymentTarget.state, func.count())
+            .where(DeploymentTarget.deployment_id == dep.id, DeploymentTarget.wave == wave)
+            .group_by(DeploymentTarget.state)
+        )
+        return {str(state): int(n) for state, n in rows}
+
     def _start_wave(self, s: Session, dep: Deployment) -> None:
         for target in self._wave_targets(s, dep, dep.current_wave):
             if target.state != WAITING:
@@ -289,13 +301,13 @@ class Rollouts:
     def _advance(self, s: Session, dep: Deployment) -> None:
         """Settle the current wave: stop (and roll back) on too many failures, else start the next."""
         while dep.state == ROLLING:
-            targets = self._wave_targets(s, dep, dep.current_wave)
-            if any(t.state in OPEN_STATES for t in targets):
+            by_state = self._wave_counts(s, dep, dep.current_wave)
+            if any(by_state.get(state, 0) for state in OPEN_STATES):
                 return
-            counted = [t for t in targets if t.state not in (SUPERSEDED, CANCELLED)]
-            failed = [t for t in counted if t.state in FAILED_STATES]
-            if counted and len(failed) / len(counted) > dep.max_failure_ratio:
-                self._stop(s, dep, f"wave {dep.current_wave}: {len(failed)} of {len(counted)} devices failed")
+            counted = sum(n for state, n in by_state.items() if state not in (SUPERSEDED, CANCELLED))
+            failed = sum(n for state, n in by_state.items() if state in FAILED_STATES)
+            if counted and failed / counted > dep.max_failure_ratio:
+                self._stop(s, dep, f"wave {dep.current_wave}: {failed} of {counted} devices failed")
                 return
             waves = len(dep.strategy.get("waves", [1.0]))
             if dep.current_wave + 1 >= waves:
@@ -336,6 +348,17 @@ class Rollouts:
         """A device's status report: record it, move its target, advance the rollout."""
         with self.sessions.begin() as s:
             self._report(s, device_id, report)
+        self._notify(s)
+
+    def report_many(self, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        """Several status reports (the MQTT ingest's batch) in one transaction, in order. A report of an
+        unknown device is skipped (logged), not a reason to lose the others."""
+        with self.sessions.begin() as s:
+            for device_id, report in reports:
+                if s.get(Device, device_id) is None:
+                    log.warning("status report from unknown device %s ignored", device_id)
+                    continue
+                self._report(s, device_id, report)
         self._notify(s)
 
     def _report(self, s: Session, device_id: str, report: dict[str, Any]) -> None:

@@ -166,9 +166,10 @@ class Fleet:
                 unverified = jwt.decode(credential, options={"verify_signature": False})
             except jwt.PyJWTError as exc:
                 raise Unauthorized(f"malformed device token: {exc}") from exc
-            device_id = unverified.get("sub")
-            if not isinstance(device_id, str) or unverified.get("iss") != device_id:
+            sub = unverified.get("sub")
+            if not isinstance(sub, str) or unverified.get("iss") != sub:
                 raise Unauthorized("device token needs iss = sub = device id")
+            device_id = sub
         with self.sessions() as s:  # the one read of the row: revocation (any replica) is seen at once
             device = s.get(Device, device_id)
             if device is None:

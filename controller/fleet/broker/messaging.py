@@ -15,6 +15,7 @@ from controller.fleet.broker.base import Broker
 from controller.fleet.commands import Commands
 from controller.fleet.deployments import Rollouts
 from controller.fleet.devices import ACTIVE, Fleet
+from controller.fleet.ingest import IngestQueue, incoming
 from controller.observability.events import counted_receive
 from fedge_protocol import Leaf, OutboxMessage, StatusReport, device_topic, every_device, split_device_topic
 
@@ -33,12 +34,15 @@ class FleetMessaging:
         self._lock = threading.Lock()
         self._pending: queue.Queue[list[str] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self.ingest = IngestQueue(fleet, rollouts, commands, accept=self._accept, observers=self._observers)
+        """State and telemetry messages, applied in batches off the network thread (:mod:`..ingest`)."""
 
     def start(self) -> None:
         self.broker.subscribe(every_device(Leaf.STATE), self._on_message)
         self.broker.subscribe(every_device(Leaf.TELEMETRY), self._on_message)
         self.broker.on_connected = self.publish_all
         self.fleet.events.subscribe(self)
+        self.ingest.start()
         self._worker = threading.Thread(target=self._publisher, daemon=True, name="fedge-desired-publisher")
         self._worker.start()
         self.broker.start()
@@ -49,6 +53,7 @@ class FleetMessaging:
         if self._worker is not None:
             self._worker.join(10)
         self.broker.stop()
+        self.ingest.stop()  # after the broker: what it acknowledged is written before we return
 
     def observe(self, observer: Callable[[str, OutboxMessage], None]) -> None:
         """Call ``observer(device_id, message)`` for every device message accepted (once per outbox
@@ -131,13 +136,7 @@ class FleetMessaging:
         except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
             log.warning("malformed %s message from %s", leaf, device_id)
             return
-        if self.fleet.get(device_id).status != ACTIVE:
-            return
-        if not self._accept(device_id, message.seq):
-            log.info("dropping replayed %s seq %s from %s", leaf, message.seq, device_id)
-            return
-        for observer in self._observers:
-            observer(device_id, message)
+        report = None
         if message.kind == Leaf.STATE:
             try:
                 report = StatusReport.model_validate(message.body).model_dump()
@@ -145,8 +144,5 @@ class FleetMessaging:
                 log.warning("malformed status report seq %s from %s", message.seq, device_id)
                 return
             report["seq"] = message.seq
-            self.rollouts.report(device_id, report)
-        else:
-            self.fleet.touch(device_id)
-            if self.commands is not None:
-                self.commands.record_telemetry(device_id, message.seq, message.body)
+        # activity, deduplication and the writes happen on the ingest worker, never on this thread
+        self.ingest.submit(incoming(device_id, message, report))
