@@ -77,8 +77,8 @@ def make_server(
             for key, value in headers.items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+            self.flush_headers()  # headers and body in one send
 
         def do_GET(self) -> None:
             if v2_matches(self.path):

@@ -8,7 +8,6 @@ The protocol itself (tensors, metadata) is in ``edge_agent.runtime.v2``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/v2"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_INFLATED = 64 * 1024 * 1024  # a compressed body may not inflate past the agent's body limit
 _TITLES = {
     400: "Bad request",
     403: "Device revoked",
@@ -141,13 +141,17 @@ def _header_length(headers: Headers) -> int | None:
 
 def _decoded(headers: Headers, body: bytes) -> bytes:
     encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise v2.V2Error(400, f"body is not valid {encoding}: {exc}") from exc
+    if encoding in ("gzip", "deflate"):
+        inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            data = inflate.decompress(body, MAX_INFLATED)
+        except zlib.error as exc:
+            raise v2.V2Error(400, f"body is not valid {encoding}: {exc}") from exc
+        if inflate.unconsumed_tail:
+            raise v2.V2Error(413, f"body inflates to over {MAX_INFLATED} bytes")
+        if not inflate.eof:
+            raise v2.V2Error(400, f"body is not valid {encoding}: truncated")
+        return data
     if encoding != "identity":
         raise v2.V2Error(415, f"Content-Encoding {encoding!r} (accepted: gzip, deflate, identity)")
     return body

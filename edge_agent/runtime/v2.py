@@ -14,6 +14,7 @@ import json
 import math
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,24 @@ def model_metadata(active: Active) -> dict[str, Any]:
             for o in session.get_outputs()
         ],
     }
+
+
+_SIGNATURES: weakref.WeakKeyDictionary[Any, tuple[dict[str, str], dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _signature(session: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """{input name: v2 datatype}, {output name: v2 datatype} of a session, kept while the session lives
+    (asking ORT costs more than the rest of a batch-1 request)."""
+    found = _SIGNATURES.get(session)
+    if found is None:
+        found = (
+            {i.name: _v2_type(i.type) for i in session.get_inputs()},
+            {o.name: _v2_type(o.type) for o in session.get_outputs()},
+        )
+        _SIGNATURES[session] = found
+    return found
 
 
 def _parse_header(body: bytes, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
@@ -252,9 +271,7 @@ def infer(
     """Run one v2 inference request on the active model (raises V2Error with a 4xx status)."""
     active = resolve(service.runtime.active, name, version)
     request, binary = _parse_header(body, header_length)
-    session = active.session
-    expected = {i.name: _v2_type(i.type) for i in session.get_inputs()}
-    outputs = {o.name: _v2_type(o.type) for o in session.get_outputs()}
+    expected, outputs = _signature(active.session)
     specs = request.get("inputs")
     if not isinstance(specs, list):
         raise V2Error(400, "'inputs' must be a list of tensors {name, datatype, shape, data}")

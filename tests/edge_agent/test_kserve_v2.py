@@ -271,6 +271,13 @@ def test_client_errors_are_4xx_json(
     assert resp_headers["Content-Type"] == "application/problem+json"
 
 
+def test_compressed_requests_are_inflated(client: triton.InferenceServerClient) -> None:
+    result = client.infer(MODEL, inputs(X, K, True), request_compression_algorithm="gzip")
+    assert result.as_numpy("doubled").tolist() == [6, -8]
+    result = client.infer(MODEL, inputs(X, K, False), request_compression_algorithm="deflate")
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected(X), rtol=1e-5)
+
+
 def test_keep_alive_serves_many_requests_on_one_connection(port: int) -> None:
     request = header(
         {
