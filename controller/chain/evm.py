@@ -24,10 +24,13 @@ from controller.chain.contracts import REGISTRY, load_contract
 from controller.chain.errors import ChainError, JournalError
 from controller.chain.journal import JournalEntry, JournalHeader, TxJournal
 from controller.chain.keys import ControllerKey
+from controller.chain.snapshot import read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE_NAME = "evm-journal.jsonl"
+SNAPSHOT_FILE_NAME = "evm-snapshot.bin"
+SNAPSHOT_EVERY = 500  # transactions between state snapshots (one is also written at a clean close)
 FAUCET_KEY = (1).to_bytes(32, "big")  # eth-tester's prefunded account 0 (1,000,000 ether at genesis)
 FUND_AMOUNT_WEI = 10_000 * 10**18
 FUND_BELOW_WEI = 10**18
@@ -38,9 +41,12 @@ TRANSFER_GAS = 21_000
 class _EvmNode:
     """The in-process chain, its journal and the lock every access takes. Shared by signer views."""
 
-    def __init__(self, journal_path: Path) -> None:
+    def __init__(self, journal_path: Path, snapshot_every: int | None = None) -> None:
         self.lock = threading.RLock()
         self.closed = False
+        self.snapshot_path = journal_path.with_name(SNAPSHOT_FILE_NAME)
+        self.snapshot_every = SNAPSHOT_EVERY if snapshot_every is None else snapshot_every
+        self.snapshot_offset = 0  # journal entries the newest snapshot on disk covers
         candidate = self._new_tester(int(time.time()))
         chain = candidate.backend.chain
         new_header = JournalHeader(
@@ -80,9 +86,75 @@ class _EvmNode:
         params = PyEVMBackend.generate_genesis_params(overrides={"timestamp": genesis_timestamp})
         return EthereumTester(PyEVMBackend(genesis_parameters=params))
 
+    def _restore_snapshot(self) -> int:
+        """Load the snapshot if it fits the journal; returns how many journal entries it covers (0: none)."""
+        snap = read_snapshot(self.snapshot_path, self.journal.header, self.journal.entries)
+        if snap is None:
+            return 0
+        backend = self.tester.backend
+        chain = backend.chain
+        base_db = chain.chaindb.db
+        store = base_db.wrapped_db.kv_store
+        saved = dict(store)
+        store.clear()
+        store.update(snap.kv)
+        try:
+            restored = type(chain)(base_db)
+            head = restored.get_canonical_head()
+            last = self.journal.entries[snap.offset - 1]
+            got = (int(head.block_number), _hex(head.hash), _hex(head.state_root))
+            if (
+                got != (snap.head_number, snap.head_hash, snap.state_root)
+                or head.block_number != last.block_number
+            ):
+                raise ValueError(
+                    f"head (number, hash, state root) {got} does not match the snapshot or journal"
+                )
+            backend.chain = restored
+            receipt = self.w3.eth.get_transaction_receipt(last.tx_hash)  # type: ignore[arg-type]
+            if int(receipt["blockNumber"]) != last.block_number:
+                raise ValueError(f"transaction {last.tx_hash} is not in block {last.block_number}")
+        except Exception as exc:
+            log.warning(
+                "chain snapshot %s ignored (%s): replaying the whole journal", self.snapshot_path, exc
+            )
+            store.clear()
+            store.update(saved)
+            backend.chain = chain
+            return 0
+        self.snapshot_offset = snap.offset
+        return snap.offset
+
+    def write_snapshot(self) -> None:
+        """Snapshot the chain's state after every journaled transaction so far (atomic replace)."""
+        with self.lock:
+            chain = self.tester.backend.chain
+            head = chain.get_canonical_head()
+            entries = self.journal.entries
+            write_snapshot(
+                self.snapshot_path,
+                self.journal.header,
+                entries,
+                chain.chaindb.db.wrapped_db.kv_store,
+                head_number=int(head.block_number),
+                head_hash=_hex(head.hash),
+                state_root=_hex(head.state_root),
+            )
+            self.snapshot_offset = len(entries)
+
+    def _maybe_snapshot(self, force: bool = False) -> None:
+        pending = len(self.journal.entries) - self.snapshot_offset
+        if pending <= 0 or (not force and pending < self.snapshot_every):
+            return
+        try:
+            self.write_snapshot()
+        except OSError as exc:
+            log.warning("could not write chain snapshot %s: %s", self.snapshot_path, exc)
+
     def _replay(self) -> None:
         started = time.perf_counter()
-        for line, entry in enumerate(self.journal.entries, start=2):
+        start = self._restore_snapshot()
+        for line, entry in enumerate(self.journal.entries[start:], start=2 + start):
             try:
                 receipt = self._apply(entry.raw, entry.timestamp)
             except Exception as exc:
@@ -104,11 +176,14 @@ class _EvmNode:
                 )
         if self.journal.entries:
             log.info(
-                "replayed %d chain transactions from %s in %.2fs",
+                "replayed %d chain transactions from %s in %.2fs (%d from the snapshot)",
                 len(self.journal.entries),
                 self.journal.path,
                 time.perf_counter() - started,
+                start,
             )
+        if len(self.journal.entries) - start >= self.snapshot_every:
+            self._maybe_snapshot()
 
     def _apply(self, raw: bytes, timestamp: int) -> Mapping[str, Any]:
         """Mine `raw` alone in a block with the given timestamp."""
@@ -138,6 +213,7 @@ class _EvmNode:
             # The chain now holds a transaction the journal lacks; refuse to go on diverging.
             self.closed = True
             raise JournalError(f"could not append to journal {self.journal.path}: {exc}") from exc
+        self._maybe_snapshot()
         return receipt
 
     def labelled(self, label: str) -> JournalEntry | None:
@@ -145,6 +221,8 @@ class _EvmNode:
 
     def close(self) -> None:
         with self.lock:
+            if not self.closed:
+                self._maybe_snapshot(force=True)
             self.closed = True
             self.journal.close()
 
