@@ -30,7 +30,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DO_NOT_TRACK := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup system demo test test-heavy lint typecheck bench clean lock
+.PHONY: setup system demo test test-heavy lint typecheck bench clean lock stack stack-down test-stack
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -89,3 +89,14 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) node_modules .fedge .mypy_cache .ruff_cache .pytest_cache
+
+# The compose stack (packaging/compose/compose.yaml) on podman through packaging/compose/stack.py:
+# images built locally FROM localhost/fedge-base:bookworm, host networking on loopback ports.
+stack: $(STAMP)
+	$(PY) packaging/compose/stack.py up
+
+stack-down:
+	$(PY) packaging/compose/stack.py down
+
+test-stack: setup
+	$(PY) -m pytest -p no:cacheprovider -m stack tests/packaging/test_stack.py $(PYTEST_ARGS)
