@@ -94,7 +94,7 @@ class _EvmNode:
         backend = self.tester.backend
         chain = backend.chain
         base_db = chain.chaindb.db
-        store = base_db.wrapped_db.kv_store
+        store = base_db.wrapped_db.kv_store  # eth-tester's chain: AtomicDB over a MemoryDB
         saved = dict(store)
         store.clear()
         store.update(snap.kv)
@@ -148,7 +148,7 @@ class _EvmNode:
             return
         try:
             self.write_snapshot()
-        except OSError as exc:
+        except Exception as exc:  # the journal stays the durable record; a missed snapshot costs replay time
             log.warning("could not write chain snapshot %s: %s", self.snapshot_path, exc)
 
     def _replay(self) -> None:

@@ -136,3 +136,21 @@ def test_snapshot_of_another_history_is_ignored(tmp_path: Path, caplog: pytest.L
         assert state_of(again, IDS) == before
     finally:
         again.close()
+
+
+def test_a_snapshot_that_cannot_be_written_only_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = open_evm(tmp_path)
+    snapshot_path(tmp_path).mkdir()  # os.replace onto a directory fails
+    caplog.set_level(logging.WARNING, logger="controller.chain")
+    register(first, *IDS)  # the periodic snapshot fails; the journaled registrations do not
+    before = state_of(first, IDS)
+    first.close()
+    assert "could not write chain snapshot" in caplog.text
+
+    second = open_evm(tmp_path)
+    try:
+        assert state_of(second, IDS) == before
+    finally:
+        second.close()
