@@ -30,7 +30,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DO_NOT_TRACK := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup system demo test test-heavy lint typecheck bench clean lock stack stack-down test-stack
+.PHONY: setup system demo test test-heavy lint typecheck bench clean lock stack stack-down test-stack \
+	wheelhouse wheelhouse-controller images agent-size test-images
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -100,3 +101,26 @@ stack-down:
 
 test-stack: setup
 	$(PY) -m pytest -p no:cacheprovider -m stack tests/packaging/test_stack.py $(PYTEST_ARGS)
+
+# Offline packaging (packaging/wheelhouse.sh, packaging/docker/*.Dockerfile): wheelhouses of exactly the
+# lock's packages of one extra plus the fedge wheel, and images built FROM fedge's own Debian base with no
+# registry (`--pull=never`); the wheelhouse is each image's whole build context.
+IMAGE_BUILD := bash packaging/images/podman.sh build --pull=never --format docker
+wheelhouse: $(STAMP)
+	PYTHON=$(PY) TORCH_FIND_LINKS=$(TORCH_FIND_LINKS) bash packaging/wheelhouse.sh agent dist/wheelhouse
+
+wheelhouse-controller: $(STAMP)
+	PYTHON=$(PY) TORCH_FIND_LINKS=$(TORCH_FIND_LINKS) bash packaging/wheelhouse.sh controller dist/wheelhouse-controller
+
+images: wheelhouse wheelhouse-controller
+	bash packaging/images/build-base.sh
+	$(IMAGE_BUILD) -f packaging/docker/controller.Dockerfile -t localhost/fedge-controller:dev dist/wheelhouse-controller
+	$(IMAGE_BUILD) -f packaging/docker/agent.Dockerfile -t localhost/fedge-agent:dev dist/wheelhouse
+	$(IMAGE_BUILD) -f packaging/docker/agent-cuda.Dockerfile -t localhost/fedge-agent-cuda:dev dist/wheelhouse
+
+# packages and MB of an agent venv installed offline from dist/wheelhouse
+agent-size: wheelhouse
+	bash packaging/agent-size.sh dist/wheelhouse
+
+test-images: setup
+	$(PY) -m pytest -p no:cacheprovider -m stack tests/packaging/test_images.py $(PYTEST_ARGS)

@@ -4,6 +4,7 @@
 #
 #   sudo packaging/install-agent.sh --controller https://ctl.example --token fedge-enroll-... \
 #       [--label site=north]... [--source PATH|WHEEL|INDEX_URL|REQUIREMENT] [--constraint FILE] [--gpu]
+#   sudo packaging/install-agent.sh --wheelhouse DIR ...     fully offline, from `make wheelhouse`
 #
 # Idempotent: an existing user, venv or enrollment is kept (the package is re-installed/upgraded), the unit
 # file is rewritten only when it changed. --dry-run prints every action instead of running it.
@@ -16,6 +17,9 @@
 #                           a source directory or a .whl file -> installed from it,
 #                           an http(s)/file URL               -> used as the package index (--index-url),
 #                           anything else                     -> a pip requirement, e.g. 'fedge[agent]==0.1.0'
+#   --wheelhouse DIR      install offline from DIR only (pip --no-index --find-links DIR): a wheelhouse of
+#                         `make wheelhouse` (dist/wheelhouse: the fedge wheel and every pinned dependency);
+#                         with --gpu it must hold the onnxruntime_gpu wheel too
 #   --constraint FILE     pip constraints for the install (pip -c), e.g. a checkout's requirements/lock.txt;
 #                         default: the lock of a --source directory (so a device gets the versions CI tested),
 #                         none for the other sources; 'none' turns it off
@@ -37,6 +41,7 @@ STATE_DIR=/var/lib/fedge-agent
 SERVICE_USER=fedge-agent
 UNIT_DIR=/etc/systemd/system
 SOURCE=""
+WHEELHOUSE=""
 CONSTRAINT=""
 CONTROLLER=""
 TOKEN=""
@@ -77,6 +82,8 @@ while (($#)); do
         --label=*) LABELS+=("${1#*=}"); shift ;;
         --source) need_value "$@"; SOURCE=$2; shift 2 ;;
         --source=*) SOURCE=${1#*=}; shift ;;
+        --wheelhouse) need_value "$@"; WHEELHOUSE=$2; shift 2 ;;
+        --wheelhouse=*) WHEELHOUSE=${1#*=}; shift ;;
         --constraint) need_value "$@"; CONSTRAINT=$2; shift 2 ;;
         --constraint=*) CONSTRAINT=${1#*=}; shift ;;
         --prefix) need_value "$@"; PREFIX=$2; shift 2 ;;
@@ -105,6 +112,19 @@ for label in "${LABELS[@]}"; do
 done
 if [[ -n $TOKEN && -z $CONTROLLER ]] || [[ -z $TOKEN && -n $CONTROLLER ]]; then
     die "--controller and --token go together"
+fi
+if [[ -n $WHEELHOUSE ]]; then
+    [[ -d $WHEELHOUSE ]] || die "--wheelhouse $WHEELHOUSE: no such directory"
+    WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+    compgen -G "$WHEELHOUSE/fedge-*.whl" >/dev/null || die "--wheelhouse $WHEELHOUSE: no fedge wheel there (make wheelhouse)"
+    if ((GPU)) && ! compgen -G "$WHEELHOUSE/onnxruntime_gpu-*.whl" >/dev/null; then
+        die "--gpu with --wheelhouse: no onnxruntime_gpu wheel in $WHEELHOUSE"
+    fi
+    [[ -z $SOURCE ]] || [[ $SOURCE != *://* ]] || die "--wheelhouse and an index --source exclude each other"
+    # the wheelhouse holds the lock's versions only: no constraints needed, nothing from the network
+    PIP_ARGS+=(--no-index --find-links "$WHEELHOUSE")
+    [[ -n $SOURCE ]] || SOURCE="fedge[agent]"
+    [[ -n $CONSTRAINT ]] || CONSTRAINT=none
 fi
 PREFIX=${PREFIX%/}
 STATE_DIR=${STATE_DIR%/}

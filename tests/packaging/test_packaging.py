@@ -138,7 +138,9 @@ def test_dry_run_prints_every_action_and_changes_nothing(tmp_path: Path) -> None
         assert subprocess.run(["id", "fedge-agent-dryrun-test"], capture_output=True).returncode != 0
     assert f"+ {prefix}/venv/bin/python -m pip install" in joined  # note: q-quoted "[agent]"
     assert "\\[agent\\]" in joined
-    assert f"--constraint {ROOT}/requirements/lock.txt" in joined  # a checkout installs at the lock's versions
+    assert (
+        f"--constraint {ROOT}/requirements/lock.txt" in joined
+    )  # a checkout installs at the lock's versions
     assert "pip uninstall --quiet --yes onnxruntime" in joined and "onnxruntime-gpu==1.32.0" in joined
     enroll = next(line for line in lines if " enroll " in line)
     assert "--controller http://127.0.0.1:9 --token fedge-enroll-x" in enroll
@@ -249,37 +251,57 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize("name", ["agent.Dockerfile", "agent-cuda.Dockerfile"])
-def test_dockerfiles_run_the_agent_as_non_root(name: str) -> None:
+DOCKERFILES = {
+    "agent.Dockerfile": "fedge-agent",
+    "agent-cuda.Dockerfile": "fedge-agent",
+    "controller.Dockerfile": "fedge-controller",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dockerfiles_build_from_the_local_base_offline_as_non_root(name: str) -> None:
     ins = _instructions(PACKAGING / "docker" / name)
-    stages = [i for i, (op, _) in enumerate(ins) if op == "FROM"]
-    final = ins[stages[-1] :]
-    users = [arg for op, arg in final if op == "USER"]
+    args = dict(arg.split("=", 1) for op, arg in ins if op == "ARG" and "=" in arg)
+    assert args["BASE_IMAGE"] == "localhost/fedge-base:bookworm"
+    assert [arg for op, arg in ins if op == "FROM"] == ["${BASE_IMAGE}"]
+    users = [arg for op, arg in ins if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
-    assert ("ENTRYPOINT", '["fedge-agent"]') in final
-    assert any(op == "CMD" and '"run"' in arg for op, arg in final)
+    assert ("ENTRYPOINT", f'["{DOCKERFILES[name]}"]') in ins
+    assert any(op == "HEALTHCHECK" and "/healthz" in arg for op, arg in ins)
     runs = " ".join(arg for op, arg in ins if op == "RUN")
-    assert "useradd --system" in runs and "pip install '.[agent]'" in runs
-    for op, arg in ins:  # everything COPY'd from the build context exists in the repository
-        if op == "COPY" and "--from" not in arg:
-            for src in arg.split()[:-1]:
-                assert (ROOT / src).exists(), src
+    assert "useradd --system" in runs and "-m venv" in runs
+    # every pip install reads the bind-mounted wheelhouse only: no index, nothing from the network
+    installs = re.findall(r"pip install [^&;]*", runs.replace("$pip", "pip install --no-index"))
+    assert installs and all("--no-index" in cmd for cmd in installs), installs
+    assert "--mount=type=bind,target=/tmp/wheelhouse" in runs
+    assert not [op for op, _ in ins if op in ("COPY", "ADD")]  # the wheelhouse never becomes a layer
 
 
-def test_cpu_image_uses_python_slim_and_cpu_onnxruntime() -> None:
-    ins = _instructions(PACKAGING / "docker" / "agent.Dockerfile")
-    assert [arg for op, arg in ins if op == "FROM"] == ["python:3.11-slim AS build", "python:3.11-slim"]
-    assert "onnxruntime-gpu" not in (PACKAGING / "docker" / "agent.Dockerfile").read_text()
-
-
-def test_cuda_image_swaps_in_onnxruntime_gpu_of_the_pinned_version() -> None:
-    ins = _instructions(PACKAGING / "docker" / "agent-cuda.Dockerfile")
-    args = dict(arg.split("=", 1) for op, arg in ins if op == "ARG")
-    assert args["CUDA_IMAGE"].startswith("nvidia/cuda:") and "runtime" in args["CUDA_IMAGE"]
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert f'"onnxruntime=={args["ORT_VERSION"]}"' in pyproject  # same version as the agent extra
-    runs = " ".join(arg for op, arg in ins if op == "RUN")
-    order = [runs.index(s) for s in ("pip install '.[agent]'", "pip uninstall --yes onnxruntime",
-                                     'pip install "onnxruntime-gpu==${ORT_VERSION}"')]  # fmt: skip
+def test_agent_images_install_the_agent_extra_and_cuda_swaps_onnxruntime() -> None:
+    cpu = " ".join(a for op, a in _instructions(PACKAGING / "docker" / "agent.Dockerfile") if op == "RUN")
+    assert "'fedge[agent]'" in cpu and "onnxruntime-gpu" not in cpu
+    runs = " ".join(
+        a for op, a in _instructions(PACKAGING / "docker" / "agent-cuda.Dockerfile") if op == "RUN"
+    )
+    order = [runs.index(s) for s in ("$pip 'fedge[agent]'", "pip uninstall --quiet --yes onnxruntime",
+                                     "$pip onnxruntime-gpu")]  # fmt: skip
     assert order == sorted(order)
-    assert "python3.11" in runs
+
+
+def test_install_script_wheelhouse_installs_offline(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    args = ["--dry-run", "--no-systemd", "--prefix", str(tmp_path / "opt"), "--user", USER]
+    refused = subprocess.run(
+        ["bash", str(SCRIPT), *args, "--wheelhouse", str(house)], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "no fedge wheel" in refused.stderr
+    (house / "fedge-0.1.0-py3-none-any.whl").write_bytes(b"")
+    gpu = subprocess.run(
+        ["bash", str(SCRIPT), *args, "--gpu", "--wheelhouse", str(house)], capture_output=True, text=True
+    )
+    assert gpu.returncode != 0 and "onnxruntime_gpu" in gpu.stderr
+    out = install(*args, "--wheelhouse", str(house)).stdout
+    pip = next(line for line in out.splitlines() if " -m pip install " in line)
+    assert pip.endswith(f"--no-index --find-links {house} --upgrade fedge\\[agent\\]"), pip
+    assert "--constraint" not in pip
