@@ -78,6 +78,19 @@ def test_images_run_as_non_root_with_their_entrypoints(images: tuple[str, ...]) 
         assert "/healthz" in " ".join(config["Healthcheck"]["Test"])
 
 
+def test_agent_image_is_agent_only_and_fedge_controller_names_the_extra(images: tuple[str, ...]) -> None:
+    _, agent_image, _ = images
+    done = _podman(
+        "run", "--rm", "--network", "host", "--entrypoint", "fedge-controller", agent_image, "serve"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pip install 'fedge[controller]'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    listed = _podman("run", "--rm", "--entrypoint", "pip", agent_image, "list", "--format", "freeze")
+    installed = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+    assert {"fedge", "onnxruntime", "paho-mqtt"} <= installed
+    assert not installed & {"torch", "fastapi", "web3", "uvicorn", "sqlalchemy"}, installed
+
+
 def test_controller_and_agent_containers_deploy_and_infer_on_loopback(
     images: tuple[str, ...], names: list[str]
 ) -> None:
