@@ -16,8 +16,10 @@ mountpoint, which is then also mounted at that path into Mosquitto so the render
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RUN_DIR = Path(os.environ.get("FEDGE_STACK_RUN_DIR", ROOT / ".fedge" / "stack"))
+DATA = "/var/lib/fedge"  # the controller image's data dir (the fedge-data volume)
 HOST_FALLBACK = {"controller", "mosquitto-init"}
 PODMAN = str(HERE.parent / "images" / "podman.sh")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -126,7 +129,7 @@ def _host_env(project: str, svc: dict[str, Any]) -> dict[str, str]:
 
 def _host_cmd(project: str, svc: dict[str, Any]) -> list[str]:
     data = _mountpoint(project, "fedge-data")
-    cmd = [data if c == "/data" else c for c in svc["command"]]
+    cmd = [data if c == DATA else c for c in [*svc.get("entrypoint", []), *svc["command"]]]
     venv = ROOT / ".venv" / "bin"
     if cmd[0] == "python":
         return [str(venv / "python"), *cmd[1:]]
@@ -187,6 +190,10 @@ def _run_args(project: str, name: str, svc: dict[str, Any], *, detach: bool) -> 
         args += ["--network", "host"]
     if svc.get("pid") == "host":
         args += ["--pid", "host"]
+    if svc.get("user"):
+        args += ["--user", str(svc["user"])]
+    if svc.get("entrypoint"):
+        args += ["--entrypoint", json.dumps(list(svc["entrypoint"]))]
     env = svc.get("environment") or {}
     items = env.items() if isinstance(env, dict) else (e.split("=", 1) for e in env)
     for key, val in items:
@@ -201,8 +208,10 @@ def _run_args(project: str, name: str, svc: dict[str, Any], *, detach: bool) -> 
     hc = svc.get("healthcheck")
     if hc:
         test = hc["test"]
-        cmd = test[1] if test[0] == "CMD-SHELL" else " ".join(f"'{t}'" for t in test[1:])
+        cmd = test[1] if test[0] == "CMD-SHELL" else shlex.join(test[1:])
         args += ["--health-cmd", cmd, "--health-interval", "disable"]
+    else:
+        args += ["--no-healthcheck"]  # not the image's HEALTHCHECK (podman would want systemd timers)
     args += ["--pull=never", svc["image"]]
     if svc.get("command"):
         args += list(svc["command"])
@@ -247,6 +256,7 @@ def up(cfg: dict[str, Any], profiles: set[str], build: bool) -> None:
             data = _mountpoint(project, "fedge-data")
             svc = {
                 **svc,
+                "user": "0:0",  # the host controller (root) rendered the files
                 "volumes": [*svc["volumes"], f"fedge-data:{data}"],
                 "command": ["-c", f"{data}/fleet/mosquitto/mosquitto.conf"],
                 "healthcheck": {

@@ -23,20 +23,23 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import add_model
+from tests.fixtures.services import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = [sys.executable, str(ROOT / "packaging" / "compose" / "stack.py")]
 PROJECT = "fedge-test"
+# loopback ports free at collection (SeaweedFS also takes S3+1..S3+4 and +10000: a fixed base)
+_free = free_ports(7)
 PORTS = {
-    "FEDGE_STACK_PG_PORT": 35432,
+    "FEDGE_STACK_PG_PORT": _free[0],
     "FEDGE_STACK_S3_PORT": 38333,
-    "FEDGE_STACK_CHAIN_PORT": 38545,
-    "FEDGE_STACK_MQTT_PORT": 38883,
-    "FEDGE_STACK_CONTROLLER_PORT": 38400,
-    "FEDGE_STACK_PROMETHEUS_PORT": 39090,
+    "FEDGE_STACK_CHAIN_PORT": _free[1],
+    "FEDGE_STACK_MQTT_PORT": _free[2],
+    "FEDGE_STACK_CONTROLLER_PORT": _free[3],
+    "FEDGE_STACK_PROMETHEUS_PORT": _free[4],
 }
-AGENT_API_PORT = 38471
-AGENT_METRICS_PORT = 38500
+AGENT_API_PORT = _free[5]
+AGENT_METRICS_PORT = _free[6]
 TOKEN = "fedge_stack-test-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 CONTROLLER = f"http://127.0.0.1:{PORTS['FEDGE_STACK_CONTROLLER_PORT']}"
@@ -75,8 +78,8 @@ def _cli(module: str, *args: str) -> str:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[None]:
     _stack("down", "--volumes")
-    _stack("up")
     try:
+        _stack("up")
         yield
     finally:
         _stack("down", "--volumes")
@@ -127,9 +130,9 @@ def _prom_query(expr: str) -> list[dict[str, Any]]:
 def _chromium() -> str:
     found = shutil.which("chromium")
     if found is None:
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"], check=True, timeout=900
-        )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        apt = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        subprocess.run(apt, env=env, check=True, timeout=900)
         found = shutil.which("chromium")
     assert found is not None
     return found
