@@ -72,10 +72,11 @@ def _wait_http(url: str, container: str, seconds: float = 90) -> None:
 
 def test_images_run_as_non_root_with_their_entrypoints(images: tuple[str, ...]) -> None:
     for image in images:
-        config = json.loads(_podman("image", "inspect", image).stdout)[0]["Config"]
+        inspected = json.loads(_podman("image", "inspect", image).stdout)[0]
+        config = inspected["Config"]
         assert config["User"] not in ("", "root", "0")
         assert config["Entrypoint"][0] in ("fedge-controller", "fedge-agent")
-        assert "/healthz" in " ".join(config["Healthcheck"]["Test"])
+        assert "/healthz" in " ".join(inspected["Healthcheck"]["Test"])
 
 
 def test_agent_image_is_agent_only_and_fedge_controller_names_the_extra(images: tuple[str, ...]) -> None:
