@@ -94,12 +94,14 @@ clean:
 # The compose stack (packaging/compose/compose.yaml) on podman through packaging/compose/stack.py:
 # images built locally FROM localhost/fedge-base:bookworm, host networking on loopback ports.
 stack: $(STAMP)
+	@bash packaging/images/podman.sh image exists localhost/fedge-controller:dev || $(MAKE) images
 	$(PY) packaging/compose/stack.py up
 
 stack-down:
 	$(PY) packaging/compose/stack.py down
 
 test-stack: setup
+	@bash packaging/images/podman.sh image exists localhost/fedge-controller:dev || $(MAKE) images
 	$(PY) -m pytest -p no:cacheprovider -m stack tests/packaging/test_stack.py $(PYTEST_ARGS)
 
 # Offline packaging (packaging/wheelhouse.sh, packaging/docker/*.Dockerfile): wheelhouses of exactly the
