@@ -32,6 +32,20 @@ class ControllerSettings(BaseSettings):
     s3_secret_key: SecretStr | None = None
     s3_secure: bool = Field(default=True, description="Use HTTPS to reach S3.")
     s3_region: str = "us-east-1"
+    s3_presigned_downloads: bool = Field(
+        default=True,
+        description="Devices download artifacts straight from S3 through a short-lived presigned URL "
+        "(a 307 from the download route; the device checks the SHA-256 against the signed chain hash); "
+        "false: the controller streams the bytes itself. No effect with the local store.",
+    )
+    s3_public_endpoint: str | None = Field(
+        default=None,
+        description="host:port of S3 as devices reach it, for presigned URLs (default: s3_endpoint); "
+        "the scheme follows s3_secure.",
+    )
+    s3_presign_seconds: int = Field(
+        default=300, ge=10, le=3600, description="Lifetime of a presigned download URL, in seconds."
+    )
     bucket_prefix: str = Field(default="", description="Prefix for bucket names (datasets, models).")
 
     chain_backend: Literal["evm", "jsonrpc"] = Field(default="evm")

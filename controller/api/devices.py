@@ -20,6 +20,7 @@ from controller.api.deps import (
     RegistryDep,
     RolloutsDep,
     SettingsDep,
+    StoreDep,
 )
 from controller.api.downloads import artifact_response
 from controller.db.models import Device, utcnow
@@ -163,7 +164,13 @@ def renew_certificate(
 @router.get(
     paths.MODEL_DOWNLOAD,
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        307: {
+            "description": "S3 store: a short-lived presigned URL in Location (the bytes come straight "
+            "from storage; the device checks them against the signed chain hash)"
+        },
+    },
 )
 async def download_deployed_model(
     device_id: DevicePath,
@@ -173,9 +180,11 @@ async def download_deployed_model(
     devices: DevicesDep,
     commands: CommandsDep,
     registry: RegistryDep,
+    store: StoreDep,
 ) -> Response:
-    """The artifact deployed to this device, or named by a command for it (a grid policy to run),
-    integrity-checked against the chain while streamed."""
+    """The artifact deployed to this device, or named by a command for it (a grid policy to run):
+    with the local store integrity-checked against the chain while streamed; with S3 a 307 to a
+    presigned URL (``FEDGE_S3_PRESIGNED_DOWNLOADS``), the device checking the SHA-256 itself."""
     try:
         mv = await run_in_threadpool(devices.desired_model, device_id, model_id, version)
     except Forbidden:
@@ -196,4 +205,5 @@ async def download_deployed_model(
         filename=mv.filename or "model.onnx",
         content_type=mv.content_type,
         extra_headers={"X-Model-Version": str(mv.version), "X-Model-Kind": mv.kind},
+        redirect=lambda: store.presigned_get(mv.bucket, mv.object_key),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 from fastapi import Request, Response
@@ -20,8 +20,11 @@ def artifact_response(
     filename: str | None,
     content_type: str | None,
     extra_headers: dict[str, str] | None = None,
+    redirect: Callable[[], str | None] | None = None,
 ) -> Response:
-    """304 when ``If-None-Match`` matches, else the object streamed with its hashes in headers."""
+    """304 when ``If-None-Match`` matches; else a 307 to ``redirect()`` when it gives a URL (a presigned
+    storage URL: the bytes do not pass through the controller), else the object streamed; the hashes
+    are in the headers of each."""
     etag = f'"{sha256}"'
     headers = {
         "ETag": etag,
@@ -37,6 +40,11 @@ def artifact_response(
     inm = request.headers.get("if-none-match")
     if inm and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
         return Response(status_code=304, headers=headers)
+    location = redirect() if redirect is not None else None
+    if location:
+        headers["Location"] = location
+        headers["Cache-Control"] = "no-store"  # the URL expires
+        return Response(status_code=307, headers=headers)
     if size is not None:
         headers["Content-Length"] = str(size)
     if filename:

@@ -93,6 +93,12 @@ class ArtifactStore(ABC):
         (the local store removes its temp files when it opens) have none."""
         return 0
 
+    def presigned_get(self, bucket: str, key: str) -> str | None:
+        """A short-lived URL a device may GET the object from directly, or None when this store has
+        none (then the controller streams the bytes). The URL carries no integrity: the device checks
+        the SHA-256 against the signed chain hash as for every download."""
+        return None
+
     def exists(self, bucket: str, key: str) -> bool:
         """True if the object exists."""
         try:

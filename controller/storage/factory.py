@@ -22,6 +22,9 @@ def make_store(settings: ControllerSettings) -> ArtifactStore:
             settings.s3_secret_key.get_secret_value(),
             secure=settings.s3_secure,
             region=settings.s3_region,
+            presign=settings.s3_presigned_downloads,
+            public_endpoint=settings.s3_public_endpoint,
+            presign_seconds=settings.s3_presign_seconds,
         )
     from controller.storage.local import LocalArtifactStore
 

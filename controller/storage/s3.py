@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import BinaryIO, cast
 
 import urllib3
@@ -29,12 +30,35 @@ class S3ArtifactStore(ArtifactStore):
     """Objects in S3 buckets. Uploads of unknown length use multipart (aborted by the SDK on failure)."""
 
     def __init__(
-        self, endpoint: str, access_key: str, secret_key: str, secure: bool = True, region: str = "us-east-1"
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool = True,
+        region: str = "us-east-1",
+        *,
+        presign: bool = False,
+        public_endpoint: str | None = None,
+        presign_seconds: int = 300,
     ) -> None:
         self.client = Minio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
         )
         self.endpoint = endpoint
+        # Presigned URLs are signed for the address devices use; with the region given, signing needs no
+        # request to S3 (the SDK would otherwise ask the endpoint for its region).
+        self._signer: Minio | None = (
+            Minio(
+                public_endpoint or endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=secure,
+                region=region,
+            )
+            if presign
+            else None
+        )
+        self.presign_seconds = presign_seconds
 
     def _fail(self, what: str, exc: Exception) -> StorageError:
         if isinstance(exc, S3Error) and exc.code in _MISSING:
@@ -123,6 +147,18 @@ class S3ArtifactStore(ArtifactStore):
         finally:
             resp.close()
             resp.release_conn()
+
+    def presigned_get(self, bucket: str, key: str) -> str | None:
+        if self._signer is None:
+            return None
+        check_bucket(bucket)
+        check_key(key)
+        try:
+            return self._signer.presigned_get_object(
+                bucket, key, expires=timedelta(seconds=self.presign_seconds)
+            )
+        except (S3Error, ValueError) as exc:
+            raise self._fail(f"presign {bucket}/{key}", exc) from exc
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
         try:
