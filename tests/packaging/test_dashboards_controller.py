@@ -4,32 +4,16 @@ query only metrics a real controller's GET /metrics exports (docs/metrics.md).""
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api
+from tests.fixtures.dashboards import DASHBOARDS, METRIC, expressions
 
-DASHBOARDS = Path(__file__).resolve().parents[2] / "packaging" / "grafana"
-METRIC = re.compile(r"\b(fedge_[a-z0-9_]+)\b")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 NAMES = ["controller.json", "fleet.json"]
-
-
-def _expressions(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("expr", "query") and isinstance(value, str):
-                yield value
-            else:
-                yield from _expressions(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _expressions(item)
 
 
 def _queryable(api: Api) -> set[str]:
@@ -73,7 +57,7 @@ def test_dashboard_is_grafana_json_on_the_prometheus_variable(
 def test_dashboards_query_only_exported_metrics(api: Api, dashboards: dict[str, dict[str, Any]]) -> None:
     exported = _queryable(api)
     for name, d in dashboards.items():
-        queried = {m for expr in _expressions(d) for m in METRIC.findall(expr)}
+        queried = {m for expr in expressions(d) for m in METRIC.findall(expr)}
         missing = sorted(queried - exported)
         assert not missing, f"{name} queries metrics the controller does not export: {missing}"
         assert len(queried) >= 5, name

@@ -4,9 +4,7 @@ monitor's GET /metrics)."""
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.monitor.service import MonitorService
-
-DASHBOARDS = Path(__file__).resolve().parents[3] / "packaging" / "grafana"
-METRIC = re.compile(r"\b(fedge_[a-z0-9_]+)\b")
-
-
-def _expressions(node: Any) -> Iterator[str]:
-    """Every PromQL string of a dashboard: panel targets' ``expr`` and templating ``query``."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("expr", "query") and isinstance(value, str):
-                yield value
-            else:
-                yield from _expressions(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _expressions(item)
+from tests.fixtures.dashboards import DASHBOARDS, METRIC, expressions
 
 
 def _exported(url: str) -> set[str]:
@@ -52,7 +35,7 @@ def test_dashboard_queries_only_exported_metrics(
             found = set(METRIC.findall(expr))
             assert found, f"panel {panel['title']!r}: no fedge metric in {expr!r}"
             queried |= found
-    for expr in _expressions(dashboard["templating"]):
+    for expr in expressions(dashboard["templating"]):
         queried |= set(METRIC.findall(expr))
     exported = _exported(exercised[0].http.url)
     missing = sorted(queried - exported)
@@ -62,7 +45,7 @@ def test_dashboard_queries_only_exported_metrics(
 
 def _queried(dashboard: dict[str, Any]) -> set[str]:
     queried: set[str] = set()
-    for expr in _expressions(dashboard):
+    for expr in expressions(dashboard):
         queried |= set(METRIC.findall(expr))
     return queried
 
