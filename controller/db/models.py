@@ -142,6 +142,9 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # the replica running it and its last sign of life: recovery fails only jobs whose replica went quiet
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ApiToken(Base):

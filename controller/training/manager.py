@@ -8,26 +8,33 @@ A job runs in four steps, each of which can fail it with a clear reason and leav
                 ``verify(resultHash)`` called on chain (or an artifact record for later results)
   4. cleanup    the job's credential is revoked and the dataset copy deleted (logs are kept)
 
-Jobs live in SQL, so any controller replica may claim a queued job (``UPDATE ... WHERE state='queued'``).
-At start-up, jobs left ``running`` by a dead controller are failed with a reason; queued jobs resume.
+Jobs live in SQL, so any controller replica may claim a queued job (``UPDATE ... WHERE state='queued'``:
+exactly one wins). The claiming replica stamps the job with its id and keeps a heartbeat on it every
+``HEARTBEAT_SECONDS``; at start-up and on every heartbeat, running jobs whose heartbeat is older than
+``STALE_SECONDS`` (their controller died) are failed with a reason, so a replica starting beside a busy
+one leaves that one's jobs alone. Queued jobs resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 import logging
+import os
 import shutil
+import socket
 import sys
 import tarfile
 import threading
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.config import ControllerSettings
@@ -59,6 +66,9 @@ class JobFailed(Exception):
 class JobManager:
     """Runs queued jobs on ``settings.job_workers`` threads of this process."""
 
+    HEARTBEAT_SECONDS = 5.0
+    STALE_SECONDS = 30.0
+
     def __init__(
         self,
         settings: ControllerSettings,
@@ -77,6 +87,8 @@ class JobManager:
         self._threads: list[threading.Thread] = []
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self.replica_id = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        """Who claims jobs here: stamped on each job this process runs (``Job.claimed_by``)."""
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -86,6 +98,9 @@ class JobManager:
             t = threading.Thread(target=self._worker, name=f"fedge-job-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        hb = threading.Thread(target=self._heartbeat, name="fedge-job-heartbeat", daemon=True)
+        hb.start()
+        self._threads.append(hb)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming jobs; cancel the ones running here."""
@@ -98,9 +113,17 @@ class JobManager:
             t.join(timeout)
 
     def recover(self) -> int:
-        """Mark jobs left ``running`` (their controller died) as failed; queued jobs stay queued."""
+        """Mark jobs left ``running`` by a controller that died (no heartbeat for ``STALE_SECONDS``, or
+        none at all) as failed; jobs another live replica runs, and queued jobs, stay as they are."""
+        cutoff = utcnow() - dt.timedelta(seconds=self.STALE_SECONDS)
         with self.sessions.begin() as s:
-            stale = s.scalars(select(Job).where(Job.state == JobState.RUNNING.value)).all()
+            stale = s.scalars(
+                select(Job).where(
+                    Job.state == JobState.RUNNING.value,
+                    or_(Job.claimed_by.is_(None), Job.claimed_by != self.replica_id),
+                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+                )
+            ).all()
             for job in stale:
                 job.state = JobState.FAILED.value
                 job.error = "the controller stopped while the job was running; start it again"
@@ -196,6 +219,20 @@ class JobManager:
                 log.exception("job %s crashed the worker", job.id)
                 self._finish(job.id, JobState.FAILED, error="internal error while running the job; see logs")
 
+    def _heartbeat(self) -> None:
+        """Keep this replica's running jobs alive in SQL; fail those of replicas that went quiet."""
+        while not self._stop.wait(self.HEARTBEAT_SECONDS):
+            try:
+                with self.sessions.begin() as s:
+                    s.execute(
+                        update(Job)
+                        .where(Job.claimed_by == self.replica_id, Job.state == JobState.RUNNING.value)
+                        .values(heartbeat_at=utcnow())
+                    )
+                self.recover()
+            except Exception:  # a database hiccup must not end the heartbeat
+                log.exception("job heartbeat failed")
+
     def _claim(self) -> Job | None:
         with self.sessions() as s:
             candidates = s.scalars(
@@ -206,7 +243,12 @@ class JobManager:
                 claimed = s.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
-                    .values(state=JobState.RUNNING.value, started_at=utcnow())
+                    .values(
+                        state=JobState.RUNNING.value,
+                        started_at=utcnow(),
+                        claimed_by=self.replica_id,
+                        heartbeat_at=utcnow(),
+                    )
                 ).rowcount  # type: ignore[attr-defined]
             if claimed == 1:
                 return self.get(job_id)
