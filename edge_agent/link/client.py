@@ -108,9 +108,14 @@ class ControllerLink:
         self.etag: str | None = None
         self.last: dict[str, Any] | None = None
         self.not_modified = 0
+        self._storage: httpx.Client | None = None
+        """Fetches presigned storage URLs: no device token, kept alive (a new client costs ~40 ms of
+        CA loading)."""
 
     def close(self) -> None:
         self.http.close()
+        if self._storage is not None:
+            self._storage.close()
 
     def _refuse_if_revoked(self, _request: httpx.Request) -> None:
         if self.revoked is not None:
@@ -217,12 +222,12 @@ class ControllerLink:
                         resp.read()
                         self._check(resp, "model download")
                     return _write(resp, dest)
-            with httpx.Client(timeout=self.http.timeout) as direct, direct.stream("GET", location) as resp:
+            if self._storage is None:
+                self._storage = httpx.Client(timeout=self.http.timeout)
+            with self._storage.stream("GET", location) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise LinkError(
-                        f"model download from storage: HTTP {resp.status_code} {resp.text[:200]}"
-                    )
+                    raise LinkError(f"model download from storage: HTTP {resp.status_code} {resp.text[:200]}")
                 return _write(resp, dest)
         except httpx.HTTPError as exc:
             raise LinkError(f"model download: {exc}") from exc
@@ -231,8 +236,10 @@ class ControllerLink:
 def _write(resp: httpx.Response, dest: Path) -> str:
     """Stream a response body into ``dest`` (fsynced); the SHA-256 of what was written."""
     digest = hashlib.sha256()
+    # undecoded bodies are read as they arrive (no re-chunking copy); an encoded one is decoded
+    chunks = resp.iter_bytes(1 << 20) if resp.headers.get("content-encoding") else resp.iter_raw()
     with open(dest, "wb") as fh:
-        for chunk in resp.iter_bytes(1 << 20):
+        for chunk in chunks:
             digest.update(chunk)
             fh.write(chunk)
         fh.flush()
