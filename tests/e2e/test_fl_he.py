@@ -102,6 +102,7 @@ def _files(root: Path) -> Iterator[Path]:
             yield path
 
 
+@pytest.mark.heavy  # over 20 s on 2 cores: make test-heavy (CI runs it)
 def test_three_agents_train_under_he_with_masking_and_local_dp_and_the_controller_holds_no_secret(
     he_fleet: dict[str, Any],
 ) -> None:

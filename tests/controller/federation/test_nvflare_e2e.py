@@ -84,6 +84,7 @@ def _flare_processes(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.heavy  # over 20 s on 2 cores: make test-heavy (CI runs it)
 def test_a_two_client_nvflare_job_runs_to_a_registered_model_with_a_chain_record(ctl: Ctl) -> None:
     job_id = ctl.submit(rounds=1, lr=0.5)
     job = ctl.wait(job_id)

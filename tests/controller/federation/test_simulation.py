@@ -42,6 +42,7 @@ def _simulate_in_child(*args: Any, **kwargs: Any) -> Any:
         return pool.submit(simulate, *args, **kwargs).result(timeout=300)
 
 
+@pytest.mark.heavy  # over 20 s on 2 cores: make test-heavy (CI runs it)
 def test_a_simulated_job_learns_reports_every_round_and_rejects_a_malformed_update(tmp_path: Path) -> None:
     data = make_federated_digits(4, alpha=0.5, seed=0)
     output = tmp_path / "final.npz"
