@@ -12,7 +12,9 @@ Jobs live in SQL, so any controller replica may claim a queued job (``UPDATE ...
 exactly one wins). The claiming replica stamps the job with its id and keeps a heartbeat on it every
 ``HEARTBEAT_SECONDS``; at start-up and on every heartbeat, running jobs whose heartbeat is older than
 ``STALE_SECONDS`` (their controller died) are failed with a reason, so a replica starting beside a busy
-one leaves that one's jobs alone. Queued jobs resume.
+one leaves that one's jobs alone. Queued jobs resume. Finishing is conditional too (``UPDATE ... WHERE
+claimed_by = me AND state = 'running'``): a replica whose heartbeat stalled long enough for another to fail
+its job stops the run when it notices and never overwrites that outcome or publishes a version.
 """
 
 from __future__ import annotations
@@ -256,16 +258,33 @@ class JobManager:
 
     def _finish(
         self, job_id: str, state: JobState, *, error: str | None = None, version: int | None = None
-    ) -> None:
+    ) -> bool:
+        """End a job this replica runs (``UPDATE ... WHERE claimed_by = me AND state = 'running'``). False
+        when the job is no longer ours: another replica failed it while our heartbeat had stalled, so its
+        outcome stands and ours is dropped."""
         with self.sessions.begin() as s:
+            finished = s.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.claimed_by == self.replica_id,
+                    Job.state == JobState.RUNNING.value,
+                )
+                .values(state=state.value, error=error, model_version=version, finished_at=utcnow())
+            ).rowcount  # type: ignore[attr-defined]
+            if finished != 1:
+                log.warning("job %s is no longer ours; its %s outcome is dropped", job_id, state.value)
+                return False
             job = s.get(Job, job_id)
-            if job is None:
-                return
-            job.state = state.value
-            job.error = error
-            job.model_version = version
-            job.finished_at = utcnow()
-            self._revoke(s, job)
+            if job is not None:
+                self._revoke(s, job)
+        return True
+
+    def _still_ours(self, job_id: str) -> bool:
+        """True while this replica holds the job (claimed by us and running)."""
+        with self.sessions() as s:
+            row = s.execute(select(Job.claimed_by, Job.state).where(Job.id == job_id)).one_or_none()
+        return row is not None and row.claimed_by == self.replica_id and row.state == JobState.RUNNING.value
 
     @staticmethod
     def _revoke(s: Session, job: Job) -> None:
@@ -289,6 +308,8 @@ class JobManager:
                 raise _Cancelled()
             if outcome.state is not JobState.SUCCEEDED:
                 raise JobFailed(outcome.reason or f"the training program failed ({outcome.state})")
+            if not self._still_ours(job.id):  # failed by another replica meanwhile: publish nothing
+                raise _Cancelled()
             version = self._publish(job, workdir, outcome)
             self._finish(job.id, JobState.SUCCEEDED, version=version)
             log.info("job %s succeeded: model %s version %s", job.id, job.model_id, version)
@@ -444,8 +465,14 @@ class JobManager:
         while not cancel.wait(1.0):
             self._read_metrics(job_id, workdir)
             with self.sessions() as s:
-                requested = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-            if requested:
+                row = s.execute(
+                    select(Job.cancel_requested, Job.claimed_by, Job.state).where(Job.id == job_id)
+                ).one_or_none()
+            # cancelled by a user, or taken from us (failed by another replica while our heartbeat stalled)
+            if row is None or row.cancel_requested:
+                cancel.set()
+            elif row.claimed_by != self.replica_id or row.state != JobState.RUNNING.value:
+                log.warning("job %s was ended elsewhere (%s); stopping its run here", job_id, row.state)
                 cancel.set()
 
     def _read_metrics(self, job_id: str, workdir: Path) -> None:
@@ -465,7 +492,7 @@ class JobManager:
         progress = latest.get("progress")
         with self.sessions.begin() as s:
             job = s.get(Job, job_id)
-            if job is not None:
+            if job is not None and job.claimed_by == self.replica_id:  # not one another replica ended
                 job.metrics = latest
                 if isinstance(progress, int | float):
                     job.progress = max(0.0, min(1.0, float(progress)))

@@ -15,7 +15,8 @@ from sqlalchemy import func, select, update
 from controller.app import create_app
 from controller.db.models import Job, ModelVersion, utcnow
 from controller.state import build_state
-from tests.conftest import Api, SettingsFactory
+from controller.training.base import JobState
+from tests.conftest import Api, SettingsFactory, _open
 from tests.controller.test_jobs import _register, _train, _wait
 
 
@@ -106,3 +107,39 @@ def test_recovery_spares_a_live_replicas_job_and_fails_a_quiet_one(
         job = _wait(other, job_id)
         assert job["status"] == "failed"
         assert "controller stopped while the job was running" in job["error"]
+
+
+def test_a_job_failed_elsewhere_is_not_overwritten_by_its_stalled_replica(
+    make_settings: SettingsFactory, tmp_path: Path, shared_evm
+) -> None:  # type: ignore[no-untyped-def]
+    """The replica running a job stalled; another one failed the job meanwhile. When the first one wakes up,
+    it stops the run and its outcome is dropped: the job stays failed, no version is published."""
+    for api in _open(make_settings(job_timeout_seconds=60), shared_evm):
+        model_id = _register(api, tmp_path)
+        job_id = _train(api, model_id, mode="hang")
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+        while (job := api.state.jobs.get(job_id)).state != "running":
+            assert dt.datetime.now(dt.UTC) < deadline, "the job was not claimed"
+        assert job.claimed_by == api.state.jobs.replica_id
+        with api.state.sessions.begin() as s:  # what another replica's recovery sweep writes
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(state="failed", error="failed by another replica", finished_at=utcnow())
+            )
+
+        assert api.state.jobs._finish(job_id, JobState.SUCCEEDED, version=99) is False
+        with api.state.jobs._lock:  # the owner notices within a second and stops the run
+            running = api.state.jobs._cancels.get(job_id)
+        if running is not None:
+            assert running.wait(10), "the run was not stopped"
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=10)
+        while job_id in api.state.jobs._cancels:
+            assert dt.datetime.now(dt.UTC) < deadline, "the run did not end"
+        job = api.state.jobs.get(job_id)
+        assert (job.state, job.error, job.model_version) == ("failed", "failed by another replica", None)
+        with api.state.sessions() as s:
+            versions = s.scalar(
+                select(func.count()).select_from(ModelVersion).where(ModelVersion.model_id == model_id)
+            )
+        assert versions == 0  # nothing published: registration made none, the dropped run none
