@@ -43,12 +43,15 @@ def failing_model() -> bytes:
 ADMIN = {"Authorization": "Bearer fedge_test-admin-token-0123456789abcdef"}
 
 
-def upload_onnx(http: httpx.Client, data: bytes, model_id: str | None = None) -> tuple[str, int]:
-    """Register a model (first time) and store ``data`` as an ONNX version; (model_id, version)."""
+def upload_onnx(
+    http: httpx.Client, data: bytes, model_id: str | None = None, *, headers: dict[str, str] = ADMIN
+) -> tuple[str, int]:
+    """Register a model (first time) and store ``data`` as an ONNX version; (model_id, version).
+    ``headers`` authenticate every request (the test controllers' admin token by default)."""
     if model_id is None:
         ds = http.post(
             "/v1/datasets",
-            headers=ADMIN,
+            headers=headers,
             files={"dataset": ("d.npz", b"data", "application/octet-stream")},
             data={"metadata": json.dumps({"organization_id": "org-1", "samples_dimension": "(4,)"})},
         )
@@ -57,10 +60,12 @@ def upload_onnx(http: httpx.Client, data: bytes, model_id: str | None = None) ->
             "model_params": {"developer_id": "dev-1", "organization_id": "org-1"},
             "data_params": {"dataset_id": ds.json()["dataset_id"]},
         }
-        r = http.post("/v1/models", headers=ADMIN, json=body)
+        r = http.post("/v1/models", headers=headers, json=body)
         assert r.status_code == 201, r.text
         model_id = str(r.json()["model_id"])
-    r = http.put(f"/v1/models/{model_id}/artifact?kind=onnx&filename=model.onnx", headers=ADMIN, content=data)
+    r = http.put(
+        f"/v1/models/{model_id}/artifact?kind=onnx&filename=model.onnx", headers=headers, content=data
+    )
     assert r.status_code == 201, r.text
     return model_id, int(r.json()["version"])
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from tests.e2e.helpers import add_model
+from tests.e2e.helpers import add_model, upload_onnx
 from tests.fixtures.services import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,28 +85,6 @@ def stack() -> Iterator[None]:
         _stack("down", "--volumes")
 
 
-def _register(http: httpx.Client) -> tuple[str, int]:
-    ds = http.post(
-        "/v1/datasets",
-        headers=ADMIN,
-        files={"dataset": ("d.npz", b"data", "application/octet-stream")},
-        data={"metadata": json.dumps({"organization_id": "org-1", "samples_dimension": "(4,)"})},
-    )
-    assert ds.status_code == 201, ds.text
-    body = {
-        "model_params": {"developer_id": "dev-1", "organization_id": "org-1"},
-        "data_params": {"dataset_id": ds.json()["dataset_id"]},
-    }
-    r = http.post("/v1/models", headers=ADMIN, json=body)
-    assert r.status_code == 201, r.text
-    model_id = str(r.json()["model_id"])
-    r = http.put(
-        f"/v1/models/{model_id}/artifact?kind=onnx&filename=model.onnx", headers=ADMIN, content=add_model(3.0)
-    )
-    assert r.status_code == 201, r.text
-    return model_id, int(r.json()["version"])
-
-
 def _until(check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
     deadline = time.monotonic() + timeout
     last: object = None
@@ -156,7 +134,7 @@ def _screenshot(tmp: Path) -> None:
 
 def test_stack_deploy_infer_restart_and_scrape(stack: None, tmp_path: Path) -> None:
     http = httpx.Client(base_url=CONTROLLER, timeout=30)
-    model_id, version = _register(http)
+    model_id, version = upload_onnx(http, add_model(3.0), headers=ADMIN)
     token = _cli("controller.user_cli", "devices", "token", "--labels", "site=stack").strip()
     state_dir = tmp_path / "agent"
     enrolled = _cli(
