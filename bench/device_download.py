@@ -138,13 +138,8 @@ def _against(tmp: Path, s3: RunningS3, data: bytes, expected: str, repeat: int) 
         settings = ControllerSettings(
             data_dir=tmp / f"ctl-{name}",
             admin_token=admin,
-            storage_backend="s3",
-            s3_endpoint=info.endpoint,
-            s3_access_key=info.access_key,
-            s3_secret_key=info.secret_key,
-            s3_secure=False,
+            **info.controller_settings(f"b{uuid.uuid4().hex[:8]}-"),
             s3_presigned_downloads=presign,
-            bucket_prefix=f"b{uuid.uuid4().hex[:8]}-",
             _env_file=None,  # type: ignore[call-arg]
         )
         state = build_state(settings, start_jobs=False)

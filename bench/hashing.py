@@ -259,11 +259,7 @@ def _transfer_against(
     settings = ControllerSettings(
         data_dir=tmp / "controller",
         admin_token=admin,
-        storage_backend="s3",
-        s3_endpoint=info.endpoint,
-        s3_access_key=info.access_key,
-        s3_secret_key=info.secret_key,
-        s3_secure=False,
+        **info.controller_settings(),
         _env_file=None,
     )
     state = build_state(settings)

@@ -135,17 +135,11 @@ def any_api(request: pytest.FixtureRequest, make_settings: SettingsFactory) -> I
         return
     pg_url: str = request.getfixturevalue("postgres_db_url")
     s3 = request.getfixturevalue("s3_server")
-    import uuid
 
     yield from _open(
         make_settings(
             database_url=pg_url,
-            storage_backend="s3",
-            s3_endpoint=s3.endpoint,
-            s3_access_key=s3.access_key,
-            s3_secret_key=s3.secret_key,
-            s3_secure=False,
-            bucket_prefix=f"t{uuid.uuid4().hex[:10]}-",
+            **s3.controller_settings(),
         ),
         request.getfixturevalue("shared_anvil"),
     )

@@ -54,12 +54,7 @@ def test_killed_upload_is_aborted_by_reconciliation(
 ) -> None:
     settings = make_settings(
         database_url=postgres_db_url,
-        storage_backend="s3",
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_secure=False,
-        bucket_prefix=f"t{uuid.uuid4().hex[:10]}-",
+        **s3_server.controller_settings(),
         pending_grace_seconds=3600,
     )
     state = build_state(settings)

@@ -30,12 +30,7 @@ def s3_controller(
     settings = ControllerSettings(
         data_dir=tmp_path_factory.mktemp("s3-controller"),
         admin_token=ADMIN_TOKEN,
-        storage_backend="s3",
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_secure=False,
-        bucket_prefix=f"p{uuid.uuid4().hex[:10]}-",
+        **s3_server.controller_settings(f"p{uuid.uuid4().hex[:10]}-"),
         s3_presign_seconds=60,
         _env_file=None,  # type: ignore[call-arg]
     )
@@ -100,13 +95,8 @@ def test_presigned_downloads_off_streams_through_the_controller(
     settings = ControllerSettings(
         data_dir=tmp_path / "ctl",
         admin_token=ADMIN_TOKEN,
-        storage_backend="s3",
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
-        s3_secure=False,
+        **s3_server.controller_settings(f"q{uuid.uuid4().hex[:10]}-"),
         s3_presigned_downloads=False,
-        bucket_prefix=f"q{uuid.uuid4().hex[:10]}-",
         _env_file=None,  # type: ignore[call-arg]
     )
     state = build_state(settings, shared_evm, start_jobs=False)
