@@ -131,6 +131,19 @@ class ControllerSettings(BaseSettings):
         "certificate), rendered by `python -m controller.fleet.broker.mosquitto`. "
         "Default <data_dir>/fleet/mosquitto.",
     )
+    replica_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$",
+        description="This controller's stable name among replicas on one database and Mosquitto (e.g. a "
+        "StatefulSet pod name; the same across its restarts): its MQTT client id is fedge-controller-<id> "
+        "and it takes its share of device messages through a shared subscription. Unset: one controller.",
+    )
+    mqtt_session_expiry_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="With replica_id: how long Mosquitto keeps a replica's session (its subscription and "
+        "its share of device messages) while it is away; a replica back within it misses nothing.",
+    )
 
     fl_engine: Literal["flower", "none"] = Field(
         default="flower", description="Federated-learning engine ('none': FL jobs are refused)."
@@ -200,6 +213,10 @@ class ControllerSettings(BaseSettings):
             )
         if self.broker_backend == "mosquitto" and not self.broker_port:
             raise ValueError("broker_backend=mosquitto needs FEDGE_BROKER_PORT")
+        if self.replica_id and self.broker_backend == "embedded":
+            raise ValueError(
+                "FEDGE_REPLICA_ID: replicas share one broker; use broker_backend=mosquitto (or none)"
+            )
         if self.chain_backend == "jsonrpc" and not self.chain_rpc_url:
             raise ValueError("chain_backend=jsonrpc needs FEDGE_CHAIN_RPC_URL")
         if self.fl_superlink_ca is not None and not self.fl_superlink_address:

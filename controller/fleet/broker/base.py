@@ -2,6 +2,11 @@
 
 The topics and the device ACL are the protocol's (:mod:`fedge_protocol.topics`); the service client
 (``SERVICE_USER``) may do anything under ``fedge/``.
+
+Several controller replicas on one broker (``ReplicaSession``): each connects with its own client id
+(``fedge-controller-<replica>``, MQTT 5 with a session expiry) and takes the device messages through a
+shared subscription (``$share/fedge-controller/<filter>``), so the broker hands each message to exactly one
+replica; the broker queues a replica's share while it is away, for up to the session expiry.
 """
 
 from __future__ import annotations
@@ -17,13 +22,34 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from controller.observability.events import counted_publish
 
 log = logging.getLogger("fedge.broker")
 
 SERVICE_USER = "fedge-controller"
+SHARE_GROUP = SERVICE_USER
+"""The shared-subscription group of every controller replica: ``$share/fedge-controller/<filter>``."""
 MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class ReplicaSession:
+    """How one of several controller replicas holds its broker session."""
+
+    replica_id: str
+    session_expiry_s: int = 300
+
+    @property
+    def client_id(self) -> str:
+        return f"{SERVICE_USER}-{self.replica_id}"
+
+
+def shared_filter(pattern: str) -> str:
+    """The shared-subscription form of ``pattern``: each matching message goes to one group member."""
+    return f"$share/{SHARE_GROUP}/{pattern}"
 
 
 @dataclass(frozen=True)
@@ -50,10 +76,12 @@ class Broker(ABC):
     """An MQTT broker as the controller sees it."""
 
     def __init__(self) -> None:
-        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._handlers: list[tuple[str, MessageHandler, bool]] = []
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self.on_connected: Callable[[], None] | None = None
+        self.replica: ReplicaSession | None = None
+        """Set (before ``start``) when this controller is one of several replicas on this broker."""
 
     # ------------------------------------------------------------------ interface
     @property
@@ -73,10 +101,19 @@ class Broker(ABC):
     def start(self) -> None:
         """Connect the service client (subclasses start their broker first)."""
         opts = self._service_options()
+        replica = self.replica
         # a persistent session: the broker queues device messages for the controller while it is away
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=opts.client_id, protocol=mqtt.MQTTv311, clean_session=False
-        )
+        if replica is None:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=opts.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+            )
+        else:  # MQTT 5: a session that expires, so a replica gone for good stops taking a share
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=replica.client_id, protocol=mqtt.MQTTv5
+            )
         if opts.username is not None:
             client.username_pw_set(opts.username, opts.password)
         if opts.tls is not None:
@@ -86,7 +123,12 @@ class Broker(ABC):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        client.connect_async(opts.host, opts.port, keepalive=30)
+        if replica is None:
+            client.connect_async(opts.host, opts.port, keepalive=30)
+        else:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = replica.session_expiry_s
+            client.connect_async(opts.host, opts.port, keepalive=30, clean_start=False, properties=props)
         client.loop_start()
         if not self._connected.wait(15):
             log.warning("broker service client not connected yet (%s:%s)", opts.host, opts.port)
@@ -97,6 +139,16 @@ class Broker(ABC):
             self._client.loop_stop()
             self._client = None
         self._connected.clear()
+
+    def leave(self) -> None:
+        """Stop and end this replica's broker session for good (scaling down): the broker forgets its
+        subscription, so its share of device messages goes to the replicas that remain. ``stop`` keeps the
+        session (a restart misses nothing)."""
+        if self._client is not None and self.replica is not None:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+        self.stop()
 
     @counted_publish
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
@@ -112,11 +164,16 @@ class Broker(ABC):
             return False
         return info.is_published()
 
-    def subscribe(self, pattern: str, handler: MessageHandler) -> None:
-        """Call ``handler(topic, payload)`` for every message matching ``pattern`` (kept over reconnects)."""
-        self._handlers.append((pattern, handler))
+    def subscribe(self, pattern: str, handler: MessageHandler, *, shared: bool = False) -> None:
+        """Call ``handler(topic, payload)`` for every message matching ``pattern`` (kept over reconnects).
+        ``shared``: when this controller is one of several replicas, each message goes to one of them
+        (a shared subscription); alone, it is a plain subscription."""
+        self._handlers.append((pattern, handler, shared))
         if self._client is not None and self._connected.is_set():
-            self._client.subscribe(pattern, qos=1)
+            self._client.subscribe(self._filter(pattern, shared), qos=1)
+
+    def _filter(self, pattern: str, shared: bool) -> str:
+        return shared_filter(pattern) if shared and self.replica is not None else pattern
 
     @property
     def connected(self) -> bool:
@@ -127,8 +184,8 @@ class Broker(ABC):
         if rc.is_failure:
             log.warning("broker refused the service client: %s", rc)
             return
-        for pattern, _ in self._handlers:
-            client.subscribe(pattern, qos=1)
+        for pattern, _, shared in self._handlers:
+            client.subscribe(self._filter(pattern, shared), qos=1)
         self._connected.set()
         if self.on_connected is not None:
             threading.Thread(target=self.on_connected, daemon=True, name="fedge-broker-sync").start()
@@ -138,7 +195,7 @@ class Broker(ABC):
         log.info("broker service client disconnected (%s)", rc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        for pattern, handler in self._handlers:
+        for pattern, handler, _ in self._handlers:
             if mqtt.topic_matches_sub(pattern, msg.topic):
                 try:
                     handler(msg.topic, bytes(msg.payload))

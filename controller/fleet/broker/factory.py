@@ -1,11 +1,12 @@
-"""Pick the Broker named by the settings: embedded amqtt (default), Mosquitto, or none."""
+"""Pick the Broker named by the settings: embedded amqtt (default), Mosquitto (one of several replicas
+with ``replica_id``), or none."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.fleet.broker.base import Broker
+from controller.fleet.broker.base import Broker, ReplicaSession
 
 if TYPE_CHECKING:
     from controller.config import ControllerSettings
@@ -54,7 +55,7 @@ def make_broker(settings: ControllerSettings, fleet: Fleet) -> Broker | None:
 
     directory = settings.mosquitto_dir or settings.data_dir / "fleet" / "mosquitto"
     revoked = [(d.id, int(d.cert_serial, 16)) for d in fleet.list() if d.status != "active" and d.cert_serial]
-    return MosquittoBroker(
+    broker = MosquittoBroker(
         fleet.ca,
         MosquittoFiles(directory),
         settings.broker_host,
@@ -62,3 +63,6 @@ def make_broker(settings: ControllerSettings, fleet: Fleet) -> Broker | None:
         settings.broker_url,
         revoked,
     )
+    if settings.replica_id:
+        broker.replica = ReplicaSession(settings.replica_id, settings.mqtt_session_expiry_seconds)
+    return broker

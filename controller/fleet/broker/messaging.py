@@ -38,8 +38,9 @@ class FleetMessaging:
         """State and telemetry messages, applied in batches off the network thread (:mod:`..ingest`)."""
 
     def start(self) -> None:
-        self.broker.subscribe(every_device(Leaf.STATE), self._on_message)
-        self.broker.subscribe(every_device(Leaf.TELEMETRY), self._on_message)
+        # shared among replicas: each device message is ingested by exactly one controller
+        self.broker.subscribe(every_device(Leaf.STATE), self._on_message, shared=True)
+        self.broker.subscribe(every_device(Leaf.TELEMETRY), self._on_message, shared=True)
         self.broker.on_connected = self.publish_all
         self.fleet.events.subscribe(self)
         self.ingest.start()
