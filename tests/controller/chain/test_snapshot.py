@@ -47,6 +47,23 @@ def crash(backend: InProcessChainBackend) -> None:
     backend._node.journal.close()
 
 
+def reopens_to(
+    data_dir: Path,
+    ids: list[str],
+    expected: tuple[object, ...],
+    caplog: pytest.LogCaptureFixture,
+    *logged: str,
+) -> None:
+    """Open the chain in ``data_dir`` again: its state equals ``expected`` and the log says every phrase."""
+    again = open_evm(data_dir)
+    try:
+        assert state_of(again, ids) == expected
+        for phrase in logged:
+            assert phrase in caplog.text, phrase
+    finally:
+        again.close()
+
+
 @pytest.fixture(autouse=True)
 def _snapshot_every_four(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(evm, "SNAPSHOT_EVERY", 4)
@@ -73,12 +90,7 @@ def test_restart_from_snapshot_equals_full_replay(tmp_path: Path, caplog: pytest
 
     snapshot_path(tmp_path).unlink()
     caplog.clear()
-    third = open_evm(tmp_path)
-    try:
-        assert state_of(third, [*IDS, "after"]) == after
-        assert "(0 from the snapshot)" in caplog.text
-    finally:
-        third.close()
+    reopens_to(tmp_path, [*IDS, "after"], after, caplog, "(0 from the snapshot)")
 
 
 def test_only_the_tail_after_the_snapshot_is_replayed(
@@ -90,13 +102,7 @@ def test_only_the_tail_after_the_snapshot_is_replayed(
     crash(first)
 
     caplog.set_level(logging.INFO, logger="controller.chain.evm")
-    second = open_evm(tmp_path)
-    try:
-        assert "replayed 7 chain transactions" in caplog.text
-        assert "(4 from the snapshot)" in caplog.text
-        assert state_of(second, IDS) == before
-    finally:
-        second.close()
+    reopens_to(tmp_path, IDS, before, caplog, "replayed 7 chain transactions", "(4 from the snapshot)")
 
 
 def test_corrupt_snapshot_is_ignored_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -110,13 +116,7 @@ def test_corrupt_snapshot_is_ignored_with_a_warning(tmp_path: Path, caplog: pyte
     path.write_bytes(bytes(data))
 
     caplog.set_level(logging.INFO, logger="controller.chain")
-    second = open_evm(tmp_path)
-    try:
-        assert "body checksum mismatch" in caplog.text
-        assert "(0 from the snapshot)" in caplog.text
-        assert state_of(second, IDS) == before
-    finally:
-        second.close()
+    reopens_to(tmp_path, IDS, before, caplog, "body checksum mismatch", "(0 from the snapshot)")
 
 
 def test_snapshot_of_another_history_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -130,12 +130,7 @@ def test_snapshot_of_another_history_is_ignored(tmp_path: Path, caplog: pytest.L
     shutil.copyfile(snapshot_path(tmp_path / "other"), snapshot_path(tmp_path / "mine"))
 
     caplog.set_level(logging.INFO, logger="controller.chain")
-    again = open_evm(tmp_path / "mine")
-    try:
-        assert "ignored" in caplog.text
-        assert state_of(again, IDS) == before
-    finally:
-        again.close()
+    reopens_to(tmp_path / "mine", IDS, before, caplog, "ignored")
 
 
 def test_a_snapshot_that_cannot_be_written_only_warns(
@@ -149,8 +144,4 @@ def test_a_snapshot_that_cannot_be_written_only_warns(
     first.close()
     assert "could not write chain snapshot" in caplog.text
 
-    second = open_evm(tmp_path)
-    try:
-        assert state_of(second, IDS) == before
-    finally:
-        second.close()
+    reopens_to(tmp_path, IDS, before, caplog)
