@@ -233,6 +233,8 @@ class _Reader:
         buf, start = self.buf, 0
         while True:
             found = _HEAD_END.search(buf, max(0, start - 3))
+            if found is not None and found.start() > MAX_HEAD:
+                raise HttpError(431, f"request line and header fields over {MAX_HEAD} bytes")
             if found is not None:
                 head = bytes(buf[: found.start()])
                 del buf[: found.end()]
