@@ -6,6 +6,10 @@ followed by the raw tensors of the binary tensor extension (``Inference-Header-C
 the JSON ends); outputs as JSON ``data`` or, when asked for (``parameters.binary_data_output`` or an
 output's ``parameters.binary_data``), as raw bytes after the JSON header. The model name is the deployed
 model's id, its version the registry version.
+
+A client sends the same JSON header again and again (one batch shape, binary tensors): per session, a
+checked all-binary header is kept (by its bytes) with where each tensor lies, and an all-binary reply's
+JSON header by output shapes, so such a request costs no JSON parse or write.
 """
 
 from __future__ import annotations
@@ -119,38 +123,77 @@ def model_metadata(active: Active) -> dict[str, Any]:
     }
 
 
-_SIGNATURES: weakref.WeakKeyDictionary[Any, tuple[dict[str, str], dict[str, str]]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True, slots=True)
+class _Binary:
+    """Where one binary input lies in the body's binary part, and what it is."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+    count: int
 
 
-def _signature(session: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """{input name: v2 datatype}, {output name: v2 datatype} of a session, kept while the session lives
-    (asking ORT costs more than the rest of a batch-1 request)."""
-    found = _SIGNATURES.get(session)
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A checked request header whose inputs are all binary: the same header bytes again (a client
+    sending batch after batch of one shape) skip the JSON parse and the checks."""
+
+    inputs: tuple[_Binary, ...]
+    binary_size: int
+    names: list[str]
+    as_binary: dict[str, bool]
+
+
+@dataclass
+class _SessionInfo:
+    """What is kept per session while it lives: its signature, checked request headers (``MAX_PLANS``
+    at most) and, per output dtypes and shapes, the JSON header of an all-binary reply."""
+
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    plans: dict[bytes, _Plan]
+    replies: dict[tuple[Any, ...], bytes]
+
+
+MAX_PLANS = 64
+_SESSIONS: weakref.WeakKeyDictionary[Any, _SessionInfo] = weakref.WeakKeyDictionary()
+
+
+def _info(session: Any) -> _SessionInfo:
+    """The session's ``_SessionInfo`` (asking ORT for its signature costs more than the rest of a batch-1
+    request, so it is asked once)."""
+    found = _SESSIONS.get(session)
     if found is None:
-        found = (
+        found = _SessionInfo(
             {i.name: _v2_type(i.type) for i in session.get_inputs()},
             {o.name: _v2_type(o.type) for o in session.get_outputs()},
+            {},
+            {},
         )
-        _SIGNATURES[session] = found
+        _SESSIONS[session] = found
     return found
 
 
-def _parse_header(body: bytes, header_length: int | None) -> tuple[dict[str, Any], memoryview]:
+def _split(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
+    """The body -> (JSON header, binary part)."""
     if header_length is None:
         header_length = len(body)
     if not 0 < header_length <= len(body):
         raise V2Error(
             400, f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)"
         )
+    return body[:header_length], memoryview(body)[header_length:]
+
+
+def _parse_header(header: bytes) -> dict[str, Any]:
     try:
-        request = json.loads(body[:header_length])
+        request = json.loads(header)
     except ValueError as exc:
         raise V2Error(400, f"the inference header is not JSON: {exc}") from exc
     if not isinstance(request, dict):
         raise V2Error(400, "the inference request must be a JSON object")
-    return request, memoryview(body)[header_length:]
+    return request
 
 
 def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -188,8 +231,9 @@ def _encode_bytes(array: np.ndarray) -> bytes:
 
 def _tensor(
     spec: Any, index: int, expected: dict[str, str], binary: memoryview, offset: int
-) -> tuple[str, np.ndarray, int]:
-    """One request input -> (name, array, new offset into the binary part)."""
+) -> tuple[str, np.ndarray, int, _Binary | None]:
+    """One request input -> (name, array, new offset into the binary part, where it lay there when it is
+    a binary non-BYTES tensor)."""
     if not isinstance(spec, dict):
         raise V2Error(400, f"inputs[{index}] must be an object")
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
@@ -214,16 +258,13 @@ def _tensor(
             raise V2Error(400, f"{where}: binary_data_size {size} runs past the body's binary part")
         raw = binary[offset : offset + size]
         if datatype == "BYTES":
-            array = _decode_bytes(raw, count, where)
-        else:
-            itemsize = np.dtype(dtype).itemsize
-            if size != count * itemsize:
-                raise V2Error(
-                    400,
-                    f"{where}: binary_data_size {size} != {count} elements x {itemsize} bytes of {datatype}",
-                )
-            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-        return name, array.reshape(shape), offset + size
+            return name, _decode_bytes(raw, count, where).reshape(shape), offset + size, None
+        little = np.dtype(dtype).newbyteorder("<")
+        if size != count * little.itemsize:
+            detail = f"{count} elements x {little.itemsize} bytes of {datatype}"
+            raise V2Error(400, f"{where}: binary_data_size {size} != {detail}")
+        placed = _Binary(name, little, tuple(shape), offset, count)
+        return name, np.frombuffer(raw, dtype=little).reshape(shape), offset + size, placed
     if "data" not in spec:
         raise V2Error(400, f"{where}: neither 'data' nor parameters.binary_data_size")
     try:
@@ -237,7 +278,7 @@ def _tensor(
         raise V2Error(400, f"{where}: data is not {datatype}: {exc}") from exc
     if array.size != count:
         raise V2Error(400, f"{where}: {array.size} elements of data for shape {shape} ({count} elements)")
-    return name, array.reshape(shape), offset
+    return name, array.reshape(shape), offset, None
 
 
 def _requested(request: dict[str, Any], outputs: dict[str, str]) -> tuple[list[str], dict[str, bool]]:
@@ -265,31 +306,89 @@ def _requested(request: dict[str, Any], outputs: dict[str, str]) -> tuple[list[s
     return list(binary), binary
 
 
+def _check(
+    request: dict[str, Any], info: _SessionInfo, binary: memoryview
+) -> tuple[dict[str, np.ndarray], list[str], dict[str, bool], _Plan | None]:
+    """A parsed request header -> (feed, output names, binary or not per output, its plan when every
+    input is a binary non-BYTES tensor)."""
+    specs = request.get("inputs")
+    if not isinstance(specs, list):
+        raise V2Error(400, "'inputs' must be a list of tensors {name, datatype, shape, data}")
+    feed: dict[str, np.ndarray] = {}
+    placed: list[_Binary] = []
+    offset = 0
+    for index, spec in enumerate(specs):
+        key, array, offset, where = _tensor(spec, index, info.inputs, binary, offset)
+        if key in feed:
+            raise V2Error(400, f"input '{key}' is given twice")
+        feed[key] = array
+        if where is not None:
+            placed.append(where)
+    if offset != len(binary):
+        raise V2Error(
+            400, f"{len(binary) - offset} bytes after the last binary input (binary_data_size total {offset})"
+        )
+    missing = [n for n in info.inputs if n not in feed]
+    if missing:
+        raise V2Error(400, f"missing inputs {missing}")
+    names, as_binary = _requested(request, info.outputs)
+    plan = None
+    if len(placed) == len(feed) and "id" not in request:
+        plan = _Plan(tuple(placed), offset, names, as_binary)
+    return feed, names, as_binary, plan
+
+
+def _datatype(declared: str, array: np.ndarray) -> str:
+    return declared if declared in V2_DTYPES else _NUMPY_TO_V2.get(array.dtype.str, "BYTES")
+
+
+def _binary_reply(
+    active: Active, info: _SessionInfo, names: list[str], results: dict[str, np.ndarray]
+) -> V2Response:
+    """Every output in binary form: the JSON header depends only on the outputs' dtypes and shapes, so it
+    is written once per (dtypes, shapes) and kept."""
+    arrays = [np.ascontiguousarray(results[n]) for n in names]
+    types = [_datatype(info.outputs[n], a) for n, a in zip(names, arrays, strict=True)]
+    raw = [
+        _encode_bytes(a) if t == "BYTES" else a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        for a, t in zip(arrays, types, strict=True)
+    ]
+    key = (*names, *types, *(a.shape for a in arrays), *map(len, raw))
+    header = info.replies.get(key)
+    if header is None:
+        outputs = [
+            {"name": n, "datatype": t, "shape": list(a.shape), "parameters": {"binary_data_size": len(r)}}
+            for n, t, a, r in zip(names, types, arrays, raw, strict=True)
+        ]
+        reply = {"model_name": active.model_id, "model_version": str(active.version), "outputs": outputs}
+        header = json.dumps(reply).encode()
+        if len(info.replies) >= MAX_PLANS:
+            info.replies.clear()
+        info.replies[key] = header
+    return V2Response(header, raw)
+
+
 def infer(
     service: InferenceService, name: str, version: str | None, body: bytes, header_length: int | None
 ) -> V2Response:
     """Run one v2 inference request on the active model (raises V2Error with a 4xx status)."""
     active = resolve(service.runtime.active, name, version)
-    request, binary = _parse_header(body, header_length)
-    expected, outputs = _signature(active.session)
-    specs = request.get("inputs")
-    if not isinstance(specs, list):
-        raise V2Error(400, "'inputs' must be a list of tensors {name, datatype, shape, data}")
-    feed: dict[str, np.ndarray] = {}
-    offset = 0
-    for index, spec in enumerate(specs):
-        key, array, offset = _tensor(spec, index, expected, binary, offset)
-        if key in feed:
-            raise V2Error(400, f"input '{key}' is given twice")
-        feed[key] = array
-    if offset != len(binary):
-        raise V2Error(
-            400, f"{len(binary) - offset} bytes after the last binary input (binary_data_size total {offset})"
-        )
-    missing = [n for n in expected if n not in feed]
-    if missing:
-        raise V2Error(400, f"missing inputs {missing}")
-    names, as_binary = _requested(request, outputs)
+    header, binary = _split(body, header_length)
+    info = _info(active.session)
+    plan = info.plans.get(header) if header_length is not None else None
+    request: dict[str, Any] | None = None
+    if plan is not None and len(binary) == plan.binary_size:
+        feed = {
+            b.name: np.frombuffer(binary, b.dtype, b.count, b.offset).reshape(b.shape) for b in plan.inputs
+        }
+        names, as_binary = plan.names, plan.as_binary
+    else:
+        request = _parse_header(header)
+        feed, names, as_binary, plan = _check(request, info, binary)
+        if plan is not None and header_length is not None:
+            if len(info.plans) >= MAX_PLANS:
+                info.plans.clear()
+            info.plans[header] = plan
     started = time.perf_counter()
     try:
         _, results = service.runtime.run(feed, names, active=active)
@@ -298,14 +397,16 @@ def infer(
     seconds = time.perf_counter() - started
     if service.observer is not None:
         service.observer.observe_inference(active.model_id, active.version, feed, results, seconds)
+    if all(as_binary.values()) and (request is None or "id" not in request):
+        return _binary_reply(active, info, names, results)
     response: dict[str, Any] = {"model_name": active.model_id, "model_version": str(active.version)}
-    if "id" in request:
+    if request is not None and "id" in request:
         response["id"] = request["id"]
     tensors: list[dict[str, Any]] = []
     raw: list[bytes] = []
     for out in names:
         array = results[out]
-        datatype = outputs[out] if outputs[out] in V2_DTYPES else _NUMPY_TO_V2.get(array.dtype.str, "BYTES")
+        datatype = _datatype(info.outputs[out], array)
         tensor: dict[str, Any] = {"name": out, "datatype": datatype, "shape": list(array.shape)}
         if as_binary[out]:
             data = (

@@ -264,3 +264,49 @@ def test_parse_head_refuses(head: bytes) -> None:
     with pytest.raises(HttpError) as err:
         parse_head(head)
     assert err.value.status == 400
+
+
+def test_one_header_again_with_new_tensors_gives_new_results_and_checks_the_length(conn: Conn) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(4):  # the same JSON header each time: the second and later take the kept plan
+        x = rng.standard_normal((2, 4)).astype(np.float32)
+        conn.send(infer_request(x))
+        np.testing.assert_allclose(probabilities(conn.response(), 2), expected(x), rtol=1e-5)
+    whole = infer_request(X)
+    head, _, body = whole.partition(b"\r\n\r\n")
+    short = head.replace(f"Content-Length: {len(body)}".encode(), f"Content-Length: {len(body) - 8}".encode())
+    conn.send(short + b"\r\n\r\n" + body[:-8])  # same header, one tensor 8 bytes short
+    reply = conn.response()
+    assert reply[0] == 400 and "runs past the body's binary part" in problem(reply)["error"]
+
+
+def test_a_header_kept_for_one_model_is_checked_again_on_the_next(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["probabilities"], axis=1)],
+        "only-x",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])],
+    )
+    (tmp_path / "m.onnx").write_bytes(model_bytes())
+    (tmp_path / "only_x.onnx").write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    )
+    runtime = ModelRuntime()
+    runtime.swap(MODEL, 7, "0" * 64, tmp_path / "m.onnx")
+    server = make_server(runtime, "127.0.0.1", 0)
+    serve_in_thread(server)
+    c = Conn(server.server_port)
+    try:
+        for _ in range(2):
+            c.send(infer_request(X))
+            np.testing.assert_allclose(probabilities(c.response(), 2), expected(X), rtol=1e-5)
+        runtime.swap(MODEL, 7, "1" * 64, tmp_path / "only_x.onnx")
+        c.send(infer_request(X))  # the same header bytes: the new session has no input k
+        reply = c.response()
+        assert reply[0] == 400 and "input 'k': the model has no such input" in problem(reply)["error"]
+    finally:
+        c.close()
+        server.shutdown()
+        server.server_close()
