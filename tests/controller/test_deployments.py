@@ -304,3 +304,67 @@ def test_deploy_watch_shows_the_waves_until_it_settles(
         proc.kill()
     assert proc.returncode == 0, err
     assert "wave" in err and "succeeded" in out and "Traceback" not in err
+
+
+def test_concurrent_status_reports_share_a_commit_and_a_bad_one_fails_alone(
+    live: LiveServer, http: httpx.Client, tmp_path: Path
+) -> None:
+    import threading
+
+    from sqlalchemy import event
+
+    from controller.errors import NotFound
+
+    devices = _devices(live, http, tmp_path, 4)
+    model, v1 = upload_onnx(http, add_model(1.0))
+    dep = deploy(http, model, v1, [d.device_id for d in devices])
+    rollouts = live.state.rollouts
+    engine = live.state.engine
+    commits: list[threading.Thread] = []  # the committing threads (the live server commits too)
+    listener = lambda _conn: commits.append(threading.current_thread())  # noqa: E731
+    results: dict[str, str] = {}
+
+    def report(device_id: str) -> None:
+        try:
+            rollouts.report(device_id, {"state": "succeeded", "deployment_id": dep})
+            results[device_id] = "ok"
+        except NotFound:
+            results[device_id] = "404"
+
+    callers = [d.device_id for d in devices] + ["no-such-device"]
+    threads = [threading.Thread(target=report, args=(c,)) for c in callers]
+    event.listen(engine, "commit", listener)
+    try:
+        with rollouts._writer:  # a transaction in progress: the five reports queue behind it
+            for t in threads:
+                t.start()
+            while len(rollouts._queued) < len(callers):
+                threading.Event().wait(0.01)
+        for t in threads:
+            t.join(30)
+    finally:
+        event.remove(engine, "commit", listener)
+    assert results == {**{d.device_id: "ok" for d in devices}, "no-such-device": "404"}
+    # the batch of five failed on the unknown device, then each was written alone: the four went through
+    assert _get(http, dep)["state"] == "succeeded"
+    assert set(_targets(_get(http, dep)).values()) == {"succeeded"}
+
+    # without a bad one, reports queued together are one commit
+    _, v2 = upload_onnx(http, add_model(2.0), model)
+    dep = dep2 = deploy(http, model, v2, [d.device_id for d in devices])
+    results.clear()
+    threads = [threading.Thread(target=report, args=(d.device_id,)) for d in devices]
+    event.listen(engine, "commit", listener)
+    try:
+        with rollouts._writer:
+            for t in threads:
+                t.start()
+            while len(rollouts._queued) < len(devices):
+                threading.Event().wait(0.01)
+        for t in threads:
+            t.join(30)
+    finally:
+        event.remove(engine, "commit", listener)
+    assert results == {d.device_id: "ok" for d in devices}
+    assert len([t for t in commits if t in threads]) == 1
+    assert _get(http, dep2)["state"] == "succeeded"
