@@ -164,6 +164,34 @@ def probe_polls(url: str, pid: int, identity: DeviceIdentity, count: int) -> dic
     return out
 
 
+def start_profilers(out: Path | None, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (all threads, raw folded stacks) of each process until stopped."""
+    if out is None:
+        return []
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--idle", "--nonblocking"]
+    return [
+        subprocess.Popen(
+            [*argv, "--pid", str(pid), "--output", str(out / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    import signal
+
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(30)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,17 +200,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--agents", type=int, default=None, help="number of agents (default 100; 20 with --quick)"
     )
-    parser.add_argument("--poll-interval", type=float, default=None, help="default max(1, N/100) s")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="default 10 s with MQTT push (the agent's default), max(1, N/100) s with --no-mqtt",
+    )
+    parser.add_argument(
+        "--no-mqtt",
+        dest="mqtt",
+        action="store_false",
+        help="agents only poll over HTTP (default: MQTT push + reports over MQTT, polls as the fallback)",
+    )
     parser.add_argument(
         "--waves", default=None, help="cumulative fractions, e.g. 0.1,1.0 (default all at once)"
     )
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="record py-spy profiles (controller, bench process) of the rollout window into this dir",
+    )
+    parser.add_argument(
         "--probe-polls", type=int, default=None, help="polls per probe (default 1000; 200 quick)"
     )
     args = parser.parse_args(argv)
     n = args.agents or (20 if args.quick else 100)
-    interval = args.poll_interval or max(1.0, n / 100)
+    interval = args.poll_interval or (10.0 if args.mqtt else max(1.0, n / 100))
     waves = [float(w) for w in args.waves.split(",")] if args.waves else None
     probes = args.probe_polls or (200 if args.quick else 1000)
     token = "fedge_bench_" + secrets.token_urlsafe(24)
@@ -194,18 +239,27 @@ def main(argv: list[str] | None = None) -> int:
         with controller(data_dir, token) as (url, pid):
             print(f"controller up in {time.perf_counter() - started:.1f} s at {url}", flush=True)
             model_id, version = upload(url, token, small_onnx())
-            with Fleet(url, token, Path(tmp) / "agents", poll_interval=interval, max_backoff=10.0) as fleet:
+            agents_dir = Path(tmp) / "agents"
+            with Fleet(
+                url, token, agents_dir, poll_interval=interval, max_backoff=10.0, mqtt=args.mqtt
+            ) as fleet:
                 t0 = time.perf_counter()
                 fleet.ensure(n)
                 enroll_s = time.perf_counter() - t0
                 print(f"enrolled {n} agents in {enroll_s:.1f} s ({n / enroll_s:.1f}/s)", flush=True)
                 fleet.start()
-                time.sleep(min(interval, 2.0))  # every agent has polled once (nothing deployed yet)
+                fleet.wait_connected(timeout=120)
+                time.sleep(2.0)  # every agent has polled once (nothing deployed yet)
+                spies = start_profilers(args.profile, {"controller": pid, "bench": os.getpid()})
+                cpu0 = cpu_seconds(pid), cpu_seconds(os.getpid())
                 posted = time.time()
                 dep_id = fleet.deploy(model_id, version, waves=waves)
                 dep = fleet.wait_deployment(dep_id, args.timeout, poll=0.2)
                 controller_s = time.time() - posted
                 fleet.wait_active(model_id, version, timeout=30)
+                window = time.time() - posted
+                cpu = cpu_seconds(pid) - cpu0[0], cpu_seconds(os.getpid()) - cpu0[1]
+                stop_profilers(spies)
                 done = {k: v - posted for k, v in fleet.convergence(dep_id).items() if v is not None}
                 errors = sum(sim.errors for sim in fleet.agents)
                 fleet.stop()  # the probe polls alone
@@ -238,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "deployment_done_s": round(controller_s, 3),
         "agent_errors": errors,
+        "rollout_cpu": {  # cores busy between the POST and the last agent active
+            "controller": round(cpu[0] / window, 2),
+            "agents": round(cpu[1] / window, 2),
+        },
         "probe": probe,
     }
     print(json.dumps(result))

@@ -112,9 +112,9 @@ class MqttLink(Service):
             context.load_cert_chain(str(state_dir / CERT_FILE), str(state_dir / KEY_FILE))
 
     def stop(self) -> None:
+        self.connected.clear()  # first: a disconnect asked for here is not logged as a lost connection
         self.client.disconnect()
         self.client.loop_stop()
-        self.connected.clear()
 
     def publish(self, kind: str, seq: int, body: dict[str, Any], timeout: float = 10.0) -> bool:
         """QoS 1 publish of one outbox entry; True once the broker's PUBACK arrived."""

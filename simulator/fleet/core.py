@@ -1,7 +1,9 @@
 """In-process fleet: N real agents (identity, signed desired state, slots, ONNX Runtime) in one process.
 
 Each simulated device is the production code path (``edge_agent.identity.enroll``, ``ControllerLink``,
-``Agent.step``), with its own state directory and its own thread; only the hardware facts are made up and
+the agent loop ``Agent.run``; with ``mqtt=True`` also ``MqttLink`` and the ``Outbox``, as ``fedge-agent run``
+wires them: a pushed desired state wakes the loop at once, status reports go over MQTT and HTTP polls are
+the fallback), with its own state directory and its own thread; only the hardware facts are made up and
 ONNX Runtime sessions are opened with one thread each so that hundreds of devices fit on a small machine.
 """
 
@@ -21,10 +23,12 @@ from controller.client import FedgeAPIError, FedgeClient
 from controller.schemas.deployments import DeploymentOut
 from edge_agent.api import make_server, serve_in_thread
 from edge_agent.deploy.agent import Agent
-from edge_agent.deploy.executor import Executor
+from edge_agent.deploy.executor import Executor, Outcome
 from edge_agent.deploy.slots import SlotStore
 from edge_agent.identity import IDENTITY_FILE, DeviceIdentity, enroll
-from edge_agent.link.client import Backoff, ControllerLink, LinkError
+from edge_agent.link.client import ControllerLink
+from edge_agent.link.mqtt import MqttLink
+from edge_agent.link.outbox import Outbox
 from edge_agent.runtime.session import HealthCheckFailed, ModelRuntime, sample_feed
 from fedge_common.files import atomic_write
 
@@ -71,19 +75,60 @@ class Event:
     version: int | None
 
 
+class RecordingAgent(Agent):
+    """The production agent; every outcome of an apply (polled or pushed) is also handed to
+    ``on_outcome(outcome, desired payload)``."""
+
+    on_outcome: Callable[[Outcome, dict[str, Any]], None] | None = None
+
+    def apply(self, payload: dict[str, Any], changed: bool = True) -> Outcome | None:
+        outcome = super().apply(payload, changed)
+        if outcome is not None and self.on_outcome is not None:
+            self.on_outcome(outcome, payload)
+        return outcome
+
+
+class _Counters:
+    """The agent's metrics hook (``Agent.metrics``), counting what a simulated fleet reports on:
+    loop iterations that could not reach the controller."""
+
+    def __init__(self, sim: SimAgent) -> None:
+        self._sim = sim
+        self._reachable = True
+
+    @property
+    def reachable(self) -> bool:
+        return self._reachable
+
+    @reachable.setter
+    def reachable(self, value: bool) -> None:
+        if not value:
+            self._sim.errors += 1
+        self._reachable = value
+
+    def deployment(self, _state: str) -> None:
+        pass
+
+
 @dataclass
 class SimAgent:
-    """One simulated device: its identity, agent, optional local API and the thread running its loop."""
+    """One simulated device: its identity, agent, optional MQTT link and local API, and the thread
+    running its loop."""
 
     index: int
     state_dir: Path
     identity: DeviceIdentity
     link: ControllerLink
-    agent: Agent
+    agent: RecordingAgent
+    mqtt: MqttLink | None = None
     api: ThreadingHTTPServer | None = None
     thread: threading.Thread | None = None
     events: list[Event] = field(default_factory=list)
     errors: int = 0
+
+    def __post_init__(self) -> None:
+        self.agent.on_outcome = self._record
+        self.agent.metrics = _Counters(self)
 
     @property
     def device_id(self) -> str:
@@ -98,6 +143,11 @@ class SimAgent:
         act = self.agent.runtime.active
         return None if act is None else (act.model_id, act.version)
 
+    @property
+    def connected(self) -> bool:
+        """True without a broker; else once the MQTT link is connected (pushes reach the agent)."""
+        return self.mqtt is None or self.mqtt.connected.is_set()
+
     def succeeded_at(self, deployment_id: str) -> float | None:
         """When this agent finished applying ``deployment_id`` successfully (None: not yet)."""
         for event in self.events:
@@ -105,44 +155,31 @@ class SimAgent:
                 return event.at
         return None
 
+    def _record(self, outcome: Outcome, payload: dict[str, Any]) -> None:
+        ref = outcome.ref
+        deployment_id = payload.get("deployment_id")
+        self.events.append(
+            Event(
+                time.time(),
+                outcome.state,
+                str(deployment_id) if deployment_id else None,
+                ref.model_id if ref else None,
+                ref.version if ref else None,
+            )
+        )
+
     def step(self) -> None:
         """One poll (and apply); the outcome is recorded in ``events``."""
-        outcome = self.agent.step()
-        if outcome is not None:
-            desired = self._desired()
-            ref = outcome.ref
-            self.events.append(
-                Event(
-                    time.time(),
-                    outcome.state,
-                    desired.get("deployment_id") if desired else None,
-                    ref.model_id if ref else None,
-                    ref.version if ref else None,
-                )
-            )
-
-    def _desired(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads((self.state_dir / "desired.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data
+        self.agent.step()
 
     def loop(self, stop: threading.Event, interval: float, max_backoff: float) -> None:
-        backoff = Backoff(interval, max_backoff)
-        while not stop.is_set():
-            try:
-                self.step()
-                wait = backoff.success()
-            except LinkError as exc:
-                self.errors += 1
-                wait = backoff.failure()
-                log.debug("agent %s: %s; retrying in %.1fs", self.index, exc, wait)
-            except Exception:  # a simulated device must not take the fleet down
-                self.errors += 1
-                wait = backoff.failure()
-                log.exception("agent %s: step failed", self.index)
-            stop.wait(wait)
+        """The production agent loop (``Agent.run``): poll every ``interval`` (jittered), back off after
+        errors, wake early on a pushed desired state, deliver the outbox."""
+        try:
+            self.agent.run(stop, interval, max_backoff)
+        except Exception:  # a simulated device must not take the fleet down
+            self.errors += 1
+            log.exception("agent %s: loop failed", self.index)
 
 
 def _point_at(state_dir: Path, controller_url: str) -> None:
@@ -171,6 +208,7 @@ class Fleet:
         serve_api: bool = False,
         labels: dict[str, str] | None = None,
         http_timeout: float = 30.0,
+        mqtt: bool = False,
     ) -> None:
         self.url = controller_url.rstrip("/")
         self.admin_token = admin_token
@@ -180,6 +218,8 @@ class Fleet:
         self.serve_api = serve_api
         self.labels = dict(labels or {})
         self.http_timeout = http_timeout
+        self.mqtt = mqtt
+        """Connect each agent to the broker named at enrollment (push; reports over MQTT via the outbox)."""
         self.agents: list[SimAgent] = []
         self._stop = threading.Event()
         self.client = FedgeClient(self.url, admin_token)
@@ -195,6 +235,8 @@ class Fleet:
         self.stop()
         for sim in self.agents:
             sim.link.close()
+            if sim.agent.outbox is not None:
+                sim.agent.outbox.close()
         self.client.close()
 
     def _state_dir(self, index: int) -> Path:
@@ -205,9 +247,13 @@ class Fleet:
         link = ControllerLink(identity, timeout=self.http_timeout)
         runtime = LightRuntime()
         executor = Executor(SlotStore(state_dir), link, runtime, health=light_health_check)
-        agent = Agent(state_dir, link, runtime, executor)
+        use_mqtt = self.mqtt and bool(identity.broker_url)
+        outbox = Outbox.in_state_dir(state_dir) if use_mqtt else None
+        agent = RecordingAgent(state_dir, link, runtime, executor, outbox=outbox)
         agent.start()
-        return SimAgent(index, state_dir, identity, link, agent)
+        if use_mqtt:
+            agent.mqtt = MqttLink(identity, state_dir, agent.push_desired, on_connect=agent.wake)
+        return SimAgent(index, state_dir, identity, link, agent, mqtt=agent.mqtt)
 
     def enroll_one(self, index: int, labels: dict[str, str] | None = None) -> SimAgent:
         """Mint a one-time token (admin SDK) and enroll a new device in ``root/agent-<index>``."""
@@ -255,9 +301,12 @@ class Fleet:
         return self.agents
 
     def start(self) -> None:
-        """Start each agent's loop in its own thread (and its local API when ``serve_api``)."""
+        """Start each agent's loop in its own thread (and its local API when ``serve_api``, its MQTT link
+        with ``mqtt``)."""
         self._stop.clear()
         for sim in self.agents:
+            if sim.mqtt is not None and not sim.mqtt.connected.is_set():
+                sim.mqtt.start()
             if self.serve_api and sim.api is None:
                 sim.api = make_server(sim.agent.runtime, "127.0.0.1", 0)
                 serve_in_thread(sim.api)
@@ -273,6 +322,10 @@ class Fleet:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         for sim in self.agents:
+            sim.agent.wake()
+        for sim in self.agents:
+            if sim.mqtt is not None:
+                sim.mqtt.stop()
             if sim.thread is not None:
                 sim.thread.join(timeout)
                 sim.thread = None
@@ -325,6 +378,17 @@ class Fleet:
                 raise TimeoutError(f"{len(missing)} of {len(chosen)} agents not on {model_id} v{version}")
             time.sleep(poll)
 
+    def wait_connected(self, timeout: float = 60.0) -> None:
+        """Wait until every agent's MQTT link is connected (no-op without ``mqtt``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [s for s in self.agents if not s.connected]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(missing)} of {len(self.agents)} agents not connected to the broker")
+            time.sleep(0.1)
+
     def convergence(self, deployment_id: str) -> dict[str, float | None]:
         """device id -> when it reported success for ``deployment_id`` (epoch seconds; None: not yet)."""
         return {sim.device_id: sim.succeeded_at(deployment_id) for sim in self.agents}
@@ -347,6 +411,7 @@ __all__ = [
     "Event",
     "Fleet",
     "LightRuntime",
+    "RecordingAgent",
     "SimAgent",
     "light_health_check",
     "light_session",

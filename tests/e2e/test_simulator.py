@@ -96,3 +96,25 @@ def test_fleet_command_deploys_and_reports(controller: Live, http: httpx.Client,
     assert (dep["state"], dep["succeeded"]) == ("succeeded", 3)
     agents = [x for x in lines if x["event"] == "agent"]
     assert [a["active"] for a in agents] == [[model_id, version]] * 3
+
+
+def test_fleet_over_mqtt_applies_a_push_and_reports_through_the_outbox(
+    controller: Live, http: httpx.Client, tmp_path: Path
+) -> None:
+    """With ``mqtt=True`` the agents run as ``fedge-agent run`` wires them: the pushed desired state
+    starts the apply (the hour-long poll interval never comes round) and the status reports go out through
+    the outbox over MQTT."""
+    url = controller[0].url
+    model_id, version = upload_onnx(http, add_model(3.0))
+    with Fleet(url, ADMIN_TOKEN, tmp_path, poll_interval=3600, mqtt=True) as fleet:
+        agents = fleet.ensure(3)
+        assert all(a.mqtt is not None for a in agents)
+        fleet.start()
+        fleet.wait_connected(timeout=30)
+        dep_id = fleet.deploy(model_id, version)
+        dep = fleet.wait_deployment(dep_id, timeout=60)
+        assert dep.state == "succeeded", dep
+        fleet.wait_active(model_id, version, timeout=10)
+        assert all(t is not None for t in fleet.convergence(dep_id).values())
+        assert all(a.agent.outbox is not None and not a.agent.outbox.pending() for a in agents)
+        assert all(a.errors == 0 for a in agents)
