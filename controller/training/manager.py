@@ -89,7 +89,8 @@ class JobManager:
         self._threads: list[threading.Thread] = []
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        self.replica_id = f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        name = settings.replica_id or socket.gethostname()[:60]
+        self.replica_id = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         """Who claims jobs here: stamped on each job this process runs (``Job.claimed_by``)."""
 
     # ---------------------------------------------------------------- lifecycle
