@@ -10,6 +10,7 @@ The protocol itself (tensors, metadata) is in ``edge_agent.runtime.v2``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -78,17 +79,25 @@ def error(status: int, message: str) -> Reply:
     return status, {"Content-Type": "application/problem+json"}, json.dumps(body).encode()
 
 
-def _model_path(parts: list[str]) -> tuple[str, str | None, list[str]] | None:
+def _model_path(parts: tuple[str, ...]) -> tuple[str, str | None, tuple[str, ...]] | None:
     """``models/{name}[/versions/{v}]/rest`` -> (name, version, rest); None when it is not one."""
     if len(parts) < 2 or parts[0] != "models" or not parts[1]:
         return None
     name, rest = unquote(parts[1]), parts[2:]
     version = None
-    if rest[:1] == ["versions"]:
+    if rest[:1] == ("versions",):
         if len(rest) < 2 or not rest[1]:
             return None
         version, rest = unquote(rest[1]), rest[2:]
     return name, version, rest
+
+
+@functools.lru_cache(maxsize=256)
+def _route(path: str) -> tuple[tuple[str, ...], tuple[str, str | None, tuple[str, ...]] | None]:
+    """A request path -> (its parts after /v2, the model route when it is one); kept for the paths seen."""
+    parts = tuple(path.split("?", 1)[0][len(PREFIX) :].strip("/").split("/"))
+    parts = () if parts == ("",) else parts
+    return parts, _model_path(parts)
 
 
 class V2Routes:
@@ -103,10 +112,9 @@ class V2Routes:
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """One request; ``headers`` keyed by lower-case field name."""
-        parts = path.split("?", 1)[0][len(PREFIX) :].strip("/").split("/")
-        parts = [] if parts == [""] else parts
+        parts, route = _route(path)
         active = self.service.runtime.active
-        if parts in ([], ["health", "live"], ["health", "ready"]):
+        if parts in ((), ("health", "live"), ("health", "ready")):
             if method != "GET":
                 return error(405, f"{method} {path}: only GET")
             if not parts:
@@ -115,18 +123,17 @@ class V2Routes:
                 return _json(200, {"live": True})
             ready = active is not None and self._serving
             return _json(200 if ready else 503, {"ready": ready})
-        route = _model_path(parts)
         if route is None:
             return error(404, f"no route {path}")
         name, version, rest = route
-        if rest not in ([], ["ready"], ["infer"]):
+        if rest not in ((), ("ready",), ("infer",)):
             return error(404, f"no route {path}")
-        wanted = "POST" if rest == ["infer"] else "GET"
+        wanted = "POST" if rest == ("infer",) else "GET"
         if method != wanted:
             return error(405, f"{method} {path}: only {wanted}")
         try:
             model = v2.resolve(active, name, version)
-            if rest == ["ready"]:
+            if rest == ("ready",):
                 return _json(200 if self._serving else 503, {"name": name, "ready": self._serving})
             if not rest:
                 return _json(200, v2.model_metadata(model))
@@ -396,8 +403,12 @@ class _Connection(socketserver.BaseRequestHandler):
                 return
             except OSError:  # the client went away (reset, or closed mid-request)
                 return
-            tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-            close = ("keep-alive" not in tokens) if http10 else ("close" in tokens)
+            connection = headers.get("connection")
+            if connection is None:
+                close = http10
+            else:
+                tokens = {t.strip().lower() for t in connection.split(",")}
+                close = ("keep-alive" not in tokens) if http10 else ("close" in tokens)
             try:
                 status, fields, data = app(Request(method, path, headers, body))
             except Exception:
