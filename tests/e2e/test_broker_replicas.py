@@ -13,6 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.fleet.broker.base import ReplicaSession
@@ -156,3 +157,20 @@ def test_replica_filter_is_a_shared_subscription(tmp_path: Path) -> None:
     broker.replica = replica
     assert broker._filter("fedge/+/state", shared=True) == "$share/fedge-controller/fedge/+/state"
     assert broker._filter("fedge/+/desired", shared=False) == "fedge/+/desired"
+
+
+def test_a_revocation_keeps_those_another_replica_made(tmp_path: Path) -> None:
+    """Replica b started before a revoked d1; when b revokes d2, the CRL and ACL it writes still hold d1."""
+    ca = DeviceCA.load_or_create(tmp_path / "fleet")
+    files = render(ca, tmp_path / "mosquitto", free_port())
+    made: list[tuple[str, int]] = []  # what the shared database says is revoked
+    a = MosquittoBroker(ca, files, "127.0.0.1", 1, revoked_source=lambda: list(made))
+    b = MosquittoBroker(ca, files, "127.0.0.1", 1, revoked_source=lambda: list(made))
+    d1, d2 = str(uuid.uuid4()), str(uuid.uuid4())
+    a.revoke_device(d1, 1001)
+    made.append((d1, 1001))
+    b.revoke_device(d2, 1002)
+    acl = files.acl.read_text()
+    assert f"user {d1}\ntopic deny #" in acl and f"user {d2}\ntopic deny #" in acl
+    crl = x509.load_pem_x509_crl(files.crl.read_bytes())
+    assert {r.serial_number for r in crl} == {1001, 1002}

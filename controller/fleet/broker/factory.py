@@ -54,14 +54,20 @@ def make_broker(settings: ControllerSettings, fleet: Fleet) -> Broker | None:
     from controller.fleet.broker.mosquitto import MosquittoBroker, MosquittoFiles
 
     directory = settings.mosquitto_dir or settings.data_dir / "fleet" / "mosquitto"
-    revoked = [(d.id, int(d.cert_serial, 16)) for d in fleet.list() if d.status != "active" and d.cert_serial]
+
+    def revoked() -> list[tuple[str, int]]:
+        return [
+            (d.id, int(d.cert_serial, 16)) for d in fleet.list() if d.status != "active" and d.cert_serial
+        ]
+
     broker = MosquittoBroker(
         fleet.ca,
         MosquittoFiles(directory),
         settings.broker_host,
         settings.broker_port,
         settings.broker_url,
-        revoked,
+        revoked(),
+        revoked_source=revoked,
     )
     if settings.replica_id:
         broker.replica = ReplicaSession(settings.replica_id, settings.mqtt_session_expiry_seconds)

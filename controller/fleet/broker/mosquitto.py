@@ -24,6 +24,7 @@ import signal
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,11 +228,16 @@ class MosquittoBroker(Broker):
         port: int,
         public_url: str | None = None,
         revoked: list[tuple[str, int]] | None = None,
+        revoked_source: Callable[[], list[tuple[str, int]]] | None = None,
     ) -> None:
+        """``revoked``: (device id, certificate serial) of the devices revoked so far; ``revoked_source``
+        reads them again (from the database) at each revocation, so that the CRL and ACL this replica
+        writes keep the revocations other replicas made since it started."""
         super().__init__()
         self.ca, self.files, self.host, self.port = ca, files, host, port
         self.public_url = public_url or f"mqtts://{host}:{port}"
         self._revoked: dict[str, int] = dict(revoked or [])
+        self._revoked_source = revoked_source
         self._lock = threading.Lock()
 
     @property
@@ -279,6 +285,8 @@ class MosquittoBroker(Broker):
         if serial is None:
             return
         with self._lock:
+            if self._revoked_source is not None:
+                self._revoked.update(self._revoked_source())
             self._revoked[device_id] = serial
             self._write_revocations()
         self.reload()
