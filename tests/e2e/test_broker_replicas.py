@@ -6,6 +6,7 @@ it when it comes back."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -174,3 +175,31 @@ def test_a_revocation_keeps_those_another_replica_made(tmp_path: Path) -> None:
     assert f"user {d1}\ntopic deny #" in acl and f"user {d2}\ntopic deny #" in acl
     crl = x509.load_pem_x509_crl(files.crl.read_bytes())
     assert {r.serial_number for r in crl} == {1001, 1002}
+
+
+def test_an_operator_ends_a_stopped_replicas_session_by_hand(
+    mosquitto: tuple[DeviceCA, MosquittoFiles],
+) -> None:
+    """The command docs/scale.md gives: a clean-start connect with the replica's client id discards its
+    session, and its share goes to the replicas that remain."""
+    ca, files = mosquitto
+    run = uuid.uuid4().hex[:6]
+    a, b = Replica(ca, files, f"a{run}").start(), Replica(ca, files, f"b{run}").start()
+    try:
+        b.broker.stop()  # stopped, session kept
+        subprocess.run(
+            [
+                "mosquitto_sub", "-V", "mqttv5", "-h", "127.0.0.1", "-p", str(_port(files)),
+                "--cafile", "ca.pem", "--cert", "service.pem", "--key", "service.key",
+                "-i", f"fedge-controller-b{run}", "-t", "fedge/none", "-E",
+            ],
+            cwd=files.directory,
+            check=True,
+            timeout=10,
+        )  # fmt: skip
+        sent = [f"s{i}".encode() for i in range(10)]
+        _publish(files, _port(files), sent)
+        wait_for(lambda: len(a.got) >= len(sent), 10, "the remaining replica takes every message")
+        assert sorted(a.got) == sorted(sent)
+    finally:
+        a.broker.leave()
