@@ -374,9 +374,10 @@ class Rollouts:
         state = report.get("state")
         if report.get("deployment_id") and state in REPORTABLE:
             # replicas: reports for one deployment take its row first (FOR UPDATE; then the device's), so
-            # the last report of a wave sees every other one and the wave advances exactly once
-            s.get(Deployment, report["deployment_id"], with_for_update=True)
-        device = s.get(Device, device_id, with_for_update=True)
+            # the last report of a wave sees every other one and the wave advances exactly once; both rows
+            # are read again once locked (populate_existing), not taken from the session as loaded before
+            s.get(Deployment, report["deployment_id"], with_for_update=True, populate_existing=True)
+        device = s.get(Device, device_id, with_for_update=True, populate_existing=True)
         if device is None:
             raise NotFound(f"device {device_id} not found")
         seq, seen = report.get("seq"), (device.reported or {}).get("seq")
