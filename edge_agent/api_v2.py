@@ -198,6 +198,7 @@ _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00\r\n]*?)[ \t]*")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _DRAIN = 4 * 1024 * 1024  # what an error reply reads and drops before closing
+_RECV = 64 * 1024  # per recv: a larger one costs a big allocation each call (~20 us at 256 KiB)
 _log = logging.getLogger(__name__)
 
 
@@ -230,7 +231,7 @@ class _Reader:
         self.sock, self.buf = sock, bytearray()
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(256 * 1024)
+        chunk = self.sock.recv(_RECV)
         if not chunk:
             raise ConnectionResetError("the client closed the connection mid-request")
         self.buf += chunk
@@ -253,7 +254,7 @@ class _Reader:
             if len(buf) > MAX_HEAD:
                 raise HttpError(431, f"request line and header fields over {MAX_HEAD} bytes")
             start = len(buf)
-            chunk = self.sock.recv(256 * 1024)
+            chunk = self.sock.recv(_RECV)
             if not chunk:
                 return None
             buf += chunk
@@ -398,8 +399,9 @@ class _Connection(socketserver.BaseRequestHandler):
                 http10 = minor == 0
                 body = self._body(reader, method, headers, http10)
             except HttpError as exc:
-                self._send(*error(exc.status, str(exc)), close=True, http10=http10)
-                self._linger()
+                with contextlib.suppress(OSError):
+                    self._send(*error(exc.status, str(exc)), close=True, http10=http10)
+                    self._linger()
                 return
             except OSError:  # the client went away (reset, or closed mid-request)
                 return
@@ -482,7 +484,7 @@ class _Connection(socketserver.BaseRequestHandler):
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(1.0)
             drained = 0
-            while drained < _DRAIN and (chunk := sock.recv(256 * 1024)):
+            while drained < _DRAIN and (chunk := sock.recv(_RECV)):
                 drained += len(chunk)
         except OSError:
             pass
