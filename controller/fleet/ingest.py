@@ -1,7 +1,10 @@
 """The device-message ingest queue: MQTT ``state`` and ``telemetry`` messages are parsed on the broker
 client's network thread and handed here; one worker thread writes them in bulk, one transaction per batch
 for telemetry (a committed write per batch instead of three per message) and one for the status reports of
-a batch. The network thread never touches the database.
+a batch. The network thread never touches the database. Telemetry goes in as one multi-row ``INSERT ... ON
+CONFLICT DO NOTHING`` per batch (no ORM objects, no read first) except the few records that act once
+(device events, command acknowledgements); ``last_seen_at`` is written at most once per
+``fleet.last_seen_write_seconds`` per device.
 
 Semantics (QoS 1): paho acknowledges a message (PUBACK) when the ``on_message`` callback returns, i.e. once
 the message is *in this queue*, not yet in the database. The queue is bounded: when it is full,
@@ -17,7 +20,9 @@ since), never per message.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import queue
 import threading
 import time
@@ -25,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.orm import Session
 
-from controller.db.models import Device, TelemetryRecord, utcnow
+from controller.db.models import Device, TelemetryRecord, new_id, utcnow
 from controller.fleet.device_events import device_event, is_event
 from fedge_protocol import Leaf, OutboxMessage, TelemetryType
 
@@ -52,6 +58,7 @@ class Incoming:
 
 
 _STOP = object()
+_UNSET = object()
 
 
 class IngestQueue:
@@ -78,6 +85,9 @@ class IngestQueue:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._worker: threading.Thread | None = None
         self._to_prune: set[str] = set()
+        self._heartbeats: dict[str, float] = {}
+        """device id -> monotonic time of the last ``last_seen_at`` this worker wrote."""
+        self._insert_new_stmt: Any = _UNSET
         self._last_prune = time.monotonic()
         self.applied = 0
         """Messages applied so far (tests and benchmarks wait on it)."""
@@ -166,42 +176,36 @@ class IngestQueue:
         self.applied += len(items)
 
     def _telemetry(self, items: list[Incoming]) -> None:
-        keys = [(i.device_id, i.message.seq) for i in items]
+        """Store each (device, seq) once, in one transaction. Plain records (no device event, no command
+        acknowledgement: nearly all) go in as one multi-row INSERT that skips pairs already stored (ON
+        CONFLICT DO NOTHING on the unique key), without reading first; records that act once after the
+        commit are checked against what is stored. Heartbeats: at most one per device per
+        ``fleet.last_seen_write_seconds``, as for polls."""
         now = utcnow()
-        stored: list[Incoming] = []
+        unique: dict[tuple[str, int], Incoming] = {}
+        for item in items:
+            unique.setdefault((item.device_id, item.message.seq), item)
+        insert_new = self._insert_new()
+        plain: list[Incoming] = []
+        acting: list[Incoming] = []
+        for item in unique.values():
+            (acting if insert_new is None or _acts(item.message.body) else plain).append(item)
+        senders = sorted({i.device_id for i in items})
+        beat = time.monotonic()
+        due = [
+            d
+            for d in senders
+            if beat - self._heartbeats.get(d, -math.inf) >= self.fleet.last_seen_write_seconds
+        ]
         with self.sessions.begin() as s:
-            seen = set(
-                s.execute(
-                    select(TelemetryRecord.device_id, TelemetryRecord.seq).where(
-                        tuple_(TelemetryRecord.device_id, TelemetryRecord.seq).in_(keys)
-                    )
-                ).all()
-            )
-            done: set[tuple[str, int]] = set()
-            for item in items:
-                key = (item.device_id, item.message.seq)
-                if key in seen or key in done:
-                    continue
-                done.add(key)
-                body = item.message.body
-                kind, command_id = body.get("type"), body.get("command_id")
-                s.add(
-                    TelemetryRecord(
-                        device_id=item.device_id,
-                        seq=item.message.seq,
-                        type=str(kind)[:64] if kind is not None else None,
-                        command_id=str(command_id)[:36] if command_id is not None else None,
-                        body=body,
-                    )
-                )
-                if is_event(body):
-                    s.add(device_event(item.device_id, item.message.seq, body))
-                stored.append(item)
-            s.execute(  # one heartbeat for every sender of the batch
-                update(Device)
-                .where(Device.id.in_(sorted({i.device_id for i in items})))
-                .values(last_seen_at=now)
-            )
+            if plain:
+                assert insert_new is not None
+                s.execute(insert_new, [_row(i, now) for i in plain])
+            stored = self._insert_checked(s, acting, now) if acting else []
+            if due:
+                s.execute(update(Device).where(Device.id.in_(due)).values(last_seen_at=now))
+        for device_id in due:
+            self._heartbeats[device_id] = beat
         for item in stored:
             body = item.message.body
             if self.commands is not None and self.commands.on_event is not None and is_event(body):
@@ -213,7 +217,45 @@ class IngestQueue:
                 and isinstance(command_id, str)
             ):
                 self.commands._acknowledge(item.device_id, command_id, body)
-            self._to_prune.add(item.device_id)
+        self._to_prune.update(senders)
+
+    def _insert_checked(self, s: Session, items: list[Incoming], now: dt.datetime) -> list[Incoming]:
+        """Insert the records whose (device, seq) is not stored yet; the ones inserted."""
+        keys = [(i.device_id, i.message.seq) for i in items]
+        seen = set(
+            s.execute(
+                select(TelemetryRecord.device_id, TelemetryRecord.seq).where(
+                    tuple_(TelemetryRecord.device_id, TelemetryRecord.seq).in_(keys)
+                )
+            ).all()
+        )
+        fresh = [i for i in items if (i.device_id, i.message.seq) not in seen]
+        if fresh:
+            s.execute(insert(TelemetryRecord), [_row(i, now) for i in fresh])
+            for item in fresh:
+                if is_event(item.message.body):
+                    s.add(device_event(item.device_id, item.message.seq, item.message.body))
+        return fresh
+
+    def _insert_new(self) -> Any:
+        """``INSERT ... ON CONFLICT (device_id, seq) DO NOTHING`` for this database (SQLite, PostgreSQL);
+        None for others (every record is then checked first)."""
+        if self._insert_new_stmt is _UNSET:
+            with self.sessions() as s:
+                dialect = s.get_bind().dialect.name
+            stmt: Any = None
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                stmt = sqlite_insert(TelemetryRecord).on_conflict_do_nothing(
+                    index_elements=["device_id", "seq"]
+                )
+            elif dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+                stmt = pg_insert(TelemetryRecord).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            self._insert_new_stmt = stmt
+        return self._insert_new_stmt
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune >= self.prune_seconds:
@@ -230,6 +272,25 @@ class IngestQueue:
                 self.commands._prune(device_id)
             except Exception:
                 log.exception("pruning the telemetry of %s failed", device_id)
+
+
+def _acts(body: dict[str, Any]) -> bool:
+    """A record that acts once when first stored: a device event, a command acknowledgement."""
+    return is_event(body) or body.get("type") == TelemetryType.COMMAND
+
+
+def _row(item: Incoming, now: dt.datetime) -> dict[str, Any]:
+    body = item.message.body
+    kind, command_id = body.get("type"), body.get("command_id")
+    return {
+        "id": new_id(),
+        "device_id": item.device_id,
+        "seq": item.message.seq,
+        "type": str(kind)[:64] if kind is not None else None,
+        "command_id": str(command_id)[:36] if command_id is not None else None,
+        "body": body,
+        "received_at": now,
+    }
 
 
 def incoming(device_id: str, message: OutboxMessage, report: dict[str, Any] | None) -> Incoming:
