@@ -34,6 +34,10 @@ from fedge_protocol.topics import device_may
 
 log = logging.getLogger("fedge.broker.embedded")
 
+MAX_CONNECTIONS = 4096
+"""Open MQTT connections the embedded broker accepts (devices and the controller's own clients); amqtt
+leaves the one past the limit waiting, unanswered, until another closes (1,000 devices need 1,001)."""
+
 # amqtt builds plugins from import strings and plain config: the running broker is found by a key.
 _AUTHORITIES: dict[str, _Authority] = {}
 
@@ -143,7 +147,11 @@ class EmbeddedBroker(Broker):
         plugin = {"authority": self._key}
         return {
             "listeners": {
-                "default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 1000}
+                "default": {
+                    "type": "tcp",
+                    "bind": f"{self.host}:{self.port}",
+                    "max_connections": MAX_CONNECTIONS,
+                }
             },
             "plugins": {
                 f"{__name__}.FleetAuthPlugin": plugin,

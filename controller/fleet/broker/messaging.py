@@ -70,19 +70,22 @@ class FleetMessaging:
             self.publish_desired(batch)
 
     # ------------------------------------------------------------ desired state
-    def publish_desired(self, device_ids: list[str]) -> None:
-        for device_id in device_ids:
-            try:
-                envelope, _ = self.fleet.signed_desired_state(device_id)
-            except Exception:
-                log.exception("cannot build the desired state of %s", device_id)
-                continue
-            if not self.broker.publish(
-                device_topic(device_id, Leaf.DESIRED), json.dumps(envelope).encode(), 1, True
-            ):
-                log.warning(
-                    "desired state of %s not acknowledged by the broker (agents still poll)", device_id
-                )
+    def publish_desired(self, device_ids: list[str], chunk: int = 100) -> None:
+        """Sign and publish (retained, QoS 1) each device's desired state, ``chunk`` devices' publishes
+        in flight together (a rollout to 1,000 devices is not 1,000 broker round trips in a row)."""
+        for start in range(0, len(device_ids), chunk):
+            messages: list[tuple[str, bytes]] = []
+            for device_id in device_ids[start : start + chunk]:
+                try:
+                    envelope, _ = self.fleet.signed_desired_state(device_id)
+                except Exception:
+                    log.exception("cannot build the desired state of %s", device_id)
+                    continue
+                messages.append((device_topic(device_id, Leaf.DESIRED), json.dumps(envelope).encode()))
+            acked = self.broker.publish_many(messages, 1, True)
+            for (topic, _), ok in zip(messages, acked, strict=True):
+                if not ok:
+                    log.warning("%s not acknowledged by the broker (the agent still polls)", topic)
 
     def command_created(self, command: DeviceCommand) -> None:
         """Push a new command (signed) on the device's ``cmd`` topic, QoS 1, not retained: an agent that is
