@@ -21,6 +21,11 @@ from fedge_common.tls import describe as tls_describe
 from fedge_protocol import TelemetryPost, paths
 from fedge_protocol.lifecycle import DEVICE_REVOKED, CertificateRenewal, RenewedCertificate, problem_type
 
+KEEPALIVE_EXPIRY = 4.0
+"""Seconds an idle connection to the controller is reused: under uvicorn's 5 s keep-alive. With equal
+timeouts (httpx's default is 5 s too) a request sent just as the server closes the idle connection fails
+with "Server disconnected without sending a response" (seen as a failed model download)."""
+
 
 class LinkError(Exception):
     """The controller could not be reached or answered with an error."""
@@ -101,6 +106,7 @@ class ControllerLink:
             base_url=identity.api_url,
             auth=self._auth,
             timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
             transport=transport,
             verify=verify,  # the pinned controller CA (edge_agent.tls.controller_verify)
             event_hooks={"request": [self._refuse_if_revoked], "response": [self._watch_revocation]},
