@@ -47,6 +47,10 @@ log = logging.getLogger("fedge.fleet.ingest")
 DEFAULT_CAPACITY = 10_000
 DEFAULT_BATCH = 500
 DEFAULT_PRUNE_SECONDS = 30.0
+DEFAULT_LINGER = 0.1
+"""Seconds a batch waits for more messages after its first (unless full): fewer, larger transactions, so
+that on SQLite the API's writes rarely find the write lock taken (a writer that does sleeps in SQLite's
+busy handler, 1 ms .. 100 ms at a time)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class IngestQueue:
         capacity: int = DEFAULT_CAPACITY,
         batch: int = DEFAULT_BATCH,
         prune_seconds: float = DEFAULT_PRUNE_SECONDS,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         self.fleet, self.rollouts, self.commands = fleet, rollouts, commands
         self.sessions = fleet.sessions
@@ -82,6 +87,7 @@ class IngestQueue:
         self.observers = observers
         self.batch = batch
         self.prune_seconds = prune_seconds
+        self.linger = linger
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._worker: threading.Thread | None = None
         self._to_prune: set[str] = set()
@@ -127,9 +133,11 @@ class IngestQueue:
                 stopping = True
             else:
                 items.append(first)
-            while len(items) < self.batch:  # whatever else is queued now, up to a batch
+            until = time.monotonic() + self.linger
+            while len(items) < self.batch and not stopping:  # what arrives within linger, up to a batch
+                left = until - time.monotonic()
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is _STOP:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from controller.db.models import Device as DeviceRow
-from controller.db.models import TelemetryRecord
+from controller.db.models import DeviceEvent, TelemetryRecord
 from controller.fleet.ingest import IngestQueue, incoming
 from edge_agent.identity import DeviceIdentity, enroll
 from fedge_protocol import Leaf, OutboxMessage
@@ -128,3 +128,56 @@ def test_status_reports_go_through_the_rollout_in_one_transaction(
         row = s.get(DeviceRow, device.device_id)
         assert row is not None and (row.reported or {}).get("seq") == 50
     assert commits.count("fedge-ingest") == 1
+
+
+def test_a_redelivered_event_is_stored_and_acted_on_once(live: LiveServer, device: DeviceIdentity) -> None:
+    """Records that act when first stored (a drift event) take the checked path beside the bulk insert of
+    plain telemetry: a redelivery in the same batch or a later one neither stores nor acts again."""
+    acted: list[int] = []
+    commands = live.state.commands
+    saved, commands.on_event = commands.on_event, lambda _d, seq, _body: acted.append(seq)
+    drift = {"type": "monitor.drift", "detector": "adwin", "window": 3, "at": "2026-12-02T16:00:00Z"}
+
+    def event(seq: int) -> Any:
+        return incoming(device.device_id, OutboxMessage(kind=Leaf.TELEMETRY, seq=seq, body=drift), None)
+
+    try:
+        for batch in ([event(1), _telemetry(device.device_id, 2), event(1)], [event(1), event(3)]):
+            q = _queue(live)
+            for item in batch:
+                q.submit(item)
+            q.start()
+            q.stop()
+    finally:
+        commands.on_event = saved
+    assert acted == [1, 3]
+    assert _stored(live, device.device_id) == 3
+    with live.state.sessions() as s:
+        events = s.scalar(select(func.count()).where(DeviceEvent.device_id == device.device_id))
+    assert events == 2
+
+
+def test_heartbeats_are_written_at_most_once_per_interval(live: LiveServer, device: DeviceIdentity) -> None:
+    fleet = live.state.fleet
+    saved, fleet.last_seen_write_seconds = fleet.last_seen_write_seconds, 3600.0
+    writes: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE DEVICES"):
+            writes.append(statement)
+
+    event.listen(live.state.engine, "before_cursor_execute", record)
+    try:
+        q = _queue(live, linger=0.0)
+        q.start()
+        for seq in range(1, 4):
+            q.submit(_telemetry(device.device_id, seq))
+            deadline = time.monotonic() + 10
+            while q.applied < seq and time.monotonic() < deadline:
+                time.sleep(0.01)
+        q.stop()
+    finally:
+        event.remove(live.state.engine, "before_cursor_execute", record)
+        fleet.last_seen_write_seconds = saved
+    assert _stored(live, device.device_id) == 3
+    assert len(writes) == 1  # three batches, one heartbeat
