@@ -18,9 +18,12 @@ A job goes, each step able to fail it with a reason and leave nothing half-writt
               next ``trained`` version (SHA-256, chain record)
   5. cleanup  the job's token is revoked; every invited device gets ``fl-leave``
 
-Jobs live in SQL; a replica claims a queued job with ``UPDATE ... WHERE state='queued'``. At start-up a
-job left ``running`` by a controller that stopped is marked failed with that reason (its engine run died
-with the controller: the supervised SuperLink is stopped with it, or restarted clean); queued jobs stay.
+Jobs live in SQL; a replica claims a queued job with ``UPDATE ... WHERE state='queued'``, stamps it with its
+id and keeps a heartbeat on it (``controller/training/claims.py``, as for training jobs): the job's
+SuperLink runs on that replica. At start-up and on every heartbeat a job left ``running`` by a replica that
+went quiet is marked failed with that reason (its engine run died with that controller: the supervised
+SuperLink is stopped with it, or restarted clean); a job a live replica runs and queued jobs stay. A
+replica finishes only a job that is still its own.
 
 Revocation: the manager listens to the fleet's after-commit events; a revoked device's node is
 unregistered on the SuperLink at once (or at the engine's next start when it is not running), so the
@@ -71,6 +74,7 @@ from controller.schemas.fl import FlJobIn
 from controller.security import tokens
 from controller.security.principal import Principal, Role
 from controller.training.base import JobState, request_cancel
+from controller.training.claims import JobClaims, new_replica_id
 from fedge_protocol.federation import ReplyKey
 from fedge_protocol.fl_commands import FlData, FlJoin, FlLeave, FlPrivacyPlan, FlTls
 
@@ -174,6 +178,8 @@ class FlJobManager:
         self._listener = _FleetListener(self)
         fleet.events.subscribe(self._listener)
         self.audit = AuditTrail(sessions, chain)  # every round on chain (controller/federation/audit.py)
+        self.replica_id = new_replica_id(settings)
+        self.claims = JobClaims(sessions, FlJob, self.replica_id)
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -196,6 +202,14 @@ class FlJobManager:
             t = threading.Thread(target=self._worker, name=f"fedge-fl-job-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        hb = threading.Thread(
+            target=self.claims.heartbeat_loop,
+            args=(self._stop, self.recover, "FL job"),
+            name="fedge-fl-job-heartbeat",
+            daemon=True,
+        )
+        hb.start()
+        self._threads.append(hb)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop claiming jobs, cancel the ones running here, stop the engine."""
@@ -214,9 +228,10 @@ class FlJobManager:
                 other.close()
 
     def recover(self) -> int:
-        """Mark FL jobs left ``running`` as failed (their engine run ended with that controller)."""
+        """Mark FL jobs left ``running`` by a replica that went quiet as failed (their engine run ended with
+        that controller); jobs a live replica runs stay as they are."""
         with self.sessions.begin() as s:
-            stale = s.scalars(select(FlJob).where(FlJob.state == JobState.RUNNING.value)).all()
+            stale = self.claims.stale(s)
             for job in stale:
                 run = f" (Flower run {job.run_id})" if job.run_id else ""
                 job.state = JobState.FAILED.value
@@ -752,35 +767,18 @@ class FlJobManager:
                 )
 
     def _claim(self) -> FlJob | None:
-        with self.sessions() as s:
-            candidates = s.scalars(
-                select(FlJob.id)
-                .where(FlJob.state == JobState.QUEUED.value)
-                .order_by(FlJob.created_at)
-                .limit(5)
-            ).all()
-        for job_id in candidates:
-            with self.sessions.begin() as s:
-                claimed = s.execute(
-                    update(FlJob)
-                    .where(FlJob.id == job_id, FlJob.state == JobState.QUEUED.value)
-                    .values(state=JobState.RUNNING.value, started_at=utcnow())
-                ).rowcount  # type: ignore[attr-defined]
-            if claimed == 1:
-                return self.get(job_id)
-        return None
+        job_id = self.claims.claim_next()
+        return None if job_id is None else self.get(job_id)
 
-    def _finish(self, job_id: str, state: JobState, *, error: str | None = None, **values: Any) -> None:
+    def _finish(self, job_id: str, state: JobState, *, error: str | None = None, **values: Any) -> bool:
+        """End a job this replica runs; False (outcome dropped) when another replica failed it meanwhile."""
         with self.sessions.begin() as s:
+            if not self.claims.finish(s, job_id, {**values, "state": state.value, "error": error}):
+                return False
             job = s.get(FlJob, job_id)
-            if job is None:
-                return
-            job.state = state.value
-            job.error = error
-            for key, value in values.items():
-                setattr(job, key, value)
-            job.finished_at = utcnow()
-            self._revoke_token(s, job)
+            if job is not None:
+                self._revoke_token(s, job)
+        return True
 
     @staticmethod
     def _revoke_token(s: Session, job: FlJob) -> None:
@@ -813,6 +811,8 @@ class FlJobManager:
             if outcome.state is not JobState.SUCCEEDED:
                 raise JobFailed(outcome.reason or f"the federation ended {outcome.state}")
             assert outcome.output_path is not None
+            if not self.claims.still_ours(job.id):  # failed by another replica meanwhile: publish nothing
+                raise JobFailed("this FL job was failed by another controller replica while it ran here")
             values = self._publish(self.get(job.id), outcome.output_path, workdir, dict(outcome.summary))
             state, error_text = JobState.SUCCEEDED, None
             log.info("FL job %s succeeded: model %s v%s", job.id, job.model_id, values["result_version"])
@@ -845,11 +845,18 @@ class FlJobManager:
                 log.info("FL job %s: no fl-leave for device %s: %s", job_id, part.device_id, exc.detail)
 
     def _watch_cancel(self, job_id: str, cancel: threading.Event) -> None:
-        """Honour cancel requests made on any replica."""
+        """Honour cancel requests made on any replica, and stop a run whose job is no longer ours (failed by
+        another replica while our heartbeat had stalled)."""
         while not cancel.wait(1.0):
             with self.sessions() as s:
-                if s.scalar(select(FlJob.cancel_requested).where(FlJob.id == job_id)):
-                    cancel.set()
+                row = s.execute(
+                    select(FlJob.cancel_requested, FlJob.claimed_by, FlJob.state).where(FlJob.id == job_id)
+                ).one_or_none()
+            if row is None or row.cancel_requested:
+                cancel.set()
+            elif row.claimed_by != self.replica_id or row.state != JobState.RUNNING.value:
+                log.warning("FL job %s was ended elsewhere (%s); stopping its run here", job_id, row.state)
+                cancel.set()
 
     def engine_for(self, name: str) -> FederationEngine:
         """The engine a job names: the default one (Flower, or the test's factory) or, for ``nvflare``,

@@ -20,23 +20,19 @@ its job stops the run when it notices and never overwrites that outcome or publi
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import json
 import logging
-import os
 import shutil
-import socket
 import sys
 import tarfile
 import threading
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.config import ControllerSettings
@@ -47,6 +43,7 @@ from controller.registry.service import Registry
 from controller.security import tokens
 from controller.security.principal import Role
 from controller.training.base import JobOutcome, JobRunner, JobSpec, JobState, request_cancel
+from controller.training.claims import HEARTBEAT_SECONDS, STALE_SECONDS, JobClaims, new_replica_id
 
 log = logging.getLogger("fedge.jobs")
 
@@ -68,8 +65,8 @@ class JobFailed(Exception):
 class JobManager:
     """Runs queued jobs on ``settings.job_workers`` threads of this process."""
 
-    HEARTBEAT_SECONDS = 5.0
-    STALE_SECONDS = 30.0
+    HEARTBEAT_SECONDS = HEARTBEAT_SECONDS
+    STALE_SECONDS = STALE_SECONDS
 
     def __init__(
         self,
@@ -89,9 +86,15 @@ class JobManager:
         self._threads: list[threading.Thread] = []
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        name = settings.replica_id or socket.gethostname()[:60]
-        self.replica_id = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.replica_id = new_replica_id(settings)
         """Who claims jobs here: stamped on each job this process runs (``Job.claimed_by``)."""
+        self.claims = JobClaims(
+            sessions,
+            Job,
+            self.replica_id,
+            stale_seconds=self.STALE_SECONDS,
+            heartbeat_seconds=self.HEARTBEAT_SECONDS,
+        )
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -101,7 +104,12 @@ class JobManager:
             t = threading.Thread(target=self._worker, name=f"fedge-job-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        hb = threading.Thread(target=self._heartbeat, name="fedge-job-heartbeat", daemon=True)
+        hb = threading.Thread(
+            target=self.claims.heartbeat_loop,
+            args=(self._stop, self.recover, "job"),
+            name="fedge-job-heartbeat",
+            daemon=True,
+        )
         hb.start()
         self._threads.append(hb)
 
@@ -118,15 +126,8 @@ class JobManager:
     def recover(self) -> int:
         """Mark jobs left ``running`` by a controller that died (no heartbeat for ``STALE_SECONDS``, or
         none at all) as failed; jobs another live replica runs, and queued jobs, stay as they are."""
-        cutoff = utcnow() - dt.timedelta(seconds=self.STALE_SECONDS)
         with self.sessions.begin() as s:
-            stale = s.scalars(
-                select(Job).where(
-                    Job.state == JobState.RUNNING.value,
-                    or_(Job.claimed_by.is_(None), Job.claimed_by != self.replica_id),
-                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
-                )
-            ).all()
+            stale = self.claims.stale(s)
             for job in stale:
                 job.state = JobState.FAILED.value
                 job.error = "the controller stopped while the job was running; start it again"
@@ -222,40 +223,9 @@ class JobManager:
                 log.exception("job %s crashed the worker", job.id)
                 self._finish(job.id, JobState.FAILED, error="internal error while running the job; see logs")
 
-    def _heartbeat(self) -> None:
-        """Keep this replica's running jobs alive in SQL; fail those of replicas that went quiet."""
-        while not self._stop.wait(self.HEARTBEAT_SECONDS):
-            try:
-                with self.sessions.begin() as s:
-                    s.execute(
-                        update(Job)
-                        .where(Job.claimed_by == self.replica_id, Job.state == JobState.RUNNING.value)
-                        .values(heartbeat_at=utcnow())
-                    )
-                self.recover()
-            except Exception:  # a database hiccup must not end the heartbeat
-                log.exception("job heartbeat failed")
-
     def _claim(self) -> Job | None:
-        with self.sessions() as s:
-            candidates = s.scalars(
-                select(Job.id).where(Job.state == JobState.QUEUED.value).order_by(Job.created_at).limit(5)
-            ).all()
-        for job_id in candidates:
-            with self.sessions.begin() as s:
-                claimed = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
-                    .values(
-                        state=JobState.RUNNING.value,
-                        started_at=utcnow(),
-                        claimed_by=self.replica_id,
-                        heartbeat_at=utcnow(),
-                    )
-                ).rowcount  # type: ignore[attr-defined]
-            if claimed == 1:
-                return self.get(job_id)
-        return None
+        job_id = self.claims.claim_next()
+        return None if job_id is None else self.get(job_id)
 
     def _finish(
         self, job_id: str, state: JobState, *, error: str | None = None, version: int | None = None
@@ -264,28 +234,14 @@ class JobManager:
         when the job is no longer ours: another replica failed it while our heartbeat had stalled, so its
         outcome stands and ours is dropped."""
         with self.sessions.begin() as s:
-            finished = s.execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.claimed_by == self.replica_id,
-                    Job.state == JobState.RUNNING.value,
-                )
-                .values(state=state.value, error=error, model_version=version, finished_at=utcnow())
-            ).rowcount  # type: ignore[attr-defined]
-            if finished != 1:
-                log.warning("job %s is no longer ours; its %s outcome is dropped", job_id, state.value)
+            if not self.claims.finish(
+                s, job_id, {"state": state.value, "error": error, "model_version": version}
+            ):
                 return False
             job = s.get(Job, job_id)
             if job is not None:
                 self._revoke(s, job)
         return True
-
-    def _still_ours(self, job_id: str) -> bool:
-        """True while this replica holds the job (claimed by us and running)."""
-        with self.sessions() as s:
-            row = s.execute(select(Job.claimed_by, Job.state).where(Job.id == job_id)).one_or_none()
-        return row is not None and row.claimed_by == self.replica_id and row.state == JobState.RUNNING.value
 
     @staticmethod
     def _revoke(s: Session, job: Job) -> None:
@@ -309,7 +265,7 @@ class JobManager:
                 raise _Cancelled()
             if outcome.state is not JobState.SUCCEEDED:
                 raise JobFailed(outcome.reason or f"the training program failed ({outcome.state})")
-            if not self._still_ours(job.id):  # failed by another replica meanwhile: publish nothing
+            if not self.claims.still_ours(job.id):  # failed by another replica meanwhile: publish nothing
                 raise _Cancelled()
             version = self._publish(job, workdir, outcome)
             self._finish(job.id, JobState.SUCCEEDED, version=version)

@@ -303,6 +303,33 @@ def test_a_job_left_running_by_a_stopped_controller_is_failed_with_the_reason(ct
     assert "the controller stopped while the FL job was running (Flower run 42)" in job["error"]
 
 
+def test_a_job_another_live_replica_runs_is_spared_and_a_quiet_ones_is_failed(ctl: Ctl) -> None:
+    import datetime as dt
+
+    from controller.federation.base import JobState
+
+    fed = ctl.state.federation
+    live, quiet = ctl.submit().json()["job_id"], ctl.submit().json()["job_id"]
+    for job_id in (live, quiet):
+        _running(ctl, job_id)
+    with ctl.state.sessions.begin() as s:
+        for job_id, age in ((live, 1), (quiet, fed.claims.stale_seconds + 5)):
+            job = s.get(FlJob, job_id)
+            assert job is not None
+            job.claimed_by, job.heartbeat_at = "other-replica:1:abc", utcnow() - dt.timedelta(seconds=age)
+    assert fed.recover() == 1
+    assert ctl.client.get(f"/v1/fl/jobs/{live}", headers=ADMIN).json()["status"] == "running"
+    assert ctl.client.get(f"/v1/fl/jobs/{quiet}", headers=ADMIN).json()["status"] == "failed"
+    # the other replica's job is not ours to finish: the outcome is dropped, the row keeps its state
+    assert fed._finish(live, JobState.SUCCEEDED) is False
+    assert ctl.client.get(f"/v1/fl/jobs/{live}", headers=ADMIN).json()["status"] == "running"
+    with ctl.state.sessions.begin() as s:
+        s.get(FlJob, live).claimed_by = fed.replica_id  # type: ignore[union-attr]
+    fed.claims.beat()
+    assert fed._finish(live, JobState.CANCELLED, error="cancelled") is True
+    assert ctl.client.get(f"/v1/fl/jobs/{live}", headers=ADMIN).json()["status"] == "cancelled"
+
+
 # ---------------------------------------------------------------- the fl-join command
 
 
