@@ -32,6 +32,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import httpx
 import numpy as np
 
+from controller.client import FedgeClient
 from edge_agent.identity import DeviceIdentity
-from simulator.fleet import Fleet
 from tests.fixtures.services import free_port
 
 
@@ -134,6 +135,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident set size so far (``VmHWM``, Linux ``/proc``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def probe_polls(url: str, pid: int, identity: DeviceIdentity, count: int) -> dict[str, Any]:
     """``count`` sequential desired-state polls of one device, first with its current ETag (304 expected),
     then without (200): client latency and controller CPU per poll, in ms."""
@@ -172,7 +181,7 @@ def start_profilers(out: Path | None, pids: dict[str, int]) -> list[subprocess.P
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out.mkdir(parents=True, exist_ok=True)
-    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--idle", "--nonblocking"]
+    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--nonblocking"]
     return [
         subprocess.Popen(
             [*argv, "--pid", str(pid), "--output", str(out / f"{name}.txt")],
@@ -190,6 +199,106 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
         spy.send_signal(signal.SIGINT)
     for spy in spies:
         spy.wait(30)
+
+
+class FleetProcesses:
+    """The simulated agents spread over ``procs`` worker processes (``python -m simulator.fleet
+    --stream``: each enrolls its share, runs the agents and prints their outcomes as they happen), so that
+    1,000 agents are not 2,000 threads behind one GIL."""
+
+    def __init__(
+        self, url: str, token: str, root: Path, n: int, procs: int, interval: float, mqtt: bool
+    ) -> None:
+        sizes = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+        self.ready: list[dict[str, Any]] = []
+        self.outcomes: list[dict[str, Any]] = []
+        self.stopped: list[dict[str, Any]] = []
+        self._lock = threading.Condition()
+        self.log = root / "agents.log"
+        root.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")  # noqa: SIM115 - shared by the children, closed in stop()
+        self._logfile = log
+        env = {**os.environ, "FEDGE_TOKEN": token}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._readers: list[threading.Thread] = []
+        for i, size in enumerate(sizes):
+            argv = [sys.executable, "-m", "simulator.fleet", "--controller", url, "--agents", str(size),
+                    "--state-root", str(root / f"p{i}"), "--poll-interval", str(interval),
+                    "--label", f"bench-shard={i}", "--ramp", str(size / 25), "--enroll-workers", "2",
+                    "--stream", *(["--mqtt"] if mqtt else [])]  # fmt: skip
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+            self.procs.append(proc)
+            reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            with self._lock:
+                {"ready": self.ready, "outcome": self.outcomes, "stopped": self.stopped}.get(
+                    event.get("event"), []
+                ).append(event)
+                self._lock.notify_all()
+
+    def wait_ready(self, timeout: float) -> list[str]:
+        """Every worker's device ids once all are ready (enrolled, running, connected)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self.ready) < len(self.procs):
+                if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                    raise SystemExit(f"agent workers did not start; see {self.log}")
+                self._lock.wait(1.0)
+            return [d for r in self.ready for d in r["device_ids"]]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def succeeded(self, deployment_id: str) -> dict[str, float]:
+        """device id -> when it reported success for ``deployment_id`` (epoch seconds)."""
+        with self._lock:
+            return {
+                o["device_id"]: float(o["at"])
+                for o in self.outcomes
+                if o["deployment_id"] == deployment_id and o["state"] == "succeeded"
+            }
+
+    def wait_succeeded(self, deployment_id: str, n: int, timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while len(done := self.succeeded(deployment_id)) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return done
+
+    def stop(self) -> None:
+        """Close the workers' stdin (they stop their agents and print ``stopped``), wait for them."""
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for reader in self._readers:
+            reader.join(10)
+        self._logfile.close()
+
+
+def wait_deployment(client: FedgeClient, deployment_id: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        dep = client.deployment(deployment_id)
+        if dep.state != "rolling":
+            return dep
+        if time.monotonic() > deadline:
+            raise SystemExit(f"deployment {deployment_id} still rolling after {timeout} s")
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         help="record py-spy profiles (controller, bench process) of the rollout window into this dir",
     )
     parser.add_argument(
+        "--procs", type=int, default=None, help="agent worker processes (default: one per 250 agents)"
+    )
+    parser.add_argument(
         "--probe-polls", type=int, default=None, help="polls per probe (default 1000; 200 quick)"
     )
     args = parser.parse_args(argv)
@@ -230,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     interval = args.poll_interval or (10.0 if args.mqtt else max(1.0, n / 100))
     waves = [float(w) for w in args.waves.split(",")] if args.waves else None
     probes = args.probe_polls or (200 if args.quick else 1000)
+    procs = args.procs or max(1, -(-n // 250))
     token = "fedge_bench_" + secrets.token_urlsafe(24)
 
     with tempfile.TemporaryDirectory(prefix="fedge-bench-rollout-") as tmp:
@@ -240,35 +353,53 @@ def main(argv: list[str] | None = None) -> int:
             print(f"controller up in {time.perf_counter() - started:.1f} s at {url}", flush=True)
             model_id, version = upload(url, token, small_onnx())
             agents_dir = Path(tmp) / "agents"
-            with Fleet(
-                url, token, agents_dir, poll_interval=interval, max_backoff=10.0, mqtt=args.mqtt
-            ) as fleet:
+            fleet = FleetProcesses(url, token, agents_dir, n, procs, interval, args.mqtt)
+            try:
                 t0 = time.perf_counter()
-                fleet.ensure(n)
+                device_ids = fleet.wait_ready(timeout=max(600.0, n * 2.0))
                 enroll_s = time.perf_counter() - t0
-                print(f"enrolled {n} agents in {enroll_s:.1f} s ({n / enroll_s:.1f}/s)", flush=True)
-                fleet.start()
-                fleet.wait_connected(timeout=120)
+                print(
+                    f"{n} agents in {procs} process(es) enrolled and running in {enroll_s:.1f} s",
+                    flush=True,
+                )
                 time.sleep(2.0)  # every agent has polled once (nothing deployed yet)
-                spies = start_profilers(args.profile, {"controller": pid, "bench": os.getpid()})
-                cpu0 = cpu_seconds(pid), cpu_seconds(os.getpid())
+                spies = start_profilers(args.profile, {"controller": pid, "agents": fleet.pids[0]})
+                cpu0 = cpu_seconds(pid), sum(cpu_seconds(p) for p in fleet.pids)
                 posted = time.time()
-                dep_id = fleet.deploy(model_id, version, waves=waves)
-                dep = fleet.wait_deployment(dep_id, args.timeout, poll=0.2)
+                with FedgeClient(url, token) as client:
+                    dep_id = client.deploy(model_id, version, device_ids=device_ids, waves=waves)
+                    dep = wait_deployment(client, dep_id.deployment_id, args.timeout)
                 controller_s = time.time() - posted
-                fleet.wait_active(model_id, version, timeout=30)
+                succeeded = fleet.wait_succeeded(dep_id.deployment_id, n, timeout=30)
                 window = time.time() - posted
-                cpu = cpu_seconds(pid) - cpu0[0], cpu_seconds(os.getpid()) - cpu0[1]
+                cpu = cpu_seconds(pid) - cpu0[0], sum(cpu_seconds(p) for p in fleet.pids) - cpu0[1]
                 stop_profilers(spies)
-                done = {k: v - posted for k, v in fleet.convergence(dep_id).items() if v is not None}
-                errors = sum(sim.errors for sim in fleet.agents)
+                done = {k: v - posted for k, v in succeeded.items()}
+                rejected = sum(
+                    1 for o in fleet.outcomes if o["deployment_id"] == dep_id.deployment_id
+                    and o["state"] != "succeeded"
+                )  # fmt: skip
+            finally:
                 fleet.stop()  # the probe polls alone
-                probe = probe_polls(url, pid, fleet.agents[0].identity, probes)
+            errors = sum(int(w["errors"]) for w in fleet.stopped)
+            identity = DeviceIdentity.load(agents_dir / "p0" / "agent-0000")
+            probe = probe_polls(url, pid, identity, probes)
+            rss = {
+                "controller": peak_rss_mb(pid),
+                "agents_total": round(sum(float(w["rss_mb"]) for w in fleet.stopped), 1),
+                "agents_per_process": max(float(w["rss_mb"]) for w in fleet.stopped),
+            }
     lat = sorted(done.values())
     print(
         f"deployment {dep.state}: {len(lat)}/{n} agents active; latency p50 {percentile(lat, 50):.2f} s, "
         f"p95 {percentile(lat, 95):.2f} s, max {lat[-1]:.2f} s (poll interval {interval:.1f} s); "
-        f"controller saw the rollout end after {controller_s:.2f} s; agent errors {errors}"
+        f"controller saw the rollout end after {controller_s:.2f} s; agent errors {errors}, "
+        f"outcomes other than succeeded {rejected}"
+    )
+    print(
+        f"peak RSS: controller {rss['controller']:.0f} MiB, agents {rss['agents_total']:.0f} MiB in {procs} "
+        f"process(es); CPU during the rollout: controller {cpu[0] / window:.2f}, agents "
+        f"{cpu[1] / window:.2f} cores"
     )
     for name in ("304", "200"):
         p = probe[f"poll_{name}"]
@@ -292,14 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         "deployment_done_s": round(controller_s, 3),
         "agent_errors": errors,
+        "not_succeeded": rejected,
+        "agent_processes": procs,
         "rollout_cpu": {  # cores busy between the POST and the last agent active
             "controller": round(cpu[0] / window, 2),
             "agents": round(cpu[1] / window, 2),
         },
+        "rss_mb": rss,  # peak resident memory: the controller, the agents' worker processes
         "probe": probe,
     }
     print(json.dumps(result))
-    return 0 if dep.state == "succeeded" and len(lat) == n else 1
+    return 0 if dep.state == "succeeded" and len(lat) == n and not rejected else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 Enrolls (or, with a kept ``--state-root``, reuses) N simulated agents, runs their loops, optionally starts a
 deployment to them and waits for it, prints one JSON line per event of interest, and keeps running for
 ``--duration`` seconds (0: until interrupted; with ``--deploy``: stop once the rollout ended).
+
+``--stream`` (a worker of a fleet spread over several processes, ``bench/rollout.py``): once the agents
+run (and, with ``--mqtt``, are connected to the broker) it prints ``{"event": "ready", "device_ids": [...]}``,
+then one ``{"event": "outcome", ...}`` line per apply outcome as it happens, until its stdin closes or it
+is terminated; then ``{"event": "stopped", "errors", "rss_mb"}``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -18,7 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from simulator.fleet.core import Fleet
+from simulator.fleet.core import Event, Fleet, SimAgent
+
+_out = threading.Lock()
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -45,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--waves", help="cumulative fractions, e.g. 0.1,1.0 (default: all at once)")
     p.add_argument("--timeout", type=float, default=600.0, help="longest wait for the rollout")
     p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0: until interrupted)")
+    p.add_argument("--mqtt", action="store_true", help="agents use the broker: push, reports via outbox")
+    p.add_argument("--ramp", type=float, default=0.0, help="spread the agents' starts over this many s")
+    p.add_argument("--enroll-workers", type=int, default=1, help="enrollments in parallel")
+    p.add_argument("--stream", action="store_true", help="print ready and outcome events as they happen")
     args = p.parse_args(argv)
     if not args.token:
         p.error("--token (or FEDGE_TOKEN) is required")
@@ -54,7 +66,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _emit(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
+    line = json.dumps(fields)
+    with _out:  # whole lines, also from the agents' threads
+        print(line, flush=True)
+
+
+def _outcome(sim: SimAgent, event: Event) -> None:
+    _emit(
+        event="outcome",
+        device_id=sim.device_id,
+        deployment_id=event.deployment_id,
+        state=event.state,
+        at=event.at,
+        model_id=event.model_id,
+        version=event.version,
+    )
+
+
+def stream(fleet: Fleet, args: argparse.Namespace) -> int:
+    """The worker mode (``--stream``): ready, outcomes as they happen, stopped (see the module doc)."""
+    t0 = time.monotonic()
+    fleet.ensure(args.agents, workers=args.enroll_workers)
+    enrolled = time.monotonic() - t0
+    fleet.start(ramp=args.ramp)
+    try:
+        fleet.wait_connected(timeout=120)
+    except TimeoutError as exc:
+        logging.getLogger("fedge.simulator.fleet").warning("%s", exc)
+    _emit(
+        event="ready",
+        device_ids=fleet.device_ids,
+        enroll_s=round(enrolled, 3),
+        connected=sum(1 for sim in fleet.agents if sim.connected),
+        pid=os.getpid(),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    while not stop.is_set():
+        stop.wait(1.0)
+    fleet.stop()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _emit(event="stopped", errors=sum(sim.errors for sim in fleet.agents), rss_mb=round(rss_mb, 1))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,12 +126,17 @@ def run(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             serve_api=args.api,
             labels=_labels(args.label),
+            mqtt=args.mqtt,
+            on_event=_outcome if args.stream else None,
         )
+        if args.stream:
+            with fleet:
+                return stream(fleet, args)
         with fleet:
             t0 = time.monotonic()
-            fleet.ensure(args.agents)
+            fleet.ensure(args.agents, workers=args.enroll_workers)
             _emit(event="enrolled", agents=len(fleet.agents), seconds=round(time.monotonic() - t0, 3))
-            fleet.start()
+            fleet.start(ramp=args.ramp)
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -126,6 +126,9 @@ class SimAgent:
     events: list[Event] = field(default_factory=list)
     errors: int = 0
 
+    on_event: Callable[[SimAgent, Event], None] | None = None
+    """Called with each recorded event (from the agent's thread)."""
+
     def __post_init__(self) -> None:
         self.agent.on_outcome = self._record
         self.agent.metrics = _Counters(self)
@@ -158,15 +161,16 @@ class SimAgent:
     def _record(self, outcome: Outcome, payload: dict[str, Any]) -> None:
         ref = outcome.ref
         deployment_id = payload.get("deployment_id")
-        self.events.append(
-            Event(
-                time.time(),
-                outcome.state,
-                str(deployment_id) if deployment_id else None,
-                ref.model_id if ref else None,
-                ref.version if ref else None,
-            )
+        event = Event(
+            time.time(),
+            outcome.state,
+            str(deployment_id) if deployment_id else None,
+            ref.model_id if ref else None,
+            ref.version if ref else None,
         )
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(self, event)
 
     def step(self) -> None:
         """One poll (and apply); the outcome is recorded in ``events``."""
@@ -209,6 +213,7 @@ class Fleet:
         labels: dict[str, str] | None = None,
         http_timeout: float = 30.0,
         mqtt: bool = False,
+        on_event: Callable[[SimAgent, Event], None] | None = None,
     ) -> None:
         self.url = controller_url.rstrip("/")
         self.admin_token = admin_token
@@ -220,6 +225,8 @@ class Fleet:
         self.http_timeout = http_timeout
         self.mqtt = mqtt
         """Connect each agent to the broker named at enrollment (push; reports over MQTT via the outbox)."""
+        self.on_event = on_event
+        """Called with every agent's events as they happen (from the agents' threads)."""
         self.agents: list[SimAgent] = []
         self._stop = threading.Event()
         self.client = FedgeClient(self.url, admin_token)
@@ -253,21 +260,30 @@ class Fleet:
         agent.start()
         if use_mqtt:
             agent.mqtt = MqttLink(identity, state_dir, agent.push_desired, on_connect=agent.wake)
-        return SimAgent(index, state_dir, identity, link, agent, mqtt=agent.mqtt)
+        return SimAgent(index, state_dir, identity, link, agent, mqtt=agent.mqtt, on_event=self.on_event)
 
     def enroll_one(self, index: int, labels: dict[str, str] | None = None) -> SimAgent:
         """Mint a one-time token (admin SDK) and enroll a new device in ``root/agent-<index>``."""
+        sim = self._enroll(index, labels)
+        self.agents.append(sim)
+        return sim
+
+    def _enroll(self, index: int, labels: dict[str, str] | None = None) -> SimAgent:
         all_labels = {**self.labels, **(labels or {}), "sim-index": str(index)}
         token = self.client.enrollment_token(all_labels, ttl_seconds=600).token
         facts = {"simulated": True, "cpu_count": 1, "ort_providers": ["CPUExecutionProvider"]}
         identity = enroll(self.url, token, self._state_dir(index), all_labels, facts)
-        sim = self._make(index, identity)
-        self.agents.append(sim)
-        return sim
+        return self._make(index, identity)
 
     def load_one(self, index: int) -> SimAgent | None:
         """Reuse an enrolled state dir (pointed at this controller's URL), or None if there is none or the
         controller no longer knows (or has revoked) the device."""
+        sim = self._load(index)
+        if sim is not None:
+            self.agents.append(sim)
+        return sim
+
+    def _load(self, index: int) -> SimAgent | None:
         state_dir = self._state_dir(index)
         if not (state_dir / IDENTITY_FILE).exists():
             return None
@@ -281,30 +297,46 @@ class Fleet:
             raise
         if device.status != "active":
             return None
-        sim = self._make(index, identity)
-        self.agents.append(sim)
+        return self._make(index, identity)
+
+    def _load_or_enroll(self, index: int, reuse: bool) -> SimAgent:
+        sim = self._load(index) if reuse else None
+        if sim is None:
+            state_dir = self._state_dir(index)
+            if state_dir.exists():  # stale (revoked, or a controller that forgot it): start afresh
+                _clear(state_dir)
+            sim = self._enroll(index)
         return sim
 
     def ensure(
-        self, n: int, *, reuse: bool = True, progress: Callable[[int, int], None] | None = None
+        self,
+        n: int,
+        *,
+        reuse: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+        workers: int = 1,
     ) -> list[SimAgent]:
-        """``n`` agents: state dirs enrolled earlier are reused (``reuse``), the rest are enrolled now."""
-        for index in range(len(self.agents), n):
-            sim = self.load_one(index) if reuse else None
-            if sim is None:
-                state_dir = self._state_dir(index)
-                if state_dir.exists():  # stale (revoked, or a controller that forgot it): start afresh
-                    _clear(state_dir)
-                self.enroll_one(index)
-            if progress is not None:
-                progress(index + 1, n)
+        """``n`` agents: state dirs enrolled earlier are reused (``reuse``), the rest are enrolled now,
+        ``workers`` at a time (the controller signs each CSR; a few in parallel keep it busy)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        indexes = range(len(self.agents), n)
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="sim-enroll") as pool:
+            for sim in pool.map(lambda i: self._load_or_enroll(i, reuse), indexes):
+                self.agents.append(sim)
+                if progress is not None:
+                    progress(len(self.agents), n)
         return self.agents
 
-    def start(self) -> None:
+    def start(self, ramp: float = 0.0) -> None:
         """Start each agent's loop in its own thread (and its local API when ``serve_api``, its MQTT link
-        with ``mqtt``)."""
+        with ``mqtt``), the starts spread evenly over ``ramp`` seconds (a fleet does not boot in one
+        instant: without a ramp, N first polls and N broker logins arrive together)."""
         self._stop.clear()
-        for sim in self.agents:
+        pause = ramp / len(self.agents) if self.agents else 0.0
+        for i, sim in enumerate(self.agents):
+            if i and pause:
+                time.sleep(pause)
             if sim.mqtt is not None and not sim.mqtt.connected.is_set():
                 sim.mqtt.start()
             if self.serve_api and sim.api is None:

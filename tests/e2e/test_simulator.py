@@ -118,3 +118,37 @@ def test_fleet_over_mqtt_applies_a_push_and_reports_through_the_outbox(
         assert all(t is not None for t in fleet.convergence(dep_id).values())
         assert all(a.agent.outbox is not None and not a.agent.outbox.pending() for a in agents)
         assert all(a.errors == 0 for a in agents)
+
+
+def test_fleet_command_streams_outcomes_until_its_stdin_closes(
+    controller: Live, http: httpx.Client, tmp_path: Path
+) -> None:
+    """``--stream`` (a worker of bench/rollout.py): ready with the device ids, then each outcome as it
+    happens, then stopped (errors, peak RSS) once stdin closes."""
+    url = controller[0].url
+    model_id, version = upload_onnx(http, add_model(4.0))
+    argv = [sys.executable, "-m", "simulator.fleet", "--controller", url, "--agents", "2", "--mqtt",
+            "--poll-interval", "3600", "--state-root", str(tmp_path), "--stream"]  # fmt: skip
+    with subprocess.Popen(
+        argv,
+        env={**os.environ, "FEDGE_TOKEN": ADMIN_TOKEN},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert (ready["event"], len(ready["device_ids"]), ready["connected"]) == ("ready", 2, 2)
+        with Fleet(url, ADMIN_TOKEN, tmp_path / "admin") as admin:  # only its admin client is used
+            dep_id = admin.client.deploy(model_id, version, device_ids=ready["device_ids"]).deployment_id
+        outcomes = [json.loads(proc.stdout.readline()) for _ in range(2)]
+        assert {o["device_id"] for o in outcomes} == set(ready["device_ids"])
+        assert all(
+            (o["event"], o["state"], o["deployment_id"], o["version"])
+            == ("outcome", "succeeded", dep_id, version)
+            for o in outcomes
+        )
+        proc.stdin.close()
+        stopped = json.loads(proc.stdout.readline())
+        assert stopped["event"] == "stopped" and stopped["errors"] == 0 and stopped["rss_mb"] > 0
+        assert proc.wait(60) == 0
