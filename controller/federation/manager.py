@@ -202,14 +202,7 @@ class FlJobManager:
             t = threading.Thread(target=self._worker, name=f"fedge-fl-job-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        hb = threading.Thread(
-            target=self.claims.heartbeat_loop,
-            args=(self._stop, self.recover, "FL job"),
-            name="fedge-fl-job-heartbeat",
-            daemon=True,
-        )
-        hb.start()
-        self._threads.append(hb)
+        self._threads.append(self.claims.start_heartbeat(self._stop, self.recover, "fl-job"))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop claiming jobs, cancel the ones running here, stop the engine."""

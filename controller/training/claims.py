@@ -130,9 +130,21 @@ class JobClaims:
             row = s.execute(select(t.claimed_by, t.state).where(t.id == job_id)).one_or_none()
         return row is not None and row.claimed_by == self.replica_id and row.state == JobState.RUNNING.value
 
-    def heartbeat_loop(self, stop: threading.Event, recover: Callable[[], object], what: str) -> None:
-        """Until ``stop``: every ``heartbeat_seconds`` keep our jobs alive, then ``recover()`` (the manager
-        fails the stale jobs of replicas that went quiet). Run on a thread of its own."""
+    def start_heartbeat(
+        self, stop: threading.Event, recover: Callable[[], object], what: str
+    ) -> threading.Thread:
+        """A daemon thread that, until ``stop``, every ``heartbeat_seconds`` keeps our jobs alive and then
+        calls ``recover()`` (the manager fails the stale jobs of replicas that went quiet)."""
+        thread = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(stop, recover, what),
+            name=f"fedge-{what}-heartbeat",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _heartbeat_loop(self, stop: threading.Event, recover: Callable[[], object], what: str) -> None:
         while not stop.wait(self.heartbeat_seconds):
             try:
                 self.beat()

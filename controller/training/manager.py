@@ -104,14 +104,7 @@ class JobManager:
             t = threading.Thread(target=self._worker, name=f"fedge-job-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        hb = threading.Thread(
-            target=self.claims.heartbeat_loop,
-            args=(self._stop, self.recover, "job"),
-            name="fedge-job-heartbeat",
-            daemon=True,
-        )
-        hb.start()
-        self._threads.append(hb)
+        self._threads.append(self.claims.start_heartbeat(self._stop, self.recover, "job"))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming jobs; cancel the ones running here."""
