@@ -27,12 +27,7 @@ def _replicas(make_settings: SettingsFactory, tmp_path: Path, pg_url: str, s3, c
             make_settings(
                 data_dir=tmp_path / name,
                 database_url=pg_url,
-                storage_backend="s3",
-                s3_endpoint=s3.endpoint,
-                s3_access_key=s3.access_key,
-                s3_secret_key=s3.secret_key,
-                s3_secure=False,
-                bucket_prefix=prefix,
+                **s3.controller_settings(prefix),
                 job_timeout_seconds=30,
             ),
             chain,

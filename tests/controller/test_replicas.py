@@ -34,12 +34,7 @@ def replicas(
             make_settings(
                 data_dir=tmp_path / name,
                 database_url=postgres_db_url,
-                storage_backend="s3",
-                s3_endpoint=s3_server.endpoint,
-                s3_access_key=s3_server.access_key,
-                s3_secret_key=s3_server.secret_key,
-                s3_secure=False,
-                bucket_prefix=prefix,
+                **s3_server.controller_settings(prefix),
                 broker_backend="none",
             ),
             shared_anvil,
