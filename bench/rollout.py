@@ -1,25 +1,29 @@
 """Rollout latency: from ``POST /v1/deployments`` to each simulated agent serving the new model.
 
-Starts a controller on embedded defaults (SQLite, local artifact store, in-process EVM) in a temp dir as its
-own process (``python -m controller.cli serve``, so that it does not share the GIL with the agents),
-enrolls N simulated agents (``simulator.fleet``: the real agent code, one thread and one state dir each,
-one-thread ONNX Runtime sessions), uploads a small ONNX model (made with ``onnx.helper``) and deploys it
-to all of them. For each agent the latency is the wall-clock time from just before the POST to the moment
-its loop finished the apply and reported ``succeeded`` (download, SHA-256 check against the chain hash,
-health check, swap, report). The poll interval bounds the latency from below (an agent notices the new
-desired state at its next poll: on average half an interval), so it is part of the result.
+Starts a controller on embedded defaults (SQLite, local artifact store, in-process EVM, embedded MQTT
+broker) in a temp dir as its own process (``python -m controller.cli serve``), and N simulated agents in
+worker processes of their own (``python -m simulator.fleet --stream``, one per 250 agents: the real agent
+code, ``Agent.run`` in one thread per agent with its state dir, outbox and MQTT link, one-thread ONNX Runtime
+sessions). It uploads a small ONNX model (made with ``onnx.helper``) and deploys it to all of them. For
+each agent the latency is the wall-clock time from just before the POST to the moment its loop finished the
+apply and reported ``succeeded`` (download, SHA-256 check against the chain hash, health check, swap,
+report). By default the agents run as ``fedge-agent run`` does with a broker: the pushed desired state
+(QoS 1, retained) starts the apply at once, status reports go over MQTT through the outbox, and the HTTP
+poll (10 s, the agent's default) is the fallback. With ``--no-mqtt`` they only poll over HTTP (default
+interval max(1 s, N / 100 s)), which bounds the latency from below (on average half an interval).
 
-Then the agents stop and one of them (its model deployed) is probed alone: K sequential desired-state polls
-on one keep-alive connection with its current ETag (answered 304), then K without (200, a signed
-document). For each: client latency p50/p95 and the controller process's CPU time per poll (from
-``/proc/PID/stat``, so the client's own work is not counted). The probe only uses the HTTP API, so the same
-file measures older controllers too.
+Printed too: CPU cores used by the controller and by the agents' processes during the rollout, and the peak
+RSS of each. Then the agents stop and one of them (its model deployed) is probed alone: K sequential
+desired-state polls on one keep-alive connection with its current ETag (answered 304), then K without
+(200, a signed document). For each: client latency p50/p95 and the controller process's CPU time per poll
+(from ``/proc/PID/stat``, so the client's own work is not counted).
 
-    .venv/bin/python bench/rollout.py [--quick] [--agents N] [--poll-interval S] [--waves 0.1,1.0]
-                                      [--probe-polls K]
+    .venv/bin/python bench/rollout.py [--quick] [--agents N] [--no-mqtt] [--poll-interval S]
+                                      [--waves 0.1,1.0] [--procs P] [--probe-polls K] [--profile DIR]
 
-N = 100 by default, 20 with ``--quick``; ``--agents 1000`` works (enrollment takes a while; the default
-poll interval grows with N: max(1 s, N / 100 s)). The last line of stdout is a JSON summary.
+N = 100 by default, 20 with ``--quick``. ``--profile DIR`` records py-spy profiles (raw folded stacks,
+all threads) of the controller and of the first agent process during the rollout window. The last line of
+stdout is a JSON summary.
 """
 
 from __future__ import annotations
@@ -368,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 posted = time.time()
                 with FedgeClient(url, token) as client:
                     dep_id = client.deploy(model_id, version, device_ids=device_ids, waves=waves)
+                    post_s = time.time() - posted  # the POST's own time: targets created, desired set
                     dep = wait_deployment(client, dep_id.deployment_id, args.timeout)
                 controller_s = time.time() - posted
                 succeeded = fleet.wait_succeeded(dep_id.deployment_id, n, timeout=30)
@@ -421,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "p95": round(percentile(lat, 95), 3),
             "max": round(lat[-1], 3),
         },
+        "post_s": round(post_s, 3),
         "deployment_done_s": round(controller_s, 3),
         "agent_errors": errors,
         "not_succeeded": rejected,
