@@ -63,6 +63,11 @@ def assign_waves(count: int, fractions: list[float]) -> list[int]:
     return [next(i for i, c in enumerate(cutoffs) if n < c) for n in range(count)]
 
 
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    """``ids`` in lists of at most ``size`` (bound parameters of one ``IN (...)``)."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
 @dataclass
 class _Queued:
     """A status report waiting for its group commit (:meth:`Rollouts.report`)."""
@@ -244,15 +249,18 @@ class Rollouts:
         s.add(dep)
         s.flush()
         touched: set[str] = set()
-        for device, wave in zip(devices, assign_waves(len(devices), fractions), strict=True):
+        for chunk in _chunks([d.id for d in devices]):  # one query per chunk, not one per device
             for old in s.scalars(
                 select(DeploymentTarget).where(
-                    DeploymentTarget.device_id == device.id, DeploymentTarget.state.in_(OPEN_STATES)
+                    DeploymentTarget.device_id.in_(chunk), DeploymentTarget.state.in_(OPEN_STATES)
                 )
             ):
                 old.state, old.updated_at = SUPERSEDED, utcnow()
                 touched.add(old.deployment_id)
-            s.add(DeploymentTarget(deployment_id=dep.id, device_id=device.id, wave=wave, state=WAITING))
+        s.add_all(
+            DeploymentTarget(deployment_id=dep.id, device_id=device.id, wave=wave, state=WAITING)
+            for device, wave in zip(devices, assign_waves(len(devices), fractions), strict=True)
+        )
         s.flush()
         self._start_wave(s, dep)
         self._advance(s, dep)  # a continuous deployment may start with no device yet
@@ -264,8 +272,12 @@ class Rollouts:
 
     def _targets(self, s: Session, req: DeploymentRequest) -> list[Device]:
         chosen: dict[str, Device] = {}
-        for device_id in req.device_ids or []:
-            device = s.get(Device, device_id)
+        wanted = list(dict.fromkeys(req.device_ids or []))
+        found: dict[str, Device] = {}
+        for chunk in _chunks(wanted):
+            found.update((d.id, d) for d in s.scalars(select(Device).where(Device.id.in_(chunk))))
+        for device_id in wanted:
+            device = found.get(device_id)
             if device is None or device.status != ACTIVE:
                 raise Unprocessable(f"device {device_id} is unknown or revoked", field="device_ids")
             chosen[device.id] = device
