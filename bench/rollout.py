@@ -2,7 +2,7 @@
 
 Starts a controller on embedded defaults (SQLite, local artifact store, in-process EVM, embedded MQTT
 broker) in a temp dir as its own process (``python -m controller.cli serve``), and N simulated agents in
-worker processes of their own (``python -m simulator.fleet --stream``, one per 250 agents: the real agent
+worker processes of their own (``python -m simulator.fleet --stream``, one per 100 agents: the real agent
 code, ``Agent.run`` in one thread per agent with its state dir, outbox and MQTT link, one-thread ONNX Runtime
 sessions). It uploads a small ONNX model (made with ``onnx.helper``) and deploys it to all of them. For
 each agent the latency is the wall-clock time from just before the POST to the moment its loop finished the
@@ -208,7 +208,9 @@ def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
 class FleetProcesses:
     """The simulated agents spread over ``procs`` worker processes (``python -m simulator.fleet
     --stream``: each enrolls its share, runs the agents and prints their outcomes as they happen), so that
-    1,000 agents are not 2,000 threads behind one GIL."""
+    1,000 agents are not 2,000 threads behind one GIL. At most ~100 agents a process: an agent holds ~7
+    file descriptors (outbox, slots, HTTP and MQTT sockets) and paho's network loop uses ``select()``,
+    which takes none numbered 1,024 or more (with 250 a process, 183 of each 250 never connected)."""
 
     def __init__(
         self, url: str, token: str, root: Path, n: int, procs: int, interval: float, mqtt: bool
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         help="record py-spy profiles (controller, bench process) of the rollout window into this dir",
     )
     parser.add_argument(
-        "--procs", type=int, default=None, help="agent worker processes (default: one per 250 agents)"
+        "--procs", type=int, default=None, help="agent worker processes (default: one per 100 agents)"
     )
     parser.add_argument(
         "--probe-polls", type=int, default=None, help="polls per probe (default 1000; 200 quick)"
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     interval = args.poll_interval or (10.0 if args.mqtt else max(1.0, n / 100))
     waves = [float(w) for w in args.waves.split(",")] if args.waves else None
     probes = args.probe_polls or (200 if args.quick else 1000)
-    procs = args.procs or max(1, -(-n // 250))
+    procs = args.procs or max(1, -(-n // 100))  # see FleetProcesses: file descriptors under 1,024
     token = "fedge_bench_" + secrets.token_urlsafe(24)
 
     with tempfile.TemporaryDirectory(prefix="fedge-bench-rollout-") as tmp:

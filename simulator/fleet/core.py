@@ -355,9 +355,13 @@ class Fleet:
         self._stop.set()
         for sim in self.agents:
             sim.agent.wake()
+        links = [sim.mqtt for sim in self.agents if sim.mqtt is not None]
+        if links:  # in parallel: a link waiting to reconnect takes up to a second to stop
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(32, thread_name_prefix="sim-mqtt-stop") as pool:
+                list(pool.map(lambda link: link.stop(), links))
         for sim in self.agents:
-            if sim.mqtt is not None:
-                sim.mqtt.stop()
             if sim.thread is not None:
                 sim.thread.join(timeout)
                 sim.thread = None
