@@ -28,7 +28,7 @@ publisher lag behind schedule and the ingest backlog at the end.
     .venv/bin/python bench/mqtt_ingest.py [--quick] [--brokers embedded,mosquitto] [--rounds R]
                                           [--devices D] [--messages M]
     .venv/bin/python bench/mqtt_ingest.py --soak [--quick] [--agents 1000] [--duration 300]
-                                          [--broker mosquitto]
+                                          [--broker mosquitto] [--profile DIR]
 
 The last line of stdout is one JSON object (rate: ``ratio`` per broker; soak: ``lost``, ``api_p99_ms``).
 """
@@ -549,6 +549,22 @@ def rate_one_broker(backend: str, args: argparse.Namespace, tmp: Path) -> dict[s
 
 
 # ---------------------------------------------------------------- soak mode
+def _profilers(out: Path | None, pids: dict[str, int]) -> list[Any]:
+    """py-spy of the controller over the measured window (``--profile DIR``; bench/rollout.py's helpers)."""
+    if out is None:
+        return []
+    from bench.rollout import start_profilers
+
+    return start_profilers(out, pids)
+
+
+def _stop_profilers(spies: list[Any]) -> None:
+    if spies:
+        from bench.rollout import stop_profilers
+
+        stop_profilers(spies)
+
+
 class Prober(threading.Thread):
     """Calls the API at ``rate`` requests/s (cycling routes) and records each latency in ms."""
 
@@ -629,6 +645,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             idle.stopping.set()
             idle.join(30)
             prober = Prober(ctl.url, token, identities, args.api_rate)
+            spies = _profilers(args.profile, {"controller-soak": ctl.pid})
             t0 = time.monotonic() + 2.0
             cpu0 = cpu_seconds(ctl.pid)
             pubs.send("steady", seconds, 1, t0)
@@ -641,12 +658,13 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 print(f"  t={progress[-1][0]:.0f} s: {progress[-1][1]} rows committed", flush=True)
             cpu = cpu_seconds(ctl.pid) - cpu0
             wall = time.monotonic() - t0
+            _stop_profilers(spies)
             prober.stopping.set()
             prober.join(30)
             sent = pubs.results(120)
             published = sum(s["published"] for s in sent)
             backlog = published - committed(db, 1, seconds)
-            rows, t_done = wait_committed(db, 1, seconds, published, 120)
+            rows, t_done = wait_committed(db, 1, seconds, published, 900)  # drained, or stalled
         finally:
             pubs.close()
     every = [v for values in prober.latency.values() for v in values]
@@ -662,6 +680,7 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "unacked": sum(s["unacked"] for s in sent),
         "refused": sum(s["refused"] for s in sent),
         "backlog_at_end": backlog,
+        "ingest_msgs_s_during": round(progress[-1][1] / seconds, 1) if progress else None,
         "drained_after_s": round(t_done - t0 - seconds, 2),
         "controller_cpu_share": round(cpu / wall, 3),
         "api_ms": {route: _pcts(v) for route, v in prober.latency.items()},
@@ -694,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=None, help="soak seconds (300; 30 with --quick)")
     parser.add_argument("--broker", choices=BROKERS, default="mosquitto", help="soak")
     parser.add_argument("--api-rate", type=float, default=10.0, help="soak: API requests per second")
+    parser.add_argument("--profile", type=Path, default=None, help="soak: py-spy of the controller into DIR")
     parser.add_argument("--baseline", type=float, default=None, help="soak: API-only seconds first (20; 10)")
     args = parser.parse_args(argv)
     os.environ.update(QUIET_ENV)
