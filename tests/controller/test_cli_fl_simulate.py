@@ -1,7 +1,10 @@
 """``fedge fl simulate``: the fedge ServerApp and ClientApp in Flower's simulation runtime from the CLI, no
-controller. Always a subprocess (Ray never starts inside the test session): a 3-device, 2-round run
+controller. A run is always a subprocess (Ray never starts inside the test session): a 3-device, 2-round run
 with local DP prints only JSON on stdout, with every round and the devices' epsilon; a bad option is one
-line and exit 2 before anything heavy is imported; a missing flwr is one line with the install hint."""
+line and exit 2 before anything heavy is imported (a subprocess with flwr, torch and ray unimportable). The
+errors found once the runtime is imported (a strategy spec, a split, a missing flwr) are checked in this
+process, where flwr, torch and scikit-learn are already loaded (a subprocess spends ~7 s importing them),
+and no Ray starts before them."""
 
 from __future__ import annotations
 
@@ -38,6 +41,25 @@ def _fedge(tmp: Path, *args: str, timeout: float = 60, prelude: str = "") -> sub
         timeout=timeout,
         cwd=Path(__file__).resolve().parents[2],
     )
+
+
+def _fedge_here(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp: Path, *args: str
+) -> tuple[int, str]:
+    """``fedge fl simulate ARGS`` through the CLI's ``main()`` in this process: (exit code, stderr)."""
+    from controller.user_cli import main
+
+    home = tmp / "flwr-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n')
+    for key, value in {**QUIET, "FLWR_HOME": str(home), "COLUMNS": "200"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "argv", ["fedge", "fl", "simulate", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr()
+    assert out.out == ""
+    return int(exited.value.code or 0), out.err
 
 
 @pytest.mark.slow
@@ -99,28 +121,38 @@ def test_a_bad_option_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ..
     assert run.stderr.splitlines() == [message] and run.stdout == ""
 
 
-def test_a_split_that_cannot_be_drawn_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    run = _fedge(tmp_path, "--devices", "100", "--alpha", "0.3")
-    assert run.returncode == 2, run.stderr
-    assert run.stderr.splitlines() == [
+def test_a_split_that_cannot_be_drawn_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stderr = _fedge_here(monkeypatch, capsys, tmp_path, "--devices", "100", "--alpha", "0.3")
+    assert code == 2, stderr
+    assert stderr.splitlines() == [
         "error: --devices/--alpha: no Dir(0.3) split gave every client 10 examples in 1000 tries (try a larger "
         "--alpha, fewer --devices or a lower --min-examples)"
     ]
 
 
-def test_an_unknown_strategy_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    run = _fedge(tmp_path, "--strategy", '{"name": "fedavg", "mu": 1}')
-    assert run.returncode == 2, run.stderr
-    assert run.stderr.splitlines() == [
+def test_an_unknown_strategy_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stderr = _fedge_here(monkeypatch, capsys, tmp_path, "--strategy", '{"name": "fedavg", "mu": 1}')
+    assert code == 2, stderr
+    assert stderr.splitlines() == [
         "error: --strategy: fedavg: unknown parameter 'mu' (allowed: fraction_evaluate, fraction_train, "
         "min_available_nodes, min_evaluate_nodes, min_train_nodes)"
     ]
 
 
-def test_without_flwr_the_error_is_one_line_with_the_install_hint(tmp_path: Path) -> None:
-    run = _fedge(tmp_path, "--dp-epsilon", "3", prelude="sys.modules['flwr'] = sys.modules['opacus'] = None")
-    assert run.returncode == 1, run.stderr
-    (line,) = run.stderr.splitlines()
+def test_without_flwr_the_error_is_one_line_with_the_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("flwr", "opacus")]:
+        monkeypatch.delitem(sys.modules, name)  # put back after the test
+    monkeypatch.setitem(sys.modules, "flwr", None)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "opacus", None)  # type: ignore[arg-type]
+    code, stderr = _fedge_here(monkeypatch, capsys, tmp_path, "--dp-epsilon", "3")
+    assert code == 1, stderr
+    (line,) = stderr.splitlines()
     assert line.startswith("error: fedge fl simulate needs flwr[simulation]")
     assert "missing flwr[simulation], opacus" in line and line.endswith(
         "pip install 'fedge[agent,train,controller]'"
