@@ -3,17 +3,29 @@ policies named by a command): download -> SHA-256 while streaming -> compare wit
 stage. The bytes are hashed once, as they arrive; a file lands at its destination only when its hash
 matches, otherwise it is deleted and refused.
 
+A download that fails for a passing reason (the link dropped, the server answered 5xx or 429: the error's
+``transient`` attribute, set by ``edge_agent.link.client.LinkError``) is tried again after a short pause,
+``len(RETRY_DELAYS)`` times, before it counts as refused: a connection the controller closed while the
+request went out must not roll a whole rollout back. A hash mismatch, a 4xx and a disk error are final.
+
 A file that is already on the device (an installed slot going back into service) had no stream to hash:
 :func:`verify_file` hashes it again, with the same comparison and the same message.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
 from edge_agent.deploy.slots import sha256_file
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS: tuple[float, ...] = (0.5, 2.0)
+"""Pauses before the second and third try of a download that failed for a passing reason."""
 
 
 class Fetcher(Protocol):
@@ -50,11 +62,16 @@ def fetch_verified(fetcher: Fetcher, url: str, expected_sha256: str, dest: Path)
     when the hash is ``expected_sha256``. Returns that hash. Raises :class:`DownloadFailed` or
     :class:`DigestMismatch` (nothing is left behind)."""
     part = dest.with_name(f"{dest.name}.part")
-    try:
-        actual = fetcher.download(url, part)
-    except Exception as exc:  # link and disk errors alike: the caller keeps what it had
-        part.unlink(missing_ok=True)
-        raise DownloadFailed(f"download failed: {exc}") from exc
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        try:
+            actual = fetcher.download(url, part)
+            break
+        except Exception as exc:  # link and disk errors alike: the caller keeps what it had
+            part.unlink(missing_ok=True)
+            if attempt == len(RETRY_DELAYS) or not getattr(exc, "transient", False):
+                raise DownloadFailed(f"download failed: {exc}") from exc
+            log.info("download of %s failed (%s); trying again in %.1f s", url, exc, RETRY_DELAYS[attempt])
+            time.sleep(RETRY_DELAYS[attempt])
     try:
         check_digest(actual, expected_sha256)
     except DigestMismatch:

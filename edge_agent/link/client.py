@@ -34,10 +34,19 @@ class LinkError(Exception):
         super().__init__(message)
         self.status = status
 
+    @property
+    def transient(self) -> bool:
+        """Worth another try: no answer at all (the link), or a 5xx / 429 (the server, for now)."""
+        return self.status is None or self.status >= 500 or self.status == 429
+
 
 class DeviceRevoked(LinkError):
     """The controller says this device is revoked (problem type ``device-revoked``): stop, do not retry.
     Once seen, the link refuses every later request without sending it."""
+
+    @property
+    def transient(self) -> bool:
+        return False
 
 
 def _revocation(resp: httpx.Response) -> str | None:
@@ -233,7 +242,10 @@ class ControllerLink:
             with self._storage.stream("GET", location) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise LinkError(f"model download from storage: HTTP {resp.status_code} {resp.text[:200]}")
+                    raise LinkError(
+                        f"model download from storage: HTTP {resp.status_code} {resp.text[:200]}",
+                        resp.status_code,
+                    )
                 return _write(resp, dest)
         except httpx.HTTPError as exc:
             raise LinkError(f"model download: {exc}") from exc

@@ -13,6 +13,7 @@ from edge_agent.deploy.fetch import DigestMismatch, DownloadFailed, fetch_verifi
 from edge_agent.deploy.plan import Desired, Fetch, ModelRef, Verify
 from edge_agent.deploy.slots import SlotStore
 from edge_agent.grid import GridRunError, fetch_policy
+from edge_agent.link.client import DeviceRevoked, LinkError
 from edge_agent.runtime.session import ModelRuntime
 
 DATA = b"onnx bytes"
@@ -69,6 +70,57 @@ def test_a_failed_download_leaves_nothing(tmp_path: Path) -> None:
         fetch_verified(FakeFetcher(error=OSError("409 integrity")), "/m", SHA, tmp_path / "model.onnx")
 
     assert list(tmp_path.iterdir()) == []
+
+
+class FlakyFetcher(FakeFetcher):
+    """Fails the first ``failures`` downloads with ``error``, then streams the bytes."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        super().__init__()
+        self.failures, self.flaky_error = failures, error
+
+    def download(self, path: str, dest: Path) -> str:
+        self.error = self.flaky_error if self.calls < self.failures else None
+        return super().download(path, dest)
+
+
+@pytest.fixture
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_module, "RETRY_DELAYS", (0.0, 0.0))
+
+
+@pytest.mark.parametrize("error", [LinkError("model download: connection reset"), LinkError("busy", 503)])
+def test_a_download_that_fails_for_a_passing_reason_is_tried_again(
+    tmp_path: Path, no_pause: None, error: LinkError
+) -> None:
+    fetcher = FlakyFetcher(2, error)
+    assert fetch_verified(fetcher, "/m", SHA, tmp_path / "model.onnx") == SHA
+    assert fetcher.calls == 3 and (tmp_path / "model.onnx").read_bytes() == DATA
+
+
+@pytest.mark.parametrize(
+    ("error", "calls"),
+    [
+        (LinkError("model download: connection reset"), 3),  # still down after every try
+        (LinkError("model download: 404 no such version", 404), 1),  # final at once
+        (DeviceRevoked("revoked", 403), 1),
+        (OSError("No space left on device"), 1),
+    ],
+)
+def test_a_download_that_keeps_failing_or_fails_for_good_is_refused(
+    tmp_path: Path, no_pause: None, error: Exception, calls: int
+) -> None:
+    fetcher = FlakyFetcher(99, error)
+    with pytest.raises(DownloadFailed):
+        fetch_verified(fetcher, "/m", SHA, tmp_path / "model.onnx")
+    assert fetcher.calls == calls and list(tmp_path.iterdir()) == []
+
+
+def test_a_hash_mismatch_is_never_tried_again(tmp_path: Path, no_pause: None) -> None:
+    fetcher = FakeFetcher(data=b"tampered")
+    with pytest.raises(DigestMismatch):
+        fetch_verified(fetcher, "/m", SHA, tmp_path / "model.onnx")
+    assert fetcher.calls == 1
 
 
 def _executor(tmp_path: Path, fetcher: FakeFetcher) -> tuple[Executor, SlotStore]:
