@@ -29,7 +29,6 @@ stdout is a JSON summary.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +46,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import httpx
 import numpy as np
 
+from bench._services import controller_process, process_cpu_seconds
 from controller.client import FedgeClient
 from edge_agent.identity import DeviceIdentity
-from tests.fixtures.services import free_port
 
 
 def small_onnx(constant: float = 1.0) -> bytes:
@@ -73,38 +71,6 @@ def small_onnx(constant: float = 1.0) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
-
-
-@contextlib.contextmanager
-def controller(data_dir: Path, token: str) -> Iterator[tuple[str, int]]:
-    """``fedge-controller serve`` on a free loopback port; yields (its URL, its process id)."""
-    port = free_port()
-    env = {**os.environ, "FEDGE_DATA_DIR": str(data_dir), "FEDGE_ADMIN_TOKEN": token}
-    log = open(data_dir / "controller.log", "ab")  # noqa: SIM115 - handed to the child process
-    argv = [sys.executable, "-m", "controller.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"controller did not start; see {data_dir / 'controller.log'}")
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 def upload(url: str, token: str, data: bytes) -> tuple[str, int]:
@@ -133,10 +99,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = process_cpu_seconds
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -355,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(tmp) / "controller"
         data_dir.mkdir()
         started = time.perf_counter()
-        with controller(data_dir, token) as (url, pid):
+        with controller_process(data_dir, token) as (url, pid):
             print(f"controller up in {time.perf_counter() - started:.1f} s at {url}", flush=True)
             model_id, version = upload(url, token, small_onnx())
             agents_dir = Path(tmp) / "agents"
