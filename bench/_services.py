@@ -20,7 +20,15 @@ from controller.app import create_app
 from controller.state import ControllerState
 from tests.fixtures.services import HOST, RunningS3, free_port, run_seaweedfs
 
-__all__ = ["RunningS3", "controller_process", "live_controller", "process_cpu_seconds", "run_seaweedfs"]
+__all__ = [
+    "RunningS3",
+    "controller_process",
+    "live_controller",
+    "process_cpu_seconds",
+    "run_seaweedfs",
+    "start_profilers",
+    "stop_profilers",
+]
 
 
 @contextlib.contextmanager
@@ -86,3 +94,31 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profilers(out: Path | None, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` (all threads, raw folded stacks) of each process until stopped."""
+    if out is None:
+        return []
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--nonblocking"]
+    return [
+        subprocess.Popen(
+            [*argv, "--pid", str(pid), "--output", str(out / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    import signal
+
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(30)

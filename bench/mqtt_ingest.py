@@ -550,17 +550,17 @@ def rate_one_broker(backend: str, args: argparse.Namespace, tmp: Path) -> dict[s
 
 # ---------------------------------------------------------------- soak mode
 def _profilers(out: Path | None, pids: dict[str, int]) -> list[Any]:
-    """py-spy of the controller over the measured window (``--profile DIR``; bench/rollout.py's helpers)."""
+    """py-spy of the controller over the measured window (``--profile DIR``; bench/_services.py)."""
     if out is None:
         return []
-    from bench.rollout import start_profilers
+    from bench._services import start_profilers
 
     return start_profilers(out, pids)
 
 
 def _stop_profilers(spies: list[Any]) -> None:
     if spies:
-        from bench.rollout import stop_profilers
+        from bench._services import stop_profilers
 
         stop_profilers(spies)
 

@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import httpx
 import numpy as np
 
-from bench._services import controller_process, process_cpu_seconds
+from bench._services import controller_process, process_cpu_seconds, start_profilers, stop_profilers
 from controller.client import FedgeClient
 from edge_agent.identity import DeviceIdentity
 
@@ -138,34 +138,6 @@ def probe_polls(url: str, pid: int, identity: DeviceIdentity, count: int) -> dic
                 "server_cpu_ms": round(cpu / count * 1000, 3),
             }
     return out
-
-
-def start_profilers(out: Path | None, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """``py-spy record`` (all threads, raw folded stacks) of each process until stopped."""
-    if out is None:
-        return []
-    import shutil
-
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out.mkdir(parents=True, exist_ok=True)
-    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--nonblocking"]
-    return [
-        subprocess.Popen(
-            [*argv, "--pid", str(pid), "--output", str(out / f"{name}.txt")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, pid in pids.items()
-    ]
-
-
-def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
-    import signal
-
-    for spy in spies:
-        spy.send_signal(signal.SIGINT)
-    for spy in spies:
-        spy.wait(30)
 
 
 class FleetProcesses:

@@ -7,7 +7,7 @@ Python work does not take the controller's GIL. Both uploads read the same file 
 runs are interleaved (raw, controller, raw, ...) so a noisy neighbour hits both alike. Besides wall time
 the CPU seconds per GiB of each process are printed: client (this process), controller, S3 (SeaweedFS).
 
-    .venv/bin/python bench/upload.py [--quick] [--repeat N] [--size-mib M]
+    .venv/bin/python bench/upload.py [--quick] [--repeat N] [--size-mib M] [--profile DIR]
 
 256 MiB by default, 64 MiB with ``--quick``. The last line of stdout is a JSON summary with the ratio
 ``controller_mbps / raw_mbps`` (best of the repeats); the goal (issue [scale]) is >= 0.8.
@@ -31,7 +31,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from minio import Minio
 
-from bench._services import controller_process, process_cpu_seconds, run_seaweedfs
+from bench._services import (
+    controller_process,
+    process_cpu_seconds,
+    run_seaweedfs,
+    start_profilers,
+    stop_profilers,
+)
 from controller.client import FedgeClient
 from controller.storage.s3 import PART_SIZE
 
@@ -62,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=None, help="runs per method (default 3; 2 with --quick)"
     )
     parser.add_argument("--size-mib", type=int, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy of the controller during its uploads, into DIR"
+    )
     args = parser.parse_args(argv)
     size = (args.size_mib or (64 if args.quick else 256)) * MIB
     repeat = args.repeat or (2 if args.quick else 3)
@@ -104,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                             with open(src, "rb") as fh:
                                 raw.put_object("bench-raw", f"obj-{i}", fh, length=size, part_size=PART_SIZE)
                         else:
+                            spies = start_profilers(args.profile, {"controller": ctl_pid})
                             created = fc.push_dataset(src, meta)
+                            stop_profilers(spies)
                             if created.size_bytes != size:
                                 raise RuntimeError(f"controller stored {created} for {size} bytes")
                         wall = time.perf_counter() - t0
