@@ -77,7 +77,8 @@ typecheck: $(STAMP)
 
 # The default suite (under 20 minutes on 2 cores) leaves out the longest end-to-end runs (marker `heavy`:
 # SecAgg+, FedPATE, HE and the audited Flower job through real SuperNodes, the FLARE job and its
-# cancellation, certificate renewal, the drift loop's retrain, the CLI and in-process simulations);
+# cancellation, certificate renewal, the drift loop's retrain, the CLI and in-process simulations, two
+# controller replicas as real processes);
 # `make test-heavy` runs those, and .ci/run runs both.
 test: setup lint typecheck
 	$(PY) -m pytest -p no:cacheprovider -m "not heavy" $(PYTEST_ARGS)
