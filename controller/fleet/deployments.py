@@ -248,12 +248,32 @@ class Rollouts:
         )
         s.add(dep)
         s.flush()
+        device_ids = [d.id for d in devices]
+        # Deployments whose open targets this one supersedes are locked first (by id), as a status report
+        # locks its deployment before its target: one replica's report and another's create never advance
+        # the same deployment at once, and the lock order (deployment, then target) cannot deadlock.
         touched: set[str] = set()
-        for chunk in _chunks([d.id for d in devices]):  # one query per chunk, not one per device
-            for old in s.scalars(
-                select(DeploymentTarget).where(
-                    DeploymentTarget.device_id.in_(chunk), DeploymentTarget.state.in_(OPEN_STATES)
+        for chunk in _chunks(device_ids):  # one query per chunk, not one per device
+            touched.update(
+                s.scalars(
+                    select(DeploymentTarget.deployment_id).where(
+                        DeploymentTarget.device_id.in_(chunk), DeploymentTarget.state.in_(OPEN_STATES)
+                    )
                 )
+            )
+        for chunk in _chunks(sorted(touched)):
+            s.scalars(
+                select(Deployment.id)
+                .where(Deployment.id.in_(chunk))
+                .order_by(Deployment.id)
+                .with_for_update()
+            ).all()
+        touched = set()
+        for chunk in _chunks(device_ids):  # read again under the locks: a report may have closed some
+            for old in s.scalars(
+                select(DeploymentTarget)
+                .where(DeploymentTarget.device_id.in_(chunk), DeploymentTarget.state.in_(OPEN_STATES))
+                .execution_options(populate_existing=True)
             ):
                 old.state, old.updated_at = SUPERSEDED, utcnow()
                 touched.add(old.deployment_id)
@@ -264,8 +284,8 @@ class Rollouts:
         s.flush()
         self._start_wave(s, dep)
         self._advance(s, dep)  # a continuous deployment may start with no device yet
-        for other in touched:
-            older = s.get(Deployment, other)
+        for other in sorted(touched):
+            older = s.get(Deployment, other, populate_existing=True)
             if older is not None:
                 self._advance(s, older)
         return dep.id
