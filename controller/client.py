@@ -383,8 +383,12 @@ class FedgeClient:
         body = {"labels": labels or {}, "ttl_seconds": ttl_seconds}
         return EnrollmentTokenOut.model_validate(self._json("POST", "/v1/enrollment-tokens", json=body))
 
-    def devices(self) -> list[DeviceOut]:
-        return [DeviceOut.model_validate(d) for d in self._json("GET", "/v1/devices")]
+    def devices(self, limit: int | None = None, offset: int = 0) -> list[DeviceOut]:
+        """Devices, oldest enrolled first: all, or a page (``limit``/``offset``)."""
+        params: dict[str, int] = {"offset": offset} if offset else {}
+        if limit is not None:
+            params["limit"] = limit
+        return [DeviceOut.model_validate(d) for d in self._json("GET", "/v1/devices", params=params)]
 
     def device(self, device_id: str) -> DeviceOut:
         return DeviceOut.model_validate(self._json("GET", f"/v1/devices/{device_id}"))

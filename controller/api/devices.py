@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from controller.api.deps import (
@@ -15,6 +15,7 @@ from controller.api.deps import (
     DevicePath,
     DevicesDep,
     FleetCaller,
+    Offset,
     Operator,
     OwnDevicePath,
     RegistryDep,
@@ -95,9 +96,17 @@ def enroll(
 
 
 @router.get("/v1/devices", response_model=list[DeviceOut])
-def list_devices(devices: DevicesDep, _caller: Operator) -> list[DeviceOut]:
-    """Every device with online/offline (last seen within 3 poll intervals), model and last error."""
-    return [device_out(d) for d in devices.list()]
+def list_devices(
+    devices: DevicesDep,
+    _caller: Operator,
+    limit: Annotated[
+        int | None, Query(ge=1, le=10000, description="at most this many (default all)")
+    ] = None,
+    offset: Offset = 0,
+) -> list[DeviceOut]:
+    """Devices with online/offline (last seen within 3 poll intervals), model and last error, oldest
+    enrolled first: all of them, or a page with ``limit``/``offset`` (a large fleet's list is best paged)."""
+    return [device_out(d) for d in devices.list(limit=limit, offset=offset)]
 
 
 @router.get("/v1/devices/{device_id}", response_model=DeviceOut)

@@ -215,9 +215,11 @@ class Fleet:
                 raise NotFound(f"device {device_id} not found")
             return device
 
-    def list(self) -> list[Device]:
+    def list(self, limit: int | None = None, offset: int = 0) -> list[Device]:
+        """Devices, oldest enrolled first (ties by id, so pages never overlap); all, or a page."""
         with self.sessions() as s:
-            return list(s.scalars(select(Device).order_by(Device.enrolled_at)).all())
+            q = select(Device).order_by(Device.enrolled_at, Device.id).offset(offset)
+            return list(s.scalars(q if limit is None else q.limit(limit)).all())
 
     def revoke(self, device_id: str) -> None:
         with self.sessions.begin() as s:

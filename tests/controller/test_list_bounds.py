@@ -8,7 +8,14 @@ import pytest
 from controller.api.deps import MAX_OFFSET
 from tests.conftest import Api
 
-LIST_ROUTES = ["/v1/datasets", "/v1/models", "/v1/jobs", "/v1/fl/jobs", "/v1/devices/dev-x/commands"]
+LIST_ROUTES = [
+    "/v1/datasets",
+    "/v1/models",
+    "/v1/jobs",
+    "/v1/fl/jobs",
+    "/v1/devices/dev-x/commands",
+    "/v1/devices",
+]
 
 
 def _list_routes_with_offset(api: Api) -> list[str]:
@@ -42,3 +49,29 @@ def test_offset_at_the_bound_is_an_empty_page(any_api: Api, path: str) -> None:
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert (body if isinstance(body, list) else body["items"]) == []
+
+
+def test_the_device_list_pages_oldest_first_without_overlap(api: Api) -> None:
+    import datetime as dt
+
+    from controller.db.models import Device, utcnow
+
+    t0 = utcnow()
+    with api.state.sessions.begin() as s:
+        for i in range(7):  # two share an enrolment time: the id breaks the tie
+            row = Device(
+                id=f"dev-{i}", status="active", labels={}, facts={}, certificate="-", cert_serial=str(i)
+            )
+            row.enrolled_at = t0 + dt.timedelta(seconds=min(i, 5))
+            s.add(row)
+    everything = [d["id"] for d in api.client.get("/v1/devices", headers=api.admin).json()]
+    assert everything == [f"dev-{i}" for i in range(7)]
+    pages = [
+        [
+            d["id"]
+            for d in api.client.get("/v1/devices", params={"limit": 3, "offset": o}, headers=api.admin).json()
+        ]
+        for o in (0, 3, 6)
+    ]
+    assert pages == [everything[0:3], everything[3:6], everything[6:]]
+    assert api.client.get("/v1/devices", params={"limit": 0}, headers=api.admin).status_code == 422
