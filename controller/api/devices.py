@@ -99,9 +99,7 @@ def enroll(
 def list_devices(
     devices: DevicesDep,
     _caller: Operator,
-    limit: Annotated[
-        int | None, Query(ge=1, le=10000, description="at most this many (default all)")
-    ] = None,
+    limit: Annotated[int | None, Query(ge=1, le=10000, description="at most this many (default all)")] = None,
     offset: Offset = 0,
 ) -> list[DeviceOut]:
     """Devices with online/offline (last seen within 3 poll intervals), model and last error, oldest
