@@ -163,9 +163,32 @@ class IngestQueue:
 
     def apply(self, items: list[Incoming]) -> None:
         """Apply one batch: active devices only, once per outbox sequence, status reports in one
-        transaction, telemetry in one transaction (with the heartbeat of every sender)."""
+        transaction, telemetry in one transaction (with the heartbeat of every sender). A write that
+        fails (a lock timeout, a deadlock between replicas on PostgreSQL, the database away for a moment)
+        is tried again after ``RETRY_PAUSE_S``, then message by message, so that only a message that
+        fails on its own is lost (logged); the broker has acknowledged them all already."""
+        fresh = self._fresh(items)
+        try:
+            self._write(fresh)
+        except Exception:
+            log.warning("ingest batch of %d messages failed; trying again", len(fresh), exc_info=True)
+            time.sleep(self.RETRY_PAUSE_S)
+            try:
+                self._write(fresh)
+            except Exception:
+                for item in fresh:
+                    try:
+                        self._write([item])
+                    except Exception:
+                        log.exception("message %s of device %s lost", item.message.seq, item.device_id)
+        self.applied += len(items)
+
+    RETRY_PAUSE_S = 0.2
+
+    def _fresh(self, items: list[Incoming]) -> list[Incoming]:
+        """The messages of active devices not seen before (observers hear each once)."""
         if not items:
-            return
+            return []
         ids = sorted({i.device_id for i in items})
         with self.sessions() as s:
             active = set(s.scalars(select(Device.id).where(Device.id.in_(ids), Device.status == "active")))
@@ -175,13 +198,15 @@ class IngestQueue:
                 for observer in self.observers:
                     observer(item.device_id, item.message)
                 fresh.append(item)
+        return fresh
+
+    def _write(self, fresh: list[Incoming]) -> None:
         reports = [(i.device_id, i.report) for i in fresh if i.report is not None]
         telemetry = [i for i in fresh if i.report is None]
         if reports:
             self.rollouts.report_many(reports)
         if telemetry:
             self._telemetry(telemetry)
-        self.applied += len(items)
 
     def _telemetry(self, items: list[Incoming]) -> None:
         """Store each (device, seq) once, in one transaction. Plain records (no device event, no command

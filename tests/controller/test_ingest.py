@@ -181,3 +181,26 @@ def test_heartbeats_are_written_at_most_once_per_interval(live: LiveServer, devi
         fleet.last_seen_write_seconds = saved
     assert _stored(live, device.device_id) == 3
     assert len(writes) == 1  # three batches, one heartbeat
+
+
+def test_a_batch_whose_write_fails_is_tried_again_then_message_by_message(
+    live: LiveServer, device: DeviceIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails (a deadlock, the database away for a moment) loses nothing it can write: the
+    batch is tried again, then each message alone, so only a message that fails by itself is lost."""
+    q = _queue(live)
+    monkeypatch.setattr(q, "RETRY_PAUSE_S", 0.0)
+    real = q._telemetry
+    calls: list[int] = []
+
+    def flaky(items: list[Any]) -> None:
+        calls.append(len(items))
+        if len(items) > 1 or items[0].message.seq == 3:  # every batch fails, and message 3 on its own
+            raise RuntimeError("deadlock detected")
+        real(items)
+
+    monkeypatch.setattr(q, "_telemetry", flaky)
+    q.apply([_telemetry(device.device_id, seq) for seq in range(1, 6)])
+    assert calls == [5, 5, 1, 1, 1, 1, 1]  # the batch twice, then one by one
+    assert _stored(live, device.device_id) == 4
+    assert q.applied == 5
