@@ -841,14 +841,7 @@ class FlJobManager:
         """Honour cancel requests made on any replica, and stop a run whose job is no longer ours (failed by
         another replica while our heartbeat had stalled)."""
         while not cancel.wait(1.0):
-            with self.sessions() as s:
-                row = s.execute(
-                    select(FlJob.cancel_requested, FlJob.claimed_by, FlJob.state).where(FlJob.id == job_id)
-                ).one_or_none()
-            if row is None or row.cancel_requested:
-                cancel.set()
-            elif row.claimed_by != self.replica_id or row.state != JobState.RUNNING.value:
-                log.warning("FL job %s was ended elsewhere (%s); stopping its run here", job_id, row.state)
+            if self.claims.must_stop(job_id):
                 cancel.set()
 
     def engine_for(self, name: str) -> FederationEngine:

@@ -130,6 +130,21 @@ class JobClaims:
             row = s.execute(select(t.claimed_by, t.state).where(t.id == job_id)).one_or_none()
         return row is not None and row.claimed_by == self.replica_id and row.state == JobState.RUNNING.value
 
+    def must_stop(self, job_id: str) -> bool:
+        """True when a run here should stop now: a user asked to cancel it (on any replica), or it is no
+        longer ours (another replica failed it while our heartbeat had stalled: logged)."""
+        t = self.table
+        with self.sessions() as s:
+            row = s.execute(
+                select(t.cancel_requested, t.claimed_by, t.state).where(t.id == job_id)
+            ).one_or_none()
+        if row is None or row.cancel_requested:
+            return True
+        if row.claimed_by != self.replica_id or row.state != JobState.RUNNING.value:
+            log.warning("job %s was ended elsewhere (%s); stopping its run here", job_id, row.state)
+            return True
+        return False
+
     def start_heartbeat(
         self, stop: threading.Event, recover: Callable[[], object], what: str
     ) -> threading.Thread:

@@ -414,15 +414,7 @@ class JobManager:
         """Copy the newest metrics into SQL and honour cancel requests made on any replica."""
         while not cancel.wait(1.0):
             self._read_metrics(job_id, workdir)
-            with self.sessions() as s:
-                row = s.execute(
-                    select(Job.cancel_requested, Job.claimed_by, Job.state).where(Job.id == job_id)
-                ).one_or_none()
-            # cancelled by a user, or taken from us (failed by another replica while our heartbeat stalled)
-            if row is None or row.cancel_requested:
-                cancel.set()
-            elif row.claimed_by != self.replica_id or row.state != JobState.RUNNING.value:
-                log.warning("job %s was ended elsewhere (%s); stopping its run here", job_id, row.state)
+            if self.claims.must_stop(job_id):  # cancelled, or failed by another replica meanwhile
                 cancel.set()
 
     def _read_metrics(self, job_id: str, workdir: Path) -> None:
