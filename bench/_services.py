@@ -18,7 +18,7 @@ import httpx
 
 from controller.app import create_app
 from controller.state import ControllerState
-from tests.fixtures.services import HOST, RunningS3, free_port, run_seaweedfs
+from tests.fixtures.services import HOST, RunningS3, free_port, process_cpu_seconds, run_seaweedfs
 
 __all__ = [
     "RunningS3",
@@ -88,12 +88,6 @@ def controller_process(
             proc.kill()
             proc.wait(10)
         log.close()
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profilers(out: Path | None, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
