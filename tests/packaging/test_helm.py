@@ -188,12 +188,22 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def resolve_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The container's environment as the kubelet would build it (optional missing Secret keys: unset)."""
+def resolve_env(
+    container: dict[str, Any], secrets: dict[str, dict[str, str]], pod_name: str = "rel-fedge-0"
+) -> dict[str, str]:
+    """The container's environment as the kubelet would build it: optional missing Secret keys unset,
+    ``metadata.name`` from the pod's name, ``$(NAME)`` in a value expanded from the variables before it."""
     env: dict[str, str] = {}
     for item in container["env"]:
         if "value" in item:
-            env[item["name"]] = item["value"]
+            value = item["value"]
+            for name, earlier in env.items():
+                value = value.replace(f"$({name})", earlier)
+            env[item["name"]] = value
+            continue
+        if "fieldRef" in item["valueFrom"]:
+            assert item["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
+            env[item["name"]] = pod_name
             continue
         ref = item["valueFrom"]["secretKeyRef"]
         data = secrets.get(ref["name"])
@@ -456,6 +466,97 @@ def test_controller_refuses_incomplete_backends(tmp_path: Path, values: dict[str
     path.write_text(yaml.safe_dump(values))
     out = helm("template", "rel", str(CONTROLLER_CHART), "--values", str(path))
     assert out.returncode != 0 and message in out.stderr
+
+
+REPLICA_VALUES: dict[str, Any] = {
+    "replicaCount": 3,
+    "replicas": {"sharedClaim": "fedge-keys"},
+    "database": {"url": "postgresql+psycopg://u:p@pg.db.svc:5432/fedge"},
+    "storage": {
+        "backend": "s3",
+        "s3": {"endpoint": "minio.storage.svc:9000", "accessKey": "fedge", "secretKey": "fedge-s3-secret"},
+    },
+    "chain": {"backend": "jsonrpc", "rpcUrl": "http://geth.chain.svc:8545"},
+    "mqtt": {"backend": "mosquitto", "host": "mosquitto.fleet.svc", "port": 8883},
+    "persistence": {"storageClass": "fast", "size": "5Gi"},
+}
+
+
+def test_controller_replicas_render_a_statefulset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(CONTROLLER_CHART, tmp_path, REPLICA_VALUES)
+    assert not by_kind(docs, "Deployment")
+    assert not by_kind(docs, "PersistentVolumeClaim")  # one claim per replica, from the template
+    sts = one(docs, "StatefulSet")
+    spec = sts["spec"]
+    assert spec["replicas"] == 3 and spec["podManagementPolicy"] == "OrderedReady"
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    headless = services[spec["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    labels = spec["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"] == labels == services["rel-fedge"]["spec"]["selector"]
+
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    secret = one(docs, "Secret")
+    settings_by_pod = {}
+    for name in ("rel-fedge-0", "rel-fedge-2"):
+        env = resolve_env(container, {secret["metadata"]["name"]: secret["stringData"]}, pod_name=name)
+        settings_by_pod[name] = settings_from(env, monkeypatch)
+    one_pod = settings_by_pod["rel-fedge-2"]
+    # each pod is a replica named after itself (stable across restarts); the rest of the settings agree
+    assert {s.replica_id for s in settings_by_pod.values()} == {"rel-fedge-0", "rel-fedge-2"}
+    assert one_pod.resolved_database_url == REPLICA_VALUES["database"]["url"]
+    assert (one_pod.storage_backend, one_pod.chain_backend, one_pod.broker_backend) == (
+        "s3",
+        "jsonrpc",
+        "mosquitto",
+    )
+    # an FL job runs on the replica that claimed it: devices are sent to that pod's own DNS name
+    assert one_pod.fl_fleet_public_host == "rel-fedge-2.rel-fedge-replicas.fedge.svc.cluster.local"
+    assert "fl-fleet" in {p["name"] for p in headless["spec"]["ports"]}
+
+    # per-replica data dir from the claim template; the device CA and the chain key on the shared claim
+    (template,) = spec["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "data"
+    assert template["spec"]["storageClassName"] == "fast"
+    assert template["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[str(one_pod.data_dir)]["name"] == "data"
+    for sub in ("fleet", "chain"):
+        mount = mounts[str(one_pod.data_dir / sub)]
+        assert mount["subPath"] == sub
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"] == "fedge-keys"
+    assert "data" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_controller_one_replica_stays_a_deployment(tmp_path: Path) -> None:
+    docs = render(CONTROLLER_CHART, tmp_path, {**REPLICA_VALUES, "replicaCount": 1})
+    assert not by_kind(docs, "StatefulSet")
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "FEDGE_REPLICA_ID" not in {e["name"] for e in container["env"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"database": {"url": ""}}, "needs a shared PostgreSQL"),
+        ({"database": {"url": "sqlite:////var/lib/fedge/fedge.db"}}, "database.url to be PostgreSQL"),
+        ({"storage": {"backend": "local"}}, "needs storage.backend=s3"),
+        ({"chain": {"backend": "evm"}}, "needs chain.backend=jsonrpc"),
+        ({"mqtt": {"backend": "embedded"}}, "needs mqtt.backend=mosquitto"),
+        ({"persistence": {"existingClaim": "one-claim"}}, "persistence.existingClaim is one claim"),
+        ({"replicas": {"sharedClaim": ""}}, "needs replicas.sharedClaim"),
+    ],
+)
+def test_controller_replicas_refuse_per_process_backends(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    values = {**REPLICA_VALUES, **change}
+    path = tmp_path / "replicas.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = helm("template", "rel", str(CONTROLLER_CHART), "--values", str(path))
+    assert out.returncode != 0 and message in out.stderr, out.stderr
 
 
 # ----------------------------------------------------------------------------------------- agent chart

@@ -52,3 +52,32 @@ true
 true
 {{- end -}}
 {{- end -}}
+
+{{/* true with more than one replica: a StatefulSet of replicas (docs/scale.md) instead of the Deployment.
+     Refuses, at render time, every backend that one process keeps to itself. */}}
+{{- define "fedge.replicated" -}}
+{{- if gt (int .Values.replicaCount) 1 -}}
+{{- if not (or .Values.existingSecret .Values.database.url) -}}
+{{- fail "replicaCount > 1 needs a shared PostgreSQL: set database.url (or existingSecret with database-url); SQLite is one process's" -}}
+{{- end -}}
+{{- if and .Values.database.url (not (hasPrefix "postgresql" .Values.database.url)) -}}
+{{- fail "replicaCount > 1 needs database.url to be PostgreSQL (postgresql+psycopg://...)" -}}
+{{- end -}}
+{{- if ne .Values.storage.backend "s3" -}}
+{{- fail "replicaCount > 1 needs storage.backend=s3: the local store is one disk's" -}}
+{{- end -}}
+{{- if ne .Values.chain.backend "jsonrpc" -}}
+{{- fail "replicaCount > 1 needs chain.backend=jsonrpc: the in-process EVM is one process's" -}}
+{{- end -}}
+{{- if eq .Values.mqtt.backend "embedded" -}}
+{{- fail "replicaCount > 1 needs mqtt.backend=mosquitto (or none): the embedded broker is one process's" -}}
+{{- end -}}
+{{- if .Values.persistence.existingClaim -}}
+{{- fail "replicaCount > 1: persistence.existingClaim is one claim; each replica gets its own from persistence.* (volumeClaimTemplates)" -}}
+{{- end -}}
+{{- if not .Values.replicas.sharedClaim -}}
+{{- fail "replicaCount > 1 needs replicas.sharedClaim: a ReadWriteMany claim holding <dataDir>/fleet (device CA) and <dataDir>/chain (chain key, registry address) for every replica" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
