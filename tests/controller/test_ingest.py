@@ -14,13 +14,30 @@ import httpx
 import pytest
 from sqlalchemy import event, func, select
 
+from controller.chain.base import ChainBackend
 from controller.db.models import Device as DeviceRow
 from controller.db.models import DeviceEvent, TelemetryRecord
 from controller.fleet.ingest import IngestQueue, incoming
+from controller.state import build_state
 from edge_agent.identity import DeviceIdentity, enroll
 from fedge_protocol import Leaf, OutboxMessage
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, SettingsFactory
 from tests.e2e.helpers import enrollment_token
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def live(
+    request: pytest.FixtureRequest, make_settings: SettingsFactory, shared_evm: ChainBackend
+) -> Iterator[LiveServer]:
+    """A live controller on SQLite and on PostgreSQL: the bulk insert's ON CONFLICT, the row locks and
+    the heartbeat writes are spelled per dialect."""
+    overrides: dict[str, Any] = {}
+    if request.param == "postgres":
+        overrides["database_url"] = request.getfixturevalue("postgres_db_url")
+    state = build_state(make_settings(**overrides), shared_evm)
+    with LiveServer(state) as server:
+        yield server
+    state.close()
 
 
 @pytest.fixture
