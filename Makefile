@@ -79,7 +79,7 @@ typecheck: $(STAMP)
 # SecAgg+, FedPATE, HE and the audited Flower job through real SuperNodes, the FLARE job and its
 # cancellation, certificate renewal, the drift loop's retrain, the CLI and in-process simulations, two
 # controller replicas as real processes);
-# `make test-heavy` runs those, and .ci/run runs both.
+# `make test-heavy` runs those; .ci/run runs both, then `make images test-images test-stack`.
 test: setup lint typecheck
 	$(PY) -m pytest -p no:cacheprovider -m "not heavy" $(PYTEST_ARGS)
 

@@ -117,15 +117,23 @@ def _chromium() -> str:
 
 
 def _screenshot(tmp: Path) -> None:
+    # two graphs: the controller's requests and the agent's inferences, both scraped by the stack
     query = urllib.parse.urlencode(
-        {"g0.expr": "fedge_controller_http_requests_total", "g0.tab": "0", "g0.range_input": "5m"}
+        {
+            "g0.expr": "sum by (route, status) (fedge_controller_http_requests_total)",
+            "g0.tab": "0",
+            "g0.range_input": "1m",
+            "g1.expr": "fedge_agent_inference_seconds_count",
+            "g1.tab": "0",
+            "g1.range_input": "1m",
+        }
     )
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     out = tmp / "shot.png"
     subprocess.run(
         [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
-         "--window-size=1280,800", "--virtual-time-budget=8000", f"--screenshot={out}", f"{PROMETHEUS}/graph?{query}"],
+         "--window-size=1280,1950", "--virtual-time-budget=8000", f"--screenshot={out}", f"{PROMETHEUS}/graph?{query}"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert out.stat().st_size > 10_000
@@ -190,6 +198,23 @@ def test_stack_deploy_infer_restart_and_scrape(stack: None, tmp_path: Path) -> N
         )
         assert len(up) == 1
         _until(lambda: _prom_query("fedge_controller_http_requests_total"), "a fedge metric in Prometheus")
+        # the agent's own /metrics (loopback, its metrics port) is scraped too: the model it serves and
+        # the inference it answered, labelled with that model version
+        agent_up = _until(
+            lambda: [s for s in _prom_query('up{job="fedge-agent"}') if s["value"][1] == "1"],
+            "Prometheus scraping the agent",
+        )
+        assert len(agent_up) == 1
+        served = _until(
+            lambda: _prom_query(f'fedge_agent_active_model{{model_id="{model_id}"}} == 1'),
+            "the agent's model",
+        )
+        assert [s["metric"]["version"] for s in served] == [str(version)]
+        counted = _until(
+            lambda: _prom_query(f'fedge_agent_inference_seconds_count{{model_id="{model_id}"}} >= 1'),
+            "the agent's inference count",
+        )
+        assert counted[0]["metric"]["version"] == str(version)
         _screenshot(tmp_path)
         assert SCREENSHOT.stat().st_size < 500_000
     finally:
