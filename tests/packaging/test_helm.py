@@ -169,6 +169,15 @@ def render(chart: Path, tmp_path: Path, values: dict[str, Any] | None = None) ->
     return docs
 
 
+def refused(chart: Path, tmp_path: Path, values: dict[str, Any]) -> str:
+    """What `helm template` says when it refuses these values (it must refuse)."""
+    path = tmp_path / f"{chart.name}-refused.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = helm("template", "rel", str(chart), "--values", str(path))
+    assert out.returncode != 0, f"rendered: {out.stdout[:500]}"
+    return out.stderr
+
+
 def validate_all(docs: list[dict[str, Any]]) -> None:
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
@@ -462,10 +471,7 @@ def test_controller_generated_secret(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ],
 )
 def test_controller_refuses_incomplete_backends(tmp_path: Path, values: dict[str, Any], message: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(values))
-    out = helm("template", "rel", str(CONTROLLER_CHART), "--values", str(path))
-    assert out.returncode != 0 and message in out.stderr
+    assert message in refused(CONTROLLER_CHART, tmp_path, values)
 
 
 REPLICA_VALUES: dict[str, Any] = {
@@ -552,11 +558,7 @@ def test_controller_one_replica_stays_a_deployment(tmp_path: Path) -> None:
 def test_controller_replicas_refuse_per_process_backends(
     tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
-    values = {**REPLICA_VALUES, **change}
-    path = tmp_path / "replicas.yaml"
-    path.write_text(yaml.safe_dump(values))
-    out = helm("template", "rel", str(CONTROLLER_CHART), "--values", str(path))
-    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert message in refused(CONTROLLER_CHART, tmp_path, {**REPLICA_VALUES, **change})
 
 
 # ----------------------------------------------------------------------------------------- agent chart
