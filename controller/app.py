@@ -11,6 +11,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -116,6 +118,24 @@ def create_app(state: ControllerState) -> FastAPI:
         # by the route (an upload's object is deleted); nobody is left to read a response.
         log.info("client disconnected during %s %s; request abandoned", request.method, request.url.path)
         return Response(status_code=499)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_away(request: Request, exc: Exception) -> JSONResponse:
+        # the database is down, unreachable, out of connections or locked past the timeout: the request
+        # was rolled back with its transaction (an upload's object and pending row are removed by its
+        # saga); the client may retry
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        response = problem_response(
+            503,
+            "Service unavailable",
+            "the database is unavailable; retry later",
+            request,
+            backend="database",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,7 @@ upload before a byte of the file is stored. Rows left ``pending`` by a crash are
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from controller.chain.errors import AlreadyVerified
+from controller.chain.errors import AlreadyVerified, RecordExists
 from controller.db.models import Dataset, Model, ModelVersion, new_id
 from controller.errors import NotFound, ServiceUnavailable, Unprocessable
 from controller.registry.catalog import PENDING, READY, REGISTERED, TRAINED, Buckets, Catalog
@@ -40,11 +41,13 @@ from controller.registry.upload import (
     UploadTarget,
     store_part,
 )
-from controller.registry.versions import reserve_version
+from controller.registry.versions import ATTEMPTS, reserve_version, skip_spent_version
 from controller.storage.base import ArtifactStore, StorageError
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
-    from controller.chain.base import ChainBackend
+    from controller.chain.base import ChainBackend, TxReceipt
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -393,8 +396,27 @@ class Intake:
         if receipt is None:
             source = self._chain_source(mv)
             with map_chain_errors("record the artifact"):
-                receipt = self.chain.record_artifact(mv.model_id, mv.version, mv.kind, digest, source)
+                receipt = self._record_artifact(mv, digest, source)
         mv.chain_tx = receipt.tx_hash
+
+    def _record_artifact(self, mv: ModelVersion, digest: bytes, source: int) -> TxReceipt:
+        """The artifact record of ``mv``. A number already on chain was spent by an earlier upload whose
+        SQL commit failed after its chain record (no row holds it, and chain records are written once):
+        ``mv`` moves to the next free number and is recorded there."""
+        for _attempt in range(ATTEMPTS - 1):
+            try:
+                return self.chain.record_artifact(mv.model_id, mv.version, mv.kind, digest, source)
+            except RecordExists:
+                spent = mv.version
+                skip_spent_version(self.sessions, mv)
+                log.warning(
+                    "model %s version %s is on chain without a row (an upload failed after its chain "
+                    "record); this upload becomes version %s",
+                    mv.model_id,
+                    spent,
+                    mv.version,
+                )
+        return self.chain.record_artifact(mv.model_id, mv.version, mv.kind, digest, source)
 
     def _chain_source(self, mv: ModelVersion) -> int:
         """The chain's name for a version's source: 0 for the verified training result (held by the model

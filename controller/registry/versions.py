@@ -55,3 +55,24 @@ def reserve_version(
         except SqlIntegrityError:
             continue  # another writer took that number; try the next
     raise Conflict(f"could not allocate a version for model {model_id}; retry")
+
+
+def skip_spent_version(sessions: sessionmaker[Session], mv: ModelVersion) -> None:
+    """Move the pending ``mv`` to the next free version number: its number is already on chain (an
+    earlier upload recorded it, then its SQL commit failed, so no row holds it) and chain records are
+    written once. The skipped number stays a gap: numbering continues above the highest row."""
+    for _attempt in range(ATTEMPTS):
+        try:
+            with sessions.begin() as s:
+                row = s.get(ModelVersion, mv.id)
+                if row is None or row.status != PENDING:
+                    raise Conflict(f"model {mv.model_id} version {mv.version} changed during upload; retry")
+                top = s.scalar(
+                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == mv.model_id)
+                )
+                row.version = max(top or 0, mv.version) + 1
+            mv.version = row.version
+            return
+        except SqlIntegrityError:
+            continue  # another writer took that number; try the next
+    raise Conflict(f"could not allocate a version for model {mv.model_id}; retry")
