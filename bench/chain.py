@@ -13,20 +13,15 @@ Prints a table, then one line of JSON with every figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from controller.chain import ChainBackend, TxReceipt, make_chain_backend  # noqa: E402
+from tests.fixtures.services import run_anvil  # noqa: E402
 
 
 def sha(text: str) -> bytes:
@@ -42,55 +38,6 @@ def sha(text: str) -> bytes:
 
 def uid() -> str:
     return str(uuid.uuid4())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def anvil_binary() -> Path:
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    for candidate in (
-        ROOT / "node_modules" / "@foundry-rs" / f"anvil-linux-{arch}" / "bin" / "anvil",
-        ROOT / "node_modules" / "@foundry-rs" / "anvil" / "anvil",
-    ):
-        if candidate.exists():
-            return candidate
-    raise SystemExit("anvil not found under node_modules: run `npm install` in the repository root")
-
-
-@contextlib.contextmanager
-def anvil() -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(port), "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).encode()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("anvil did not start") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def measure(samples: list[tuple[float, int]], call: Callable[..., TxReceipt], *args: Any) -> TxReceipt:
@@ -304,7 +251,7 @@ def main() -> int:
             "seconds": round(seconds, 2),
             "tx_per_s": round(transactions / seconds),
         }
-        with anvil() as url:
+        with run_anvil(Path(tmp)) as url:
             backend = make_chain_backend(
                 "jsonrpc", Path(tmp) / "anvil", rpc_url=url, private_key="0x" + os.urandom(32).hex()
             )
