@@ -29,7 +29,11 @@ def _token(st: os.stat_result) -> str:
 
 
 class _SourceFailed(Exception):
-    """Marks an exception raised by the source (not by the filesystem)."""
+    """Carries an exception raised by the source (not by the filesystem) past the OSError handler."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -60,14 +64,13 @@ class LocalArtifactStore(ArtifactStore):
                     try:
                         chunk = source.read(CHUNK_SIZE)
                     except BaseException as exc:  # the source's own error, passed on unchanged
-                        raise _SourceFailed() from exc
+                        raise _SourceFailed(exc) from None
                     if not chunk:
                         break
                     fh.write(chunk)
                     written += len(chunk)
-        except _SourceFailed as wrapped:
-            assert wrapped.__cause__ is not None
-            raise wrapped.__cause__ from None
+        except _SourceFailed as failed:
+            raise failed.error from None
         except OSError as exc:
             raise StorageError(f"local store write failed: {exc}") from exc
         return written
