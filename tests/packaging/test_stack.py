@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import add_model, upload_onnx
+from tests.fixtures.dashboards import DASHBOARDS
 from tests.fixtures.services import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +104,39 @@ def _prom_query(expr: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{PROMETHEUS}/api/v1/query", params={"query": expr}, timeout=5)
     r.raise_for_status()
     return list(r.json()["data"]["result"])
+
+
+def _panel_queries() -> list[tuple[str, str, str]]:
+    """(dashboard, panel title, PromQL) of every panel target in packaging/grafana/, with the dashboards'
+    variables ($instance, $model_id, $version) set to "All", as Grafana sends them."""
+    found: list[tuple[str, str, str]] = []
+
+    def walk(name: str, panel: dict[str, Any]) -> None:
+        for target in panel.get("targets") or []:
+            if "expr" in target:
+                expr = target["expr"]
+                for var in ("$instance", "$model_id", "$version"):
+                    expr = expr.replace(var, ".*")
+                found.append((name, panel.get("title", ""), expr))
+        for child in panel.get("panels") or []:
+            walk(name, child)
+
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text()).get("panels", []):
+            walk(path.stem, panel)
+    return found
+
+
+def _panels_with_data() -> dict[str, set[str]]:
+    """Evaluate every dashboard panel's query on the stack's Prometheus (each must be valid PromQL there)
+    and name the panels that have data, by dashboard."""
+    shown: dict[str, set[str]] = {}
+    for dashboard, title, expr in _panel_queries():
+        r = httpx.get(f"{PROMETHEUS}/api/v1/query", params={"query": expr}, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "success", (dashboard, title, expr, r.text)
+        if r.json()["data"]["result"]:
+            shown.setdefault(dashboard, set()).add(title)
+    return shown
 
 
 def _chromium() -> str:
@@ -215,6 +249,20 @@ def test_stack_deploy_infer_restart_and_scrape(stack: None, tmp_path: Path) -> N
             "the agent's inference count",
         )
         assert counted[0]["metric"]["version"] == str(version)
+        # what the Grafana dashboards would show: every panel query is valid PromQL on this Prometheus,
+        # and the controller, fleet and agent dashboards have data in their core panels
+        core = {
+            "controller": {"Request rate by route", "Total request rate", "p95 latency by route"},
+            "fleet": {"Devices online", "Active devices", "Deployments by state"},
+            "agent": {"Active model", "Inferences and refused inferences per second", "Outbox depth"},
+        }
+
+        def core_panels_show_data() -> dict[str, set[str]]:
+            got = _panels_with_data()
+            return got if all(titles <= got.get(d, set()) for d, titles in core.items()) else {}
+
+        shown = _until(core_panels_show_data, "data in the dashboards' core panels")
+        print({d: sorted(titles) for d, titles in shown.items()})
         _screenshot(tmp_path)
         assert SCREENSHOT.stat().st_size < 500_000
     finally:
