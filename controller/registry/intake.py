@@ -403,10 +403,14 @@ class Intake:
         """The artifact record of ``mv``. A number already on chain was spent by an earlier upload whose
         SQL commit failed after its chain record (no row holds it, and chain records are written once):
         ``mv`` moves to the next free number and is recorded there."""
-        for _attempt in range(ATTEMPTS - 1):
+        attempts = 0
+        while True:
             try:
                 return self.chain.record_artifact(mv.model_id, mv.version, mv.kind, digest, source)
             except RecordExists:
+                attempts += 1
+                if attempts == ATTEMPTS:
+                    raise
                 spent = mv.version
                 skip_spent_version(self.sessions, mv)
                 log.warning(
@@ -416,7 +420,6 @@ class Intake:
                     spent,
                     mv.version,
                 )
-        return self.chain.record_artifact(mv.model_id, mv.version, mv.kind, digest, source)
 
     def _chain_source(self, mv: ModelVersion) -> int:
         """The chain's name for a version's source: 0 for the verified training result (held by the model

@@ -4,6 +4,8 @@ next number."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,46 +35,51 @@ def reserve_version(
     model = catalog.get_model(model_id)
     if source_version is not None and all(v.version != source_version for v in catalog.ready_versions(model)):
         raise Unprocessable(f"model {model_id} has no version {source_version}", field="source_version")
-    for _attempt in range(ATTEMPTS):
-        try:
-            with sessions.begin() as s:
-                top = s.scalar(
-                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)
-                )
-                mv = ModelVersion(
-                    model_id=model_id,
-                    version=(top or 0) + 1,
-                    kind=kind,
-                    status=PENDING,
-                    format=fmt,
-                    bucket=bucket,
-                    object_key=new_id(),
-                    source_version=source_version,
-                    created_by=created_by,
-                )
-                s.add(mv)
-            return mv
-        except SqlIntegrityError:
-            continue  # another writer took that number; try the next
-    raise Conflict(f"could not allocate a version for model {model_id}; retry")
+
+    def add(s: Session, number: int) -> ModelVersion:
+        mv = ModelVersion(
+            model_id=model_id,
+            version=number,
+            kind=kind,
+            status=PENDING,
+            format=fmt,
+            bucket=bucket,
+            object_key=new_id(),
+            source_version=source_version,
+            created_by=created_by,
+        )
+        s.add(mv)
+        return mv
+
+    return _with_next_number(sessions, model_id, add)
 
 
 def skip_spent_version(sessions: sessionmaker[Session], mv: ModelVersion) -> None:
     """Move the pending ``mv`` to the next free version number: its number is already on chain (an
     earlier upload recorded it, then its SQL commit failed, so no row holds it) and chain records are
     written once. The skipped number stays a gap: numbering continues above the highest row."""
+
+    def move(s: Session, number: int) -> ModelVersion:
+        row = s.get(ModelVersion, mv.id)
+        if row is None or row.status != PENDING:
+            raise Conflict(f"model {mv.model_id} version {mv.version} changed during upload; retry")
+        row.version = number  # above mv's own number: the highest row is at least mv's
+        return row
+
+    mv.version = _with_next_number(sessions, mv.model_id, move).version
+
+
+def _with_next_number(
+    sessions: sessionmaker[Session], model_id: str, use: Callable[[Session, int], ModelVersion]
+) -> ModelVersion:
+    """``use(session, highest + 1)`` in one transaction; on a unique-key race, again with the next."""
     for _attempt in range(ATTEMPTS):
         try:
             with sessions.begin() as s:
-                row = s.get(ModelVersion, mv.id)
-                if row is None or row.status != PENDING:
-                    raise Conflict(f"model {mv.model_id} version {mv.version} changed during upload; retry")
-                top = s.scalar(
-                    select(func.max(ModelVersion.version)).where(ModelVersion.model_id == mv.model_id)
-                )
-                row.version = max(top or 0, mv.version) + 1
-            mv.version = row.version
-            return
+                highest = select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id)
+                top = s.scalar(highest)
+                mv = use(s, (top or 0) + 1)
+            return mv
         except SqlIntegrityError:
             continue  # another writer took that number; try the next
-    raise Conflict(f"could not allocate a version for model {mv.model_id}; retry")
+    raise Conflict(f"could not allocate a version for model {model_id}; retry")
