@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.e2e.helpers import add_model, upload_onnx
-from tests.fixtures.dashboards import DASHBOARDS
+from tests.fixtures.dashboards import DASHBOARDS, panel_queries
 from tests.fixtures.services import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,20 +110,11 @@ def _panel_queries() -> list[tuple[str, str, str]]:
     """(dashboard, panel title, PromQL) of every panel target in packaging/grafana/, with the dashboards'
     variables ($instance, $model_id, $version) set to "All", as Grafana sends them."""
     found: list[tuple[str, str, str]] = []
-
-    def walk(name: str, panel: dict[str, Any]) -> None:
-        for target in panel.get("targets") or []:
-            if "expr" in target:
-                expr = target["expr"]
-                for var in ("$instance", "$model_id", "$version"):
-                    expr = expr.replace(var, ".*")
-                found.append((name, panel.get("title", ""), expr))
-        for child in panel.get("panels") or []:
-            walk(name, child)
-
     for path in sorted(DASHBOARDS.glob("*.json")):
-        for panel in json.loads(path.read_text()).get("panels", []):
-            walk(path.stem, panel)
+        for title, expr in panel_queries(json.loads(path.read_text())):
+            for var in ("$instance", "$model_id", "$version"):
+                expr = expr.replace(var, ".*")
+            found.append((path.stem, title, expr))
     return found
 
 
