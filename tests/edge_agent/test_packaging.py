@@ -1,39 +1,10 @@
-"""``pip install 'fedge[agent]'`` must stay small: no torch, FastAPI server, uvicorn or web3."""
+"""The agent package imports no controller or server code (what `fedge[agent]` installs is checked, with its
+whole requirement closure, in tests/packaging/test_agent_size.py)."""
 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
-
-FORBIDDEN = {"torch", "fastapi", "uvicorn", "web3", "starlette"}
-
-
-def _names(requirements: list[str], extras: dict[str, list[str]], seen: set[str]) -> set[str]:
-    names: set[str] = set()
-    for req in requirements:
-        m = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(\[([^\]]*)\])?", req)
-        assert m, req
-        name = m.group(1).lower().replace("_", "-")
-        names.add(name)
-        if name == "fedge" and m.group(3):
-            for extra in m.group(3).split(","):
-                extra = extra.strip()
-                if extra not in seen:
-                    seen.add(extra)
-                    names |= _names(extras[extra], extras, seen)
-    return names
-
-
-def test_agent_extra_pulls_no_server_torch_or_web3() -> None:
-    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-
-    names = _names(project["dependencies"] + extras["agent"], extras, {"agent"})
-
-    assert {"onnxruntime", "numpy", "cryptography", "httpx"} <= names
-    assert not names & FORBIDDEN
-
 
 # The training room (``edge_agent/learning/``, the ``train`` extra) may use torch, opacus and flwr; these
 # of its modules are what the base agent imports (the SuperNode service, fl-join checks, the round lock)
